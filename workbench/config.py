@@ -1,0 +1,253 @@
+"""Configuration: pydantic models for the pipeline, environments and model, with friendly errors.
+
+Three YAML files under ``configs/``:
+
+- ``pipeline.yaml``: stages (notebook, parameters, upstream ``needs``, declared outputs, timeout)
+  and the MLflow settings;
+- ``environments.yaml``: dev/qa/prod with deploy target, port and thresholds;
+- ``model.yaml``: registered model name, dataset, estimator and hyper-parameters.
+
+Every problem is reported as a :class:`Problem` naming the file, the key path and what was
+expected; loading raises :class:`ConfigError` holding all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PIPELINE_FILE = "pipeline.yaml"
+ENVIRONMENTS_FILE = "environments.yaml"
+MODEL_FILE = "model.yaml"
+CONFIG_FILES = (PIPELINE_FILE, ENVIRONMENTS_FILE, MODEL_FILE)
+
+OutputType = Literal["str", "int", "float", "bool", "list", "dict"]
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
+REF_ROOTS = ("model", "env", "run")
+RUN_FIELDS = ("id", "git_commit", "config_hash", "environment")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One configuration mistake: where it is and what was expected."""
+
+    file: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.path}" if self.path else self.file
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists every mistake found."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Ref(Strict):
+    """A parameter value taken from elsewhere: ``{from: train.model_uri}``."""
+
+    source: str = Field(alias="from", pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
+
+    @property
+    def root(self) -> str:
+        return self.source.split(".", 1)[0]
+
+    @property
+    def keys(self) -> list[str]:
+        return self.source.split(".")[1:]
+
+
+ParamValue = Ref | str | bool | int | float | list | dict | None
+
+
+class Stage(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    notebook: str
+    needs: list[str] = []
+    parameters: dict[str, ParamValue] = {}
+    outputs: dict[str, OutputType] = {}
+    timeout: Annotated[float, Field(gt=0)] = 1800.0
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _refs_first(cls, value: Any) -> Any:
+        """Read ``{from: ...}`` mappings as references, everything else as literals."""
+        if isinstance(value, dict):
+            return {
+                k: Ref.model_validate(v) if isinstance(v, dict) and "from" in v else v
+                for k, v in value.items()
+            }
+        return value
+
+
+class MlflowSettings(Strict):
+    experiment: str = Field(default="workbench", min_length=1)
+    tracking_uri: str | None = None
+
+
+class Pipeline(Strict):
+    name: str = Field(min_length=1)
+    mlflow: MlflowSettings = MlflowSettings()
+    stages: list[Stage] = Field(min_length=1)
+
+
+class DeployTarget(Strict):
+    target: Literal["local", "kubernetes"] = "local"
+    port: Annotated[int, Field(ge=1024, le=65535)]
+
+
+class Thresholds(Strict):
+    min_score: Annotated[float, Field(ge=0, le=1)]
+    max_regression: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+class Environment(Strict):
+    deploy: DeployTarget
+    thresholds: Thresholds
+
+
+class Environments(Strict):
+    environments: dict[str, Environment] = Field(min_length=1)
+
+    @field_validator("environments")
+    @classmethod
+    def _names(cls, value: dict[str, Environment]) -> dict[str, Environment]:
+        for name in value:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"environment name {name!r} must match {NAME_PATTERN}")
+        ports = [env.deploy.port for env in value.values()]
+        if len(ports) != len(set(ports)):
+            raise ValueError(f"deploy ports must differ between environments, got {ports}")
+        return value
+
+
+class Model(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    dataset: Literal[DATASETS]  # type: ignore[valid-type]
+    estimator: str = Field(pattern=r"^sklearn(\.[a-z_][a-z0-9_]*)+\.[A-Z]\w*$")
+    hyperparameters: dict[str, str | int | float | bool | None] = {}
+    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    random_state: int = 42
+
+
+class Config(Strict):
+    """The whole, validated configuration of a project."""
+
+    pipeline: Pipeline
+    environments: dict[str, Environment]
+    model: Model
+    sources: dict[str, str]
+
+    @property
+    def digest(self) -> str:
+        """sha256 over the raw config files: the config hash recorded with every run."""
+        blob = json.dumps(self.sources, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.pipeline.stages if s.name == name)
+
+
+def _key_path(loc: tuple[Any, ...], data: Any) -> str:
+    """Render a pydantic error location, naming list items by their ``name`` when they have one."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and item < len(node) and isinstance(node[item], dict):
+                name = node[item].get("name")
+                label = f"[{item}]({name})" if name else label
+                node = node[item]
+            else:
+                node = None
+            parts.append(label)
+            continue
+        if item in {"Ref", "str", "bool", "int", "float", "list", "dict", "none"}:
+            continue  # union branch names say nothing to the user
+        parts.append(f".{item}" if parts else str(item))
+        node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    got = err.get("input")
+    shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
+    return f"{err['msg']} (got {shown})"
+
+
+def _parse(model: type[BaseModel], data: Any, file: str) -> tuple[Any, list[Problem]]:
+    try:
+        return model.model_validate(data), []
+    except ValidationError as exc:
+        seen: dict[str, Problem] = {}
+        for err in exc.errors():
+            path = _key_path(err["loc"], data)
+            seen.setdefault(path, Problem(file, path, _describe(err)))
+        return None, list(seen.values())
+
+
+def read_yaml(path: Path, label: str) -> tuple[Any, list[Problem]]:
+    """Read one YAML file; syntax errors become problems with line and column."""
+    if not path.is_file():
+        return None, [Problem(label, "", "file is missing")]
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        return None, [Problem(label, where, f"invalid YAML: {problem}")]
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        return None, [Problem(label, "", f"expected a mapping at the top, got {kind}")]
+    return data, []
+
+
+def load_config(configs_dir: Path) -> Config:
+    """Load and validate the three config files; raise :class:`ConfigError` listing all problems."""
+    problems: list[Problem] = []
+    parsed: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    models: dict[str, type[BaseModel]] = {
+        PIPELINE_FILE: Pipeline, ENVIRONMENTS_FILE: Environments, MODEL_FILE: Model,
+    }
+    for file, model in models.items():
+        label = f"configs/{file}"
+        data, found = read_yaml(configs_dir / file, label)
+        problems += found
+        if data is None:
+            continue
+        sources[file] = (configs_dir / file).read_text(encoding="utf-8")
+        parsed[file], found = _parse(model, data, label)
+        problems += found
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        pipeline=parsed[PIPELINE_FILE],
+        environments=parsed[ENVIRONMENTS_FILE].environments,
+        model=parsed[MODEL_FILE],
+        sources=sources,
+    )

@@ -1,0 +1,1 @@
+"""Running one stage: parameters, papermill execution, scraps."""

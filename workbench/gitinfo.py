@@ -1,0 +1,23 @@
+"""The git commit a run was made from."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def commit(root: Path) -> tuple[str, bool]:
+    """(full commit SHA or ``"unknown"``, whether the work tree has uncommitted changes)."""
+    sha = _git(root, "rev-parse", "HEAD")
+    if sha is None:
+        return "unknown", False
+    return sha, bool(_git(root, "status", "--porcelain", "--untracked-files=no"))

@@ -1,0 +1,1 @@
+"""Pipeline planning, run state and the runner."""

@@ -1,0 +1,147 @@
+"""The stage graph: order, ancestry, references between stages and parameter resolution."""
+
+from __future__ import annotations
+
+import graphlib
+from typing import Any
+
+from workbench.config import PIPELINE_FILE, REF_ROOTS, RUN_FIELDS, Config, Problem, Ref, Stage
+
+PIPELINE_LABEL = f"configs/{PIPELINE_FILE}"
+
+
+class MissingValue(LookupError):
+    """A reference points at a key that does not exist."""
+
+
+def lookup(data: Any, keys: list[str]) -> Any:
+    """Follow ``keys`` into nested mappings; raise :class:`MissingValue` naming the first gap."""
+    node = data
+    for depth, key in enumerate(keys):
+        if not isinstance(node, dict) or key not in node:
+            raise MissingValue(".".join(keys[: depth + 1]))
+        node = node[key]
+    return node
+
+
+def _where(index: int, stage: Stage, rest: str) -> str:
+    return f"stages[{index}]({stage.name}).{rest}"
+
+
+def graph_problems(config: Config) -> list[Problem]:
+    """Duplicate names, unknown or self ``needs``, and cycles."""
+    problems: list[Problem] = []
+    names = [s.name for s in config.pipeline.stages]
+    for index, stage in enumerate(config.pipeline.stages):
+        if names.index(stage.name) != index:
+            problems.append(Problem(PIPELINE_LABEL, f"stages[{index}].name",
+                                    f"duplicate stage name {stage.name!r}"))
+        for j, need in enumerate(stage.needs):
+            if need == stage.name:
+                problems.append(Problem(PIPELINE_LABEL, _where(index, stage, f"needs[{j}]"),
+                                        "a stage cannot need itself"))
+            elif need not in names:
+                problems.append(Problem(PIPELINE_LABEL, _where(index, stage, f"needs[{j}]"),
+                                        f"unknown stage {need!r}; expected one of {names}"))
+    if not problems:
+        try:
+            stage_order(config)
+        except graphlib.CycleError as exc:
+            cycle = " -> ".join(exc.args[1])
+            problems.append(Problem(PIPELINE_LABEL, "stages", f"dependency cycle: {cycle}"))
+    return problems
+
+
+def stage_order(config: Config) -> list[str]:
+    """Stage names in an order that respects ``needs`` (config order breaks ties)."""
+    sorter = graphlib.TopologicalSorter({s.name: s.needs for s in config.pipeline.stages})
+    position = {s.name: i for i, s in enumerate(config.pipeline.stages)}
+    order: list[str] = []
+    sorter.prepare()
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=position.__getitem__)
+        order.extend(ready)
+        sorter.done(*ready)
+    return order
+
+
+def ancestors(config: Config) -> dict[str, set[str]]:
+    """For each stage, every stage it depends on directly or transitively."""
+    result: dict[str, set[str]] = {}
+    for name in stage_order(config):
+        stage = config.stage(name)
+        result[name] = set(stage.needs).union(*(result[n] for n in stage.needs))
+    return result
+
+
+def descendants(config: Config, name: str) -> set[str]:
+    """Every stage that depends on ``name`` directly or transitively."""
+    return {s for s, up in ancestors(config).items() if name in up}
+
+
+def reference_problems(config: Config) -> list[Problem]:
+    """References to unknown roots, keys, run fields, or outputs no upstream stage declares."""
+    problems: list[Problem] = []
+    upstream = ancestors(config)
+    for index, stage in enumerate(config.pipeline.stages):
+        for param, value in stage.parameters.items():
+            if isinstance(value, Ref):
+                message = _reference_problem(config, stage, value, upstream[stage.name])
+                if message:
+                    where = _where(index, stage, f"parameters.{param}")
+                    problems.append(Problem(PIPELINE_LABEL, where, message))
+    return problems
+
+
+def _reference_problem(config: Config, stage: Stage, ref: Ref, upstream: set[str]) -> str | None:
+    keys = ref.keys
+    if ref.root == "model":
+        try:
+            lookup(config.model.model_dump(), keys)
+        except MissingValue as exc:
+            return f"'from: {ref.source}': configs/model.yaml has no key {exc}"
+        return None
+    if ref.root == "env":
+        for env_name, env in config.environments.items():
+            try:
+                lookup({"name": env_name, **env.model_dump()}, keys)
+            except MissingValue as exc:
+                return (f"'from: {ref.source}': environment {env_name!r} in "
+                        f"configs/environments.yaml has no key {exc}")
+        return None
+    if ref.root == "run":
+        if len(keys) != 1 or keys[0] not in RUN_FIELDS:
+            fields = list(RUN_FIELDS)
+            return f"'from: {ref.source}': expected run.<field>, field one of {fields}"
+        return None
+    names = {s.name for s in config.pipeline.stages}
+    if ref.root not in names:
+        return (f"'from: {ref.source}': {ref.root!r} is neither a stage nor one of "
+                f"{list(REF_ROOTS)}")
+    if ref.root not in upstream:
+        return (f"'from: {ref.source}': stage {ref.root!r} is not upstream of {stage.name!r}; "
+                f"add it to needs")
+    declared = config.stage(ref.root).outputs
+    if len(keys) != 1 or keys[0] not in declared:
+        return (f"'from: {ref.source}': stage {ref.root!r} declares no output "
+                f"{'.'.join(keys)!r}; it declares {sorted(declared)}")
+    return None
+
+
+def resolve_parameters(
+    stage: Stage,
+    config: Config,
+    environment: str,
+    run: dict[str, str],
+    outputs: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Concrete, typed parameter values for one stage of one run."""
+    env = {"name": environment, **config.environments[environment].model_dump()}
+    roots: dict[str, Any] = {"model": config.model.model_dump(), "env": env, "run": run, **outputs}
+    resolved: dict[str, Any] = {}
+    for name, value in stage.parameters.items():
+        if isinstance(value, Ref):
+            resolved[name] = lookup(roots[value.root], value.keys)
+        else:
+            resolved[name] = value
+    return resolved

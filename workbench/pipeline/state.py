@@ -1,0 +1,106 @@
+"""Run records: ``reports/runs/<run-id>/run.json``, rewritten atomically after every stage."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from workbench.atomic import write_json
+from workbench.project import Project
+
+RUN_FILE = "run.json"
+StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
+RunStatus = Literal["running", "succeeded", "failed"]
+
+
+class RunRecordError(RuntimeError):
+    """A run folder or its ``run.json`` is missing or unreadable."""
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time plus random hex, e.g. ``20261127T093000Z-3fa2c1``."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+class StageRecord(BaseModel):
+    status: StageStatus = "pending"
+    notebook: str | None = None
+    parameters: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    started: str | None = None
+    finished: str | None = None
+    duration_s: float | None = None
+    error: str | None = None
+
+
+class ModelVersion(BaseModel):
+    name: str
+    version: str
+
+
+class RunRecord(BaseModel):
+    id: str
+    pipeline: str
+    environment: str
+    status: RunStatus = "running"
+    created: str
+    finished: str | None = None
+    git_commit: str
+    git_dirty: bool = False
+    config_hash: str
+    config: dict[str, str]
+    tracking_uri: str
+    experiment: str
+    stages: dict[str, StageRecord]
+    mlflow_run_ids: list[str] = []
+    model_version: ModelVersion | None = None
+
+
+def run_dir(project: Project, run_id: str) -> Path:
+    return project.runs / run_id
+
+
+def save(project: Project, record: RunRecord) -> Path:
+    path = run_dir(project, record.id) / RUN_FILE
+    write_json(path, record.model_dump(mode="json"))
+    return path
+
+
+def load(project: Project, run_id: str) -> RunRecord:
+    path = run_dir(project, run_id) / RUN_FILE
+    if not path.is_file():
+        raise RunRecordError(f"no run {run_id!r}: {path} does not exist")
+    try:
+        return RunRecord.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as exc:
+        count = exc.error_count()
+        raise RunRecordError(f"{path} is not a valid run record ({count} errors)") from exc
+
+
+def list_runs(project: Project) -> list[RunRecord]:
+    """Every readable run, newest first (unreadable folders are skipped, never touched)."""
+    if not project.runs.is_dir():
+        return []
+    records = []
+    for folder in sorted(project.runs.iterdir(), reverse=True):
+        if (folder / RUN_FILE).is_file():
+            try:
+                records.append(load(project, folder.name))
+            except RunRecordError:
+                continue
+    return records
+
+
+def latest_run(project: Project) -> RunRecord:
+    runs = list_runs(project)
+    if not runs:
+        raise RunRecordError(f"no runs yet under {project.runs}")
+    return runs[0]

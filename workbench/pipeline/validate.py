@@ -1,0 +1,87 @@
+"""``workbench validate``: every check that can run before a kernel starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workbench.config import Config, ConfigError, Problem, Ref, load_config
+from workbench.execution.parameters import Declared, NotebookError, declared_parameters
+from workbench.pipeline.plan import (
+    PIPELINE_LABEL,
+    graph_problems,
+    lookup,
+    reference_problems,
+)
+from workbench.project import Project
+
+SAMPLE_OF_TYPE: dict[str, Any] = {
+    "str": "", "int": 0, "float": 0.0, "bool": False, "list": [], "dict": {},
+}
+
+
+def load_and_validate(project: Project) -> Config:
+    """Load the configuration and run every static check; raise :class:`ConfigError`."""
+    config = load_config(project.configs)
+    problems = graph_problems(config)
+    if not problems:
+        problems = reference_problems(config)
+    problems += notebook_problems(project, config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _candidate_values(config: Config, value: Any) -> list[Any]:
+    """Values a parameter may take at run time, as far as they are known before running."""
+    if not isinstance(value, Ref):
+        return [value]
+    if value.root == "model":
+        return [lookup(config.model.model_dump(), value.keys)]
+    if value.root == "env":
+        return [lookup({"name": n, **e.model_dump()}, value.keys)
+                for n, e in config.environments.items()]
+    if value.root == "run":
+        return [""]
+    return [SAMPLE_OF_TYPE[config.stage(value.root).outputs[value.keys[0]]]]
+
+
+def _expected(declared: Declared) -> str:
+    if declared.annotation:
+        return declared.annotation
+    return type(declared.default).__name__
+
+
+def notebook_problems(project: Project, config: Config) -> list[Problem]:
+    """Missing notebooks, unknown parameters and values that do not fit the declared type."""
+    problems: list[Problem] = []
+    for index, stage in enumerate(config.pipeline.stages):
+        where = f"stages[{index}]({stage.name})"
+        path = project.root / stage.notebook
+        if not path.is_file():
+            problems.append(Problem(PIPELINE_LABEL, f"{where}.notebook",
+                                    f"notebook {stage.notebook} does not exist"))
+            continue
+        try:
+            declared = declared_parameters(path)
+        except NotebookError as exc:
+            problems.append(Problem(PIPELINE_LABEL, f"{where}.notebook", f"{stage.notebook} {exc}"))
+            continue
+        for name, value in stage.parameters.items():
+            key = f"{where}.parameters.{name}"
+            if name not in declared:
+                problems.append(Problem(PIPELINE_LABEL, key,
+                    f"{stage.notebook} declares no parameter {name!r} in its parameters cell; "
+                    f"it declares {sorted(declared)}"))
+                continue
+            try:
+                candidates = _candidate_values(config, value)
+            except (LookupError, KeyError):
+                continue  # already reported as a reference problem
+            for candidate in candidates:
+                if not declared[name].accepts(candidate):
+                    shown = value.source if isinstance(value, Ref) else repr(value)
+                    problems.append(Problem(PIPELINE_LABEL, key,
+                        f"expected {_expected(declared[name])} for {stage.notebook}, "
+                        f"got {type(candidate).__name__} from {shown}"))
+                    break
+    return problems

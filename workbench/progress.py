@@ -1,0 +1,121 @@
+"""Progress of a run: a live table on a terminal, plain lines off one, JSON lines on request."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Protocol, TextIO
+
+Event = dict[str, Any]
+
+
+class Reporter(Protocol):
+    def __call__(self, event: Event) -> None: ...
+
+
+def make_event(kind: str, **fields: Any) -> Event:
+    return {"event": kind, "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+            **fields}
+
+
+class JsonReporter:
+    """One JSON object per line, every event including cells: for machines."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+
+    def __call__(self, event: Event) -> None:
+        self.stream.write(json.dumps(event, default=str) + "\n")
+        self.stream.flush()
+
+
+def describe(event: Event) -> str | None:
+    """A one-line text for an event, or None for events too fine-grained for a log."""
+    kind = event["event"]
+    if kind == "run_started":
+        return (f"run {event['run_id']} started: pipeline {event['pipeline']}, "
+                f"environment {event['environment']}, stages {', '.join(event['stages'])}")
+    if kind == "stage_started":
+        return f"stage {event['stage']} started ({event['notebook']})"
+    if kind == "stage_finished":
+        line = f"stage {event['stage']} {event['status']} in {event['duration_s']:.1f} s"
+        return f"{line}: {event['error']}" if event.get("error") else line
+    if kind == "stage_skipped":
+        return f"stage {event['stage']} skipped: {event['reason']}"
+    if kind == "run_finished":
+        return (f"run {event['run_id']} {event['status']} in {event['duration_s']:.1f} s; "
+                f"archived under {event['folder']}")
+    return None
+
+
+class PlainReporter:
+    """One plain line per stage-level event: for logs and CI."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+
+    def __call__(self, event: Event) -> None:
+        text = describe(event)
+        if text is not None:
+            self.stream.write(f"[{event['time'][11:19]}] {text}\n")
+            self.stream.flush()
+
+
+class LiveReporter(AbstractContextManager):
+    """A live rich table of stages, their status, elapsed time and the current cell."""
+
+    STYLES = {"pending": "dim", "running": "bold yellow", "succeeded": "green",
+              "failed": "bold red", "skipped": "dim"}
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console()
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.live = Live(self._table(), console=self.console, refresh_per_second=4,
+                         get_renderable=self._table)
+
+    def __enter__(self) -> LiveReporter:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(*exc)
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(expand=False)
+        for column in ("stage", "status", "time", "current cell"):
+            table.add_column(column)
+        for name, row in self.rows.items():
+            elapsed = row.get("duration_s")
+            if elapsed is None and row.get("start"):
+                elapsed = time.monotonic() - row["start"]
+            status = row["status"]
+            table.add_row(name, f"[{self.STYLES[status]}]{status}[/]",
+                          f"{elapsed:.1f} s" if elapsed is not None else "",
+                          row.get("cell", ""))
+        return table
+
+    def __call__(self, event: Event) -> None:
+        kind = event["event"]
+        if kind == "run_started":
+            self.rows = {name: {"status": "pending"} for name in event["stages"]}
+        elif kind == "stage_started":
+            self.rows[event["stage"]] = {"status": "running", "start": time.monotonic()}
+        elif kind == "cell":
+            self.rows[event["stage"]]["cell"] = (
+                f"{event['index'] + 1}/{event['total']} {event['source'][:50]}")
+        elif kind == "stage_finished":
+            row = self.rows[event["stage"]]
+            row.update(status=event["status"], duration_s=event["duration_s"],
+                       cell=(event.get("error") or "")[:80])
+        elif kind == "stage_skipped":
+            self.rows[event["stage"]] = {"status": "skipped", "cell": event["reason"]}
+        elif kind == "run_finished":
+            self.console.print(describe(event))

@@ -1,0 +1,65 @@
+"""Where a workbench project lives on disk and where its generated state goes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ENV_VAR = "WORKBENCH_PROJECT"
+MARKER = Path("configs") / "pipeline.yaml"
+
+
+class ProjectNotFoundError(RuntimeError):
+    """No ``configs/pipeline.yaml`` above the starting directory."""
+
+
+@dataclass(frozen=True)
+class Project:
+    """The fixed layout of a project and the derived locations of generated state."""
+
+    root: Path
+
+    @property
+    def configs(self) -> Path:
+        return self.root / "configs"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def runs(self) -> Path:
+        return self.reports / "runs"
+
+    @property
+    def state(self) -> Path:
+        """Mutable local state (embedded MLflow store, model servers); git-ignored."""
+        return self.root / ".workbench"
+
+    @property
+    def servers(self) -> Path:
+        return self.state / "servers"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.state / "mlflow"
+
+
+def find_project(start: Path | None = None) -> Project:
+    """Locate the project: ``start`` or ``$WORKBENCH_PROJECT`` or the current folder, upwards."""
+    explicit = os.environ.get(PROJECT_ENV_VAR)
+    if start is None and explicit:
+        root = Path(explicit).resolve()
+        if not (root / MARKER).is_file():
+            raise ProjectNotFoundError(f"{PROJECT_ENV_VAR}={explicit}: no {MARKER} there")
+        return Project(root)
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / MARKER).is_file():
+            return Project(candidate)
+    raise ProjectNotFoundError(f"no {MARKER} in {here} or any parent directory")

@@ -1,0 +1,1 @@
+"""MLflow: the embedded default store, connection helpers for notebooks, model lookups."""

@@ -1,0 +1,114 @@
+"""Model logging, lookup and registration: the MLflow calls the stage notebooks make."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+PIP_REQUIREMENTS_PACKAGES = ("mlflow", "scikit-learn", "pandas", "numpy", "skops")
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the serving environment, stated explicitly.
+
+    MLflow's automatic inference re-imports the model in a subprocess (4-6 s per model here).
+    """
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in PIP_REQUIREMENTS_PACKAGES]
+
+
+def log_sklearn_model(model: Any, X_sample: Any, name: str = "model") -> Any:
+    """Log a fitted scikit-learn model with signature, input example and skops trusted types."""
+    import mlflow.sklearn
+    import skops.io
+    from mlflow.models import infer_signature
+
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    signature = infer_signature(X_sample, model.predict(X_sample))
+    return mlflow.sklearn.log_model(
+        model, name=name, signature=signature, input_example=X_sample.head(3),
+        pip_requirements=pip_requirements(), skops_trusted_types=trusted,
+    )
+
+
+def latest_model_uri(experiment: str) -> str:
+    """The most recently logged model of ``experiment`` (for notebooks run on their own)."""
+    import mlflow
+
+    models = mlflow.search_logged_models(
+        experiment_ids=[mlflow.get_experiment_by_name(experiment).experiment_id],
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+        max_results=1, output_format="list",
+    )
+    if not models:
+        raise LookupError(f"no model logged in experiment {experiment!r} yet: run train first")
+    return models[0].model_uri
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    model_uri: str
+
+
+def champion(model_name: str, alias: str) -> Champion | None:
+    """The version holding ``alias`` (the current champion), if the model and alias exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = MlflowClient().get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+    return Champion(found.version, f"models:/{model_name}/{found.version}")
+
+
+def register(model_uri: str, model_name: str, tags: dict[str, str], alias: str) -> str:
+    """Register ``model_uri`` as a new version, tag it, point ``alias`` at it; return version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    version = mlflow.register_model(model_uri, model_name, tags=tags).version
+    MlflowClient().set_registered_model_alias(model_name, alias, version)
+    return str(version)
+
+
+def version_by_alias(model_name: str, alias: str) -> str:
+    from mlflow import MlflowClient
+
+    return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+
+
+def _source_run_id(model_uri: str) -> str:
+    """The MLflow run that logged ``model_uri`` (``models:/m-...`` or ``runs:/<id>/...``)."""
+    import mlflow
+
+    if model_uri.startswith("runs:/"):
+        return model_uri.removeprefix("runs:/").split("/", 1)[0]
+    return mlflow.get_logged_model(model_uri.removeprefix("models:/")).source_run_id
+
+
+def record_evaluation(model_uri: str, metrics: dict[str, float], passed: bool) -> str:
+    """Attach evaluation metrics and the verdict to the run that trained ``model_uri``."""
+    from mlflow import MlflowClient
+
+    run_id = _source_run_id(model_uri)
+    client = MlflowClient()
+    for name, value in metrics.items():
+        client.log_metric(run_id, f"eval_{name}", value)
+    client.set_tag(run_id, "workbench.evaluation.passed", str(passed).lower())
+    return run_id
+
+
+def recorded_evaluation(model_uri: str) -> tuple[bool, dict[str, float]]:
+    """The verdict and metrics ``record_evaluation`` stored for ``model_uri``."""
+    from mlflow import MlflowClient
+
+    run = MlflowClient().get_run(_source_run_id(model_uri))
+    verdict = run.data.tags.get("workbench.evaluation.passed")
+    if verdict is None:
+        raise LookupError(f"{model_uri} has not been evaluated yet: run evaluate first")
+    metrics = {k.removeprefix("eval_"): v for k, v in run.data.metrics.items()
+               if k.startswith("eval_")}
+    return verdict == "true", metrics

@@ -1,0 +1,1 @@
+"""Checks against deployed models: smoke tests."""

@@ -1,0 +1,58 @@
+"""Smoke test: a real prediction request that must match the model's own prediction."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+
+class SmokeTestError(AssertionError):
+    """The endpoint did not answer, or answered differently from the model itself."""
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    url: str
+    rows: int
+    served: list[Any]
+    expected: list[Any]
+    latency_ms: float
+
+    @property
+    def passed(self) -> bool:
+        return self.served == self.expected
+
+
+def _plain(values: Any) -> list[Any]:
+    """Predictions as plain JSON values, so numpy scalars compare equal to served ones."""
+    return json.loads(json.dumps(list(values.tolist() if hasattr(values, "tolist") else values)))
+
+
+def predict_remote(url: str, frame: Any, timeout: float = 30.0) -> tuple[list[Any], float]:
+    """POST ``frame`` (a pandas DataFrame) to ``<url>/invocations``; predictions and latency."""
+    body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
+    request = urllib.request.Request(f"{url}/invocations", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            payload = json.loads(response.read())
+    except OSError as exc:
+        raise SmokeTestError(f"{url}/invocations did not answer: {exc}") from exc
+    latency = (time.perf_counter() - started) * 1000
+    return _plain(payload["predictions"]), latency
+
+
+def smoke_test(url: str, model_uri: str, frame: Any) -> SmokeResult:
+    """Compare the endpoint's predictions for ``frame`` with the model loaded locally."""
+    import mlflow.pyfunc
+
+    expected = _plain(mlflow.pyfunc.load_model(model_uri).predict(frame))
+    served, latency = predict_remote(url, frame)
+    result = SmokeResult(url, len(frame), served, expected, latency)
+    if not result.passed:
+        raise SmokeTestError(f"{url} served {served} but {model_uri} predicts {expected}")
+    return result
