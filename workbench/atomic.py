@@ -30,4 +30,4 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -153,9 +153,9 @@ def main() -> None:
     from workbench.pipeline.state import RunRecordError
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns the code of a raised typer.Exit
     except typer.Exit as done:
-        sys.exit(done.exit_code)
+        code = done.exit_code
     except ConfigError as exc:
         _fail(exc, f"configuration invalid ({len(exc.problems)} problems):\n"
                    + "\n".join(f"  {p}" for p in exc.problems))
@@ -173,6 +173,9 @@ def main() -> None:
             raise
         typer.echo(f"error: {type(exc).__name__}: {exc} (use --debug for a traceback)", err=True)
         sys.exit(EXIT_FAILED)
+
+
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 def _fail(exc: Exception, message: str) -> None:

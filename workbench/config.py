@@ -16,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 PIPELINE_FILE = "pipeline.yaml"
 ENVIRONMENTS_FILE = "environments.yaml"
@@ -75,6 +77,7 @@ class Ref(Strict):
 
 
 ParamValue = Ref | str | bool | int | float | list | dict | None
+_REFS = TypeAdapter(dict[str, Ref])  # errors located at the parameter: (name, "from")
 
 
 class Stage(Strict):
@@ -90,10 +93,9 @@ class Stage(Strict):
     def _refs_first(cls, value: Any) -> Any:
         """Read ``{from: ...}`` mappings as references, everything else as literals."""
         if isinstance(value, dict):
-            return {
-                k: Ref.model_validate(v) if isinstance(v, dict) and "from" in v else v
-                for k, v in value.items()
-            }
+            refs = _REFS.validate_python(
+                {k: v for k, v in value.items() if isinstance(v, dict) and "from" in v})
+            return {k: refs.get(k, v) for k, v in value.items()}
         return value
 
 
@@ -162,7 +164,10 @@ class Config(Strict):
         return hashlib.sha256(blob).hexdigest()
 
     def stage(self, name: str) -> Stage:
-        return next(s for s in self.pipeline.stages if s.name == name)
+        found = next((s for s in self.pipeline.stages if s.name == name), None)
+        if found is None:
+            raise KeyError(f"no stage named {name!r}")
+        return found
 
 
 def _key_path(loc: tuple[Any, ...], data: Any) -> str:
@@ -187,11 +192,33 @@ def _key_path(loc: tuple[Any, ...], data: Any) -> str:
     return "".join(parts)
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Keys the mapping at ``loc`` may have, following the field types; [] when not known."""
+    node: Any = model
+    for item in (*loc, None):
+        options = typing.get_args(node) if typing.get_origin(node) in (Union, UnionType) else [node]
+        node = next((o for o in options if isinstance(o, type) and issubclass(o, BaseModel)),
+                    options[0])
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            keys = {f.alias or name: f for name, f in node.model_fields.items()}
+            if item is None:
+                return list(keys)
+            node = keys[item].annotation if item in keys else None
+        elif typing.get_origin(node) in (list, dict) and item is not None:
+            node = typing.get_args(node)[-1]
+        else:
+            return []
+    return []
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
     if err["type"] == "extra_forbidden":
-        return "unknown key"
+        keys = _keys_at(model, err["loc"][:-1])
+        return f"unknown key; expected one of {keys}" if keys else "unknown key"
     if err["type"] == "missing":
         return "required key is missing"
+    if err["type"] == "value_error":
+        return str(err.get("ctx", {}).get("error", err["msg"]))  # our validators' own words
     got = err.get("input")
     shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
     return f"{err['msg']} (got {shown})"
@@ -204,7 +231,7 @@ def _parse(model: type[BaseModel], data: Any, file: str) -> tuple[Any, list[Prob
         seen: dict[str, Problem] = {}
         for err in exc.errors():
             path = _key_path(err["loc"], data)
-            seen.setdefault(path, Problem(file, path, _describe(err)))
+            seen.setdefault(path, Problem(file, path, _describe(err, model)))
         return None, list(seen.values())
 
 

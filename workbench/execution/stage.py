@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,14 +33,52 @@ def _first_line(cell: Any) -> str:
     return next((line.strip() for line in source.splitlines() if line.strip()), "")
 
 
-def _describe_failure(exc: BaseException, timeout: float) -> str:
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _kernel_name(notebook: Path) -> str:
+    return _read(notebook).get("metadata", {}).get("kernelspec", {}).get("name", "python3")
+
+
+class Watchdog:
+    """Bounds a whole stage: at the deadline interrupt the kernel, and kill it if it ignores that.
+
+    nbclient's own timeouts are per cell, and papermill records an interrupted cell without
+    raising, so the stage timeout is enforced (and detected) here.
+    """
+
+    KILL_AFTER = 10.0
+
+    def __init__(self, kernel: Any, timeout: float):
+        self.kernel = kernel
+        self.fired = False
+        self._timers = [threading.Timer(timeout, self._interrupt),
+                        threading.Timer(timeout + self.KILL_AFTER, self._kill)]
+        for timer in self._timers:
+            timer.daemon = True
+            timer.start()
+
+    def _interrupt(self) -> None:
+        self.fired = True
+        if self.kernel.has_kernel:
+            self.kernel.interrupt_kernel()
+
+    def _kill(self) -> None:
+        if self.kernel.has_kernel:
+            self.kernel.shutdown_kernel(now=True)
+
+    def cancel(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+
+def _describe_failure(exc: BaseException) -> str:
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(exc, PapermillExecutionError):
         return f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
-    if isinstance(exc, CellTimeoutError):
-        return f"stage exceeded its timeout of {timeout:g} s"
     if isinstance(exc, DeadKernelError):
         return f"kernel died: {exc}"
     return f"{type(exc).__name__}: {exc}"
@@ -61,37 +101,44 @@ def execute_stage(
     notebook is written after every cell, so a failure leaves the partial notebook behind.
     """
     import papermill
+    from jupyter_client.manager import KernelManager
 
     started = time.monotonic()
-    deadline = started + timeout
-
-    def remaining(_cell: Any) -> float:
-        return max(deadline - time.monotonic(), 0.001)
-
     def cell_started(cell: Any, cell_index: int, **_: Any) -> None:
         if on_cell is not None:
             on_cell(cell_index, total, _first_line(cell))
 
-    total = len(json.loads(notebook.read_text(encoding="utf-8")).get("cells", [])) + 1
+    total = len(_read(notebook).get("cells", [])) + 1
     output.parent.mkdir(parents=True, exist_ok=True)
     error: str | None = None
-    try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(output),
-            parameters=parameters,
-            cwd=str(cwd),
-            progress_bar=False,
-            request_save_on_cell_execute=True,
-            timeout_func=remaining,
-            on_cell_start=cell_started,
-        )
-    except Exception as exc:  # every failure is reported, the notebook stays on disk
-        error = _describe_failure(exc, timeout)
+    # IPC sockets in a private folder instead of unencrypted TCP on localhost.
+    with tempfile.TemporaryDirectory(prefix="workbench-kernel-") as sockets:
+        kernel = KernelManager(kernel_name=_kernel_name(notebook), transport="ipc",
+                               ip=f"{sockets}/kernel")
+        watchdog = Watchdog(kernel, timeout)
+        try:
+            papermill.execute_notebook(
+                str(notebook),
+                str(output),
+                parameters=parameters,
+                cwd=str(cwd),
+                progress_bar=False,
+                request_save_on_cell_execute=True,
+                km=kernel,
+                on_cell_start=cell_started,
+            )
+        except Exception as exc:  # every failure is reported, the notebook stays on disk
+            error = _describe_failure(exc)
+        finally:
+            watchdog.cancel()
+            if kernel.has_kernel:  # nbclient leaves a kernel manager it did not create running
+                kernel.shutdown_kernel(now=False)
     duration = time.monotonic() - started
+    if watchdog.fired:
+        error = f"stage exceeded its timeout of {timeout:g} s"
     if error is not None:
         return StageResult(False, error=error, duration_s=duration)
-    scraps = read_scraps(json.loads(output.read_text(encoding="utf-8")))
+    scraps = read_scraps(_read(output))
     outputs = {name: scraps[name] for name in declared_outputs if name in scraps}
     problems = output_problems(scraps, declared_outputs)
     if problems:
