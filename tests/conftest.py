@@ -92,7 +92,8 @@ def release_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     workspace.write_yaml("environments.yaml", environments)
     yield workspace
     for env in environments["environments"]:
-        workspace.cli("stop", env)
+        if (root / ".workbench" / "servers" / f"{env}.json").exists():
+            workspace.cli("stop", env)
 
 
 MINI_ENVIRONMENTS = {"environments": {"dev": {"deploy": {"target": "local", "port": 5999},

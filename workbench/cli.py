@@ -157,7 +157,8 @@ def main() -> None:
     except typer.Exit as done:
         code = done.exit_code
     except ConfigError as exc:
-        _fail(exc, f"configuration invalid ({len(exc.problems)} problems):\n"
+        count = len(exc.problems)
+        _fail(exc, f"configuration invalid ({count} problem{'s' if count > 1 else ''}):\n"
                    + "\n".join(f"  {p}" for p in exc.problems))
     except (ProjectNotFoundError, RunRecordError, UsageError) as exc:
         _fail(exc, str(exc))

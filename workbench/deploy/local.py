@@ -85,18 +85,36 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _group_alive(pgid: int) -> bool:
+    """True while any process of the server's group still runs (zombies do not count)."""
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 def stop(project: Project, environment: str, grace: float = 10.0) -> Server | None:
-    """Stop the environment's server (its whole process group); return what was stopped."""
+    """Stop the environment's server (its whole process group); return what was stopped.
+
+    Returns once every process of the group is gone, so the port is free for a successor.
+    """
     path = _state_file(project, environment)
     server = current(project, environment)
     if server is not None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while _is_our_server(server.pid) and time.monotonic() < deadline:
+        while _group_alive(server.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _is_our_server(server.pid):
-            os.killpg(server.pid, signal.SIGKILL)
+        if _group_alive(server.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            while _group_alive(server.pid) and time.monotonic() < deadline + 5:
+                time.sleep(0.1)
     path.unlink(missing_ok=True)
     return server
 

@@ -61,7 +61,7 @@ def champion(model_name: str, alias: str) -> Champion | None:
         found = MlflowClient().get_model_version_by_alias(model_name, alias)
     except MlflowException:
         return None
-    return Champion(found.version, f"models:/{model_name}/{found.version}")
+    return Champion(str(found.version), f"models:/{model_name}/{found.version}")
 
 
 def register(model_uri: str, model_name: str, tags: dict[str, str], alias: str) -> str:
