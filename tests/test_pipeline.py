@@ -87,6 +87,7 @@ def test_notebooks_run_under_plain_papermill(release_project: Workspace) -> None
     ws = release_project
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WORKBENCH_"))}
     papermill = str(Path(sys.executable).parent / "papermill")
+    (ws.root / "out").mkdir()
     for name in STAGES:
         out = ws.root / "out" / f"{name}.ipynb"
         done = subprocess.run([papermill, f"notebooks/{name}.ipynb", str(out)], cwd=ws.root,
@@ -97,6 +98,14 @@ def test_notebooks_run_under_plain_papermill(release_project: Workspace) -> None
     assert deployed["smoke_passed"].data is True
     assert (ws.root / ".workbench" / "mlflow" / "mlflow.db").is_file()
     assert not (ws.root / "mlruns").exists(), "artifacts must go to the embedded store"
+
+    # Plain nbconvert runs the notebook from notebooks/; the project is found upwards.
+    jupyter = str(Path(sys.executable).parent / "jupyter")
+    done = subprocess.run([jupyter, "nbconvert", "--to", "notebook", "--execute",
+                           "notebooks/train.ipynb", "--output-dir", "converted"], cwd=ws.root,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert scrapbook.read_notebook(str(ws.root / "converted" / "train.ipynb")).scraps["model_uri"]
 
 
 @pytest.fixture

@@ -100,10 +100,10 @@ def execute_stage(
     ``"007"`` stays a string. ``timeout`` bounds the whole stage, not just one cell. The executed
     notebook is written after every cell, so a failure leaves the partial notebook behind.
     """
+    started = time.monotonic()
     import papermill
     from jupyter_client.manager import KernelManager
 
-    started = time.monotonic()
     def cell_started(cell: Any, cell_index: int, **_: Any) -> None:
         if on_cell is not None:
             on_cell(cell_index, total, _first_line(cell))

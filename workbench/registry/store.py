@@ -7,6 +7,7 @@ artifact folder under ``.workbench/mlflow/`` in the project, addressed by absolu
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,7 @@ def prepare(store: Store) -> str:
         db.parent.mkdir(parents=True, exist_ok=True)
     from mlflow.tracking import MlflowClient
 
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema chatter
     client = MlflowClient(tracking_uri=store.tracking_uri)
     experiment = client.get_experiment_by_name(store.experiment)
     if experiment is not None:
