@@ -29,8 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -120,21 +118,6 @@ def cli_environment() -> dict[str, str]:
     return env
 
 
-@contextmanager
-def scoped_environment(values: dict[str, str]) -> Iterator[None]:
-    """Set variables for kernels started inside the block; restore the previous ones after."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
-
-
 def stop_server(root: Path) -> str:
     """``workbench stop dev`` for the project at ``root``; return what it printed."""
     done = subprocess.run(
@@ -187,6 +170,7 @@ def run_baseline(root: Path, scratch: Path) -> VariantResult:
     from workbench import gitinfo
     from workbench.pipeline import state
     from workbench.pipeline.plan import resolve_parameters, stage_order
+    from workbench.pipeline.runner import kernel_environment
     from workbench.pipeline.validate import load_and_validate
     from workbench.project import PROJECT_ENV_VAR, Project
     from workbench.registry import store as mlflow_store
@@ -207,7 +191,7 @@ def run_baseline(root: Path, scratch: Path) -> VariantResult:
     started = time.perf_counter()
     mlflow_store.prepare(store)  # what run_pipeline does first; keeps stage times comparable
     setup = time.perf_counter() - started
-    with scoped_environment(kernel_env):
+    with kernel_environment(kernel_env):
         for name in stage_order(config):
             stage = config.stage(name)
             parameters = resolve_parameters(stage, config, ENVIRONMENT, run, outputs)
