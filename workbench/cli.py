@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a stage or gate failed, 2 usage or configuration error,
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -69,6 +70,7 @@ def run(
     if env not in config.environments:
         raise UsageError(f"--env {env}: configs/environments.yaml defines "
                          f"{', '.join(config.environments)}")
+    signal.signal(signal.SIGTERM, _terminated)  # CI cancels with SIGTERM: record, then exit
     if as_json:
         reporter: Any = JsonReporter()
     elif sys.stdout.isatty():
@@ -78,6 +80,10 @@ def run(
     with reporter if isinstance(reporter, LiveReporter) else nullcontext():
         record = run_pipeline(project, config, env, reporter)
     raise typer.Exit(EXIT_OK if record.status == "succeeded" else EXIT_FAILED)
+
+
+def _terminated(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 @app.command()
@@ -169,6 +175,7 @@ def main() -> None:
             exc.show()
             sys.exit(EXIT_USAGE)
         if isinstance(exc, click.exceptions.Abort):
+            typer.echo("interrupted", err=True)
             sys.exit(130)
         if state["debug"]:
             raise

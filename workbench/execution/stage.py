@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import tempfile
 import threading
 import time
@@ -41,36 +44,46 @@ def _kernel_name(notebook: Path) -> str:
     return _read(notebook).get("metadata", {}).get("kernelspec", {}).get("name", "python3")
 
 
-class Watchdog:
-    """Bounds a whole stage: at the deadline interrupt the kernel, and kill it if it ignores that.
+KILL_AFTER = 10.0  # seconds an interrupted kernel gets before it is killed
+POLL = 0.2
 
+
+def _signal_kernel(kernel: Any, signum: int) -> None:
+    """Signal the kernel process (its whole group when it leads one); safe from any thread."""
+    process = getattr(getattr(kernel, "provisioner", None), "process", None)
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, signum)
+        else:
+            os.kill(process.pid, signum)
+
+
+def _supervise(worker: threading.Thread, kernel: Any, timeout: float) -> bool:
+    """Wait for the stage's worker thread; enforce the stage timeout; return whether it fired.
+
+    The main thread waits here in short steps, so Ctrl-C and SIGTERM reach it at once (a signal
+    delivered to one of nbclient's threads would otherwise leave it blocked in a zmq poll).
     nbclient's own timeouts are per cell, and papermill records an interrupted cell without
-    raising, so the stage timeout is enforced (and detected) here.
+    raising, so the whole-stage timeout is enforced and detected here.
     """
-
-    KILL_AFTER = 10.0
-
-    def __init__(self, kernel: Any, timeout: float):
-        self.kernel = kernel
-        self.fired = False
-        self._timers = [threading.Timer(timeout, self._interrupt),
-                        threading.Timer(timeout + self.KILL_AFTER, self._kill)]
-        for timer in self._timers:
-            timer.daemon = True
-            timer.start()
-
-    def _interrupt(self) -> None:
-        self.fired = True
-        if self.kernel.has_kernel:
-            self.kernel.interrupt_kernel()
-
-    def _kill(self) -> None:
-        if self.kernel.has_kernel:
-            self.kernel.shutdown_kernel(now=True)
-
-    def cancel(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
+    deadline = time.monotonic() + timeout
+    fired = False
+    try:
+        while worker.is_alive():
+            worker.join(POLL)
+            now = time.monotonic()
+            if now >= deadline and not fired:
+                fired = True
+                _signal_kernel(kernel, signal.SIGINT)
+            elif fired and now >= deadline + KILL_AFTER:
+                _signal_kernel(kernel, signal.SIGKILL)
+    except BaseException:
+        _signal_kernel(kernel, signal.SIGKILL)
+        worker.join(KILL_AFTER)
+        raise
+    return fired
 
 
 def _describe_failure(exc: BaseException) -> str:
@@ -110,31 +123,32 @@ def execute_stage(
 
     total = len(_read(notebook).get("cells", [])) + 1
     output.parent.mkdir(parents=True, exist_ok=True)
-    error: str | None = None
     # IPC sockets in a private folder instead of unencrypted TCP on localhost.
     with tempfile.TemporaryDirectory(prefix="workbench-kernel-") as sockets:
         kernel = KernelManager(kernel_name=_kernel_name(notebook), transport="ipc",
                                ip=f"{sockets}/kernel")
-        watchdog = Watchdog(kernel, timeout)
-        try:
-            papermill.execute_notebook(
-                str(notebook),
-                str(output),
-                parameters=parameters,
-                cwd=str(cwd),
-                progress_bar=False,
-                request_save_on_cell_execute=True,
-                km=kernel,
-                on_cell_start=cell_started,
-            )
-        except Exception as exc:  # every failure is reported, the notebook stays on disk
-            error = _describe_failure(exc)
-        finally:
-            watchdog.cancel()
-            if kernel.has_kernel:  # nbclient leaves a kernel manager it did not create running
-                kernel.shutdown_kernel(now=False)
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                papermill.execute_notebook(
+                    str(notebook), str(output), parameters=parameters, cwd=str(cwd),
+                    progress_bar=False, request_save_on_cell_execute=True, km=kernel,
+                    on_cell_start=cell_started,
+                )
+            except Exception as exc:  # every failure is reported, the notebook stays on disk
+                failure.append(exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    if kernel.has_kernel:  # nbclient leaves a manager it did not create running
+                        kernel.shutdown_kernel(now=False)
+
+        worker = threading.Thread(target=work, name=f"stage-{notebook.stem}", daemon=True)
+        worker.start()
+        timed_out = _supervise(worker, kernel, timeout)
+    error = _describe_failure(failure[0]) if failure else None
     duration = time.monotonic() - started
-    if watchdog.fired:
+    if timed_out:
         error = f"stage exceeded its timeout of {timeout:g} s"
     if error is not None:
         return StageResult(False, error=error, duration_s=duration)

@@ -71,44 +71,21 @@ def run_pipeline(project: Project, config: Config, environment: str, report: Rep
     state.save(project, record)
     run_info = {"id": record.id, "git_commit": record.git_commit,
                 "config_hash": record.config_hash, "environment": environment}
-    outputs: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
     report(make_event("run_started", run_id=record.id, pipeline=record.pipeline,
                       environment=environment, stages=list(record.stages), folder=str(folder)))
     kernel_env = {**store.environment, PROJECT_ENV_VAR: str(project.root),
                   "WORKBENCH_RUN_ID": record.id, "WORKBENCH_ENVIRONMENT": environment}
-    with kernel_environment(kernel_env):
-        for name in record.stages:
-            stage = config.stage(name)
-            entry = record.stages[name]
-            blocked = [up for up in stage.needs if record.stages[up].status != "succeeded"]
-            if blocked:
-                entry.status = "skipped"
-                entry.error = f"upstream stage {blocked[0]!r} did not succeed"
-                report(make_event("stage_skipped", stage=name, reason=entry.error))
-                state.save(project, record)
-                continue
-            entry.parameters = resolve_parameters(stage, config, environment, run_info, outputs)
-            entry.notebook = f"{name}.ipynb"
-            entry.status, entry.started = "running", state.now()
-            state.save(project, record)
-            report(make_event("stage_started", stage=name, notebook=stage.notebook))
-
-            def on_cell(index: int, total: int, source: str, _stage: str = name) -> None:
-                report(make_event("cell", stage=_stage, index=index, total=total, source=source))
-
-            result = execute_stage(
-                project.root / stage.notebook, folder / entry.notebook, entry.parameters,
-                stage.outputs, cwd=project.root, timeout=stage.timeout, on_cell=on_cell,
-            )
-            entry.status = "succeeded" if result.succeeded else "failed"
-            entry.outputs, entry.error = result.outputs, result.error
-            entry.finished, entry.duration_s = state.now(), round(result.duration_s, 3)
-            outputs[name] = result.outputs
-            _note_mlflow(record, result.outputs, config.model.name)
-            state.save(project, record)
-            report(make_event("stage_finished", stage=name, status=entry.status,
-                              duration_s=result.duration_s, error=result.error))
+    try:
+        with kernel_environment(kernel_env):
+            _run_stages(project, config, record, run_info, report)
+    except BaseException:  # Ctrl-C or a crash of ours: the record must not say "running"
+        for entry in record.stages.values():
+            if entry.status == "running":
+                entry.status, entry.error, entry.finished = "failed", "interrupted", state.now()
+        record.status, record.finished = "failed", state.now()
+        state.save(project, record)
+        raise
     failed = any(s.status in ("failed", "skipped") for s in record.stages.values())
     record.status = "failed" if failed else "succeeded"
     record.finished = state.now()
@@ -116,3 +93,42 @@ def run_pipeline(project: Project, config: Config, environment: str, report: Rep
     report(make_event("run_finished", run_id=record.id, status=record.status,
                       duration_s=time.monotonic() - started, folder=str(folder)))
     return record
+
+
+def _run_stages(project: Project, config: Config, record: state.RunRecord,
+                run_info: dict[str, str], report: Reporter) -> None:
+    """Execute the stages in order, saving the record after each; skip dependants of failures."""
+    folder = state.run_dir(project, record.id)
+    outputs: dict[str, dict[str, Any]] = {}
+    for name in record.stages:
+        stage = config.stage(name)
+        entry = record.stages[name]
+        blocked = [up for up in stage.needs if record.stages[up].status != "succeeded"]
+        if blocked:
+            entry.status = "skipped"
+            entry.error = f"upstream stage {blocked[0]!r} did not succeed"
+            report(make_event("stage_skipped", stage=name, reason=entry.error))
+            state.save(project, record)
+            continue
+        entry.parameters = resolve_parameters(stage, config, record.environment, run_info,
+                                              outputs)
+        entry.notebook = f"{name}.ipynb"
+        entry.status, entry.started = "running", state.now()
+        state.save(project, record)
+        report(make_event("stage_started", stage=name, notebook=stage.notebook))
+
+        def on_cell(index: int, total: int, source: str, _stage: str = name) -> None:
+            report(make_event("cell", stage=_stage, index=index, total=total, source=source))
+
+        result = execute_stage(
+            project.root / stage.notebook, folder / entry.notebook, entry.parameters,
+            stage.outputs, cwd=project.root, timeout=stage.timeout, on_cell=on_cell,
+        )
+        entry.status = "succeeded" if result.succeeded else "failed"
+        entry.outputs, entry.error = result.outputs, result.error
+        entry.finished, entry.duration_s = state.now(), round(result.duration_s, 3)
+        outputs[name] = result.outputs
+        _note_mlflow(record, result.outputs, config.model.name)
+        state.save(project, record)
+        report(make_event("stage_finished", stage=name, status=entry.status,
+                          duration_s=result.duration_s, error=result.error))

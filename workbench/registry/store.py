@@ -60,9 +60,17 @@ def prepare(store: Store) -> str:
     before any kernel starts; later callers find everything in place.
     """
     os.environ.update(TELEMETRY_OFF)
-    if store.embedded:
-        db = Path(store.tracking_uri.removeprefix("sqlite:///"))
-        db.parent.mkdir(parents=True, exist_ok=True)
+    if not store.embedded:
+        return _ensure_experiment(store)
+    db = Path(store.tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+
+    with FileLock(db.parent / ".create.lock", timeout=300):  # two runs starting at once
+        return _ensure_experiment(store)
+
+
+def _ensure_experiment(store: Store) -> str:
     from mlflow.tracking import MlflowClient
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema chatter
