@@ -68,6 +68,7 @@ def run_pipeline(project: Project, config: Config, environment: str, report: Rep
     mlflow_store.prepare(store)
     record = _new_record(project, config, environment, store.tracking_uri)
     folder = state.run_dir(project, record.id)
+    folder.mkdir(parents=True, exist_ok=False)  # never write into an earlier run's folder
     state.save(project, record)
     run_info = {"id": record.id, "git_commit": record.git_commit,
                 "config_hash": record.config_hash, "environment": environment}
