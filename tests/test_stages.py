@@ -128,3 +128,17 @@ def test_json_progress_events(mini_project: Workspace) -> None:
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
     assert "cell" in kinds and kinds.index("stage_started") < kinds.index("stage_finished")
     assert events[-1]["status"] == "succeeded"
+
+
+def test_kernel_ignoring_the_interrupt_is_killed(mini_project: Workspace) -> None:
+    """A stage that swallows the timeout's interrupt is killed, and the run still ends."""
+    mini_project.write_notebook("stubborn", notebook(
+        "import time\ntry:\n    time.sleep(90)\nexcept KeyboardInterrupt:\n"
+        "    print('ignoring the interrupt', flush=True)\n    time.sleep(90)"))
+    mini_project.write_yaml("pipeline.yaml", pipeline(
+        {"name": "stubborn", "notebook": "notebooks/stubborn.ipynb", "timeout": 3}))
+    done = mini_project.cli("run", timeout=80)
+    assert done.returncode == 1
+    record = mini_project.run_record()
+    assert record["stages"]["stubborn"]["error"] == "stage exceeded its timeout of 3 s"
+    assert "ignoring the interrupt" in (mini_project.runs()[-1] / "stubborn.ipynb").read_text()

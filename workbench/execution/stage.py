@@ -73,11 +73,11 @@ def _supervise(worker: threading.Thread, kernel: Any, timeout: float) -> bool:
     try:
         while worker.is_alive():
             worker.join(POLL)
-            now = time.monotonic()
-            if now >= deadline and not fired:
+            overdue = time.monotonic() - deadline
+            if overdue >= 0 and not fired:
                 fired = True
                 _signal_kernel(kernel, signal.SIGINT)
-            elif fired and now >= deadline + KILL_AFTER:
+            if overdue >= KILL_AFTER:  # repeated: also catches a kernel that started late
                 _signal_kernel(kernel, signal.SIGKILL)
     except BaseException:
         _signal_kernel(kernel, signal.SIGKILL)
@@ -115,7 +115,8 @@ def execute_stage(
     """
     started = time.monotonic()
     import papermill
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
 
     def cell_started(cell: Any, cell_index: int, **_: Any) -> None:
         if on_cell is not None:
@@ -125,8 +126,10 @@ def execute_stage(
     output.parent.mkdir(parents=True, exist_ok=True)
     # IPC sockets in a private folder instead of unencrypted TCP on localhost.
     with tempfile.TemporaryDirectory(prefix="workbench-kernel-") as sockets:
-        kernel = KernelManager(kernel_name=_kernel_name(notebook), transport="ipc",
-                               ip=f"{sockets}/kernel")
+        # Async, as nbclient creates it itself: a blocking manager's client blocks nbclient's
+        # event loop in iopub reads, so a dead kernel or a timeout is never noticed.
+        kernel = AsyncKernelManager(kernel_name=_kernel_name(notebook), transport="ipc",
+                                    ip=f"{sockets}/kernel")
         failure: list[BaseException] = []
 
         def work() -> None:
@@ -141,7 +144,7 @@ def execute_stage(
             finally:
                 with contextlib.suppress(Exception):
                     if kernel.has_kernel:  # nbclient leaves a manager it did not create running
-                        kernel.shutdown_kernel(now=False)
+                        run_sync(kernel.shutdown_kernel)(now=False)
 
         worker = threading.Thread(target=work, name=f"stage-{notebook.stem}", daemon=True)
         worker.start()
