@@ -189,7 +189,7 @@ def run_baseline(root: Path, scratch: Path) -> VariantResult:
     outputs: dict[str, dict[str, Any]] = {}
     stages: dict[str, float] = {}
     started = time.perf_counter()
-    mlflow_store.prepare(store)  # what run_pipeline does first; keeps stage times comparable
+    mlflow_store.prepare(store)  # what start_run does first; keeps stage times comparable
     setup = time.perf_counter() - started
     with kernel_environment(kernel_env):
         for name in stage_order(config):

@@ -39,6 +39,18 @@ def notebook(*cells: str, parameters: str = "") -> dict[str, Any]:
     }
 
 
+IDENTITY_VARIABLES = ("JUPYTERHUB_USER", "GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILD_USER_ID")
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without the variables that would point a child elsewhere."""
+    dropped = ("MLFLOW_TRACKING_URI", "WORKBENCH_PROJECT", "WORKBENCH_RUN_ID", "JPY_SESSION_NAME",
+               *IDENTITY_VARIABLES)
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    return env
+
+
 @dataclass
 class Workspace:
     """A project folder plus helpers to edit its configs and run the CLI against it."""
@@ -56,10 +68,10 @@ class Workspace:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(nb))
 
-    def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("MLFLOW_TRACKING_URI", "WORKBENCH_PROJECT")}
-        env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    def cli(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        """Run ``workbench`` in a subprocess; ``env`` adds variables (e.g. a CI actor)."""
+        env = {**clean_environment(), **(env or {})}
         return subprocess.run([sys.executable, "-m", "workbench", "--project", str(self.root),
                                *args], capture_output=True, text=True, timeout=timeout, env=env,
                               cwd=self.root)
@@ -73,8 +85,9 @@ class Workspace:
 
 
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("WORKBENCH_PROJECT", raising=False)
+    for name in ("MLFLOW_TRACKING_URI", "WORKBENCH_PROJECT", "WORKBENCH_RUN_ID",
+                 "JPY_SESSION_NAME", *IDENTITY_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
@@ -111,4 +124,100 @@ def mini_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     workspace = Workspace(root)
     workspace.write_yaml("environments.yaml", MINI_ENVIRONMENTS)
     workspace.write_yaml("model.yaml", MINI_MODEL)
+    return workspace
+
+
+# --- a light gated project: one quick build stage, then qa and prod behind gates --------------
+
+BUILD_STAGE = """
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+import mlflow
+from workbench.registry.models import log_sklearn_model, register
+from workbench.registry.store import connect
+from workbench.scraps import glue
+
+connect()
+X, y = load_iris(return_X_y=True, as_frame=True)
+with mlflow.start_run() as run:
+    model = LogisticRegression(max_iter=300).fit(X, y)
+    accuracy = float(model.score(X, y))
+    mlflow.log_metric("accuracy", accuracy)
+    logged = log_sklearn_model(model, X)
+version, previous = register(logged.model_uri, model_name, {"workbench.run_id": run_id}, "dev")
+glue("mlflow_run_id", run.info.run_id)
+glue("model_version", version)
+glue("metrics", {"accuracy": accuracy, "score": accuracy})
+glue("champion", {})
+glue("passed", True)
+glue("alias_move", {"alias": "dev", "from": previous, "to": version})
+"""
+
+RELEASE_STAGE = """
+from workbench.scraps import glue
+print(f"released v{version} to {environment}")
+glue("released", f"{environment}:{version}")
+"""
+
+GATES = {
+    "groups": {"reviewers": ["alice", "bob"], "managers": ["carol", "dave", "erin"]},
+    "policies": {
+        "qa": {"approvers": ["group:reviewers", "group:managers"], "quorum": 1,
+               "valid_for": "1h"},
+        "prod": {"approvers": ["group:managers"], "quorum": 2, "valid_for": "1h"},
+    },
+}
+
+
+def gate_stage(name: str, needs: str, environment: str) -> dict[str, Any]:
+    return {"name": name, "notebook": "notebooks/approve.ipynb", "needs": [needs],
+            "gate": environment, "timeout": 300,
+            "parameters": {"run_id": {"from": "run.id"}, "environment": {"from": "env.name"},
+                           "mode": "headless"},
+            "outputs": {"decision": "str", "approvers": "list", "bundle_digest": "str"}}
+
+
+def release_stage(name: str, needs: str, environment: str) -> dict[str, Any]:
+    return {"name": name, "notebook": "notebooks/release.ipynb", "needs": [needs],
+            "environment": environment,
+            "parameters": {"environment": {"from": "env.name"},
+                           "version": {"from": "build.model_version"}},
+            "outputs": {"released": "str"}}
+
+
+GATED_PIPELINE = {
+    "name": "gated",
+    "stages": [
+        {"name": "build", "notebook": "notebooks/build.ipynb",
+         "parameters": {"model_name": {"from": "model.name"}, "run_id": {"from": "run.id"}},
+         "outputs": {"mlflow_run_id": "str", "model_version": "str", "metrics": "dict",
+                     "alias_move": "dict"}},
+        gate_stage("approve_qa", "build", "qa"),
+        release_stage("release_qa", "approve_qa", "qa"),
+        gate_stage("approve_prod", "release_qa", "prod"),
+        release_stage("release_prod", "approve_prod", "prod"),
+    ],
+}
+
+
+@pytest.fixture
+def gated_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """A quick pipeline (build, approve_qa, release_qa, approve_prod, release_prod) using the
+    real approval notebook, the real MLflow registry and the gates policy above."""
+    _isolated_env(monkeypatch)
+    root = tmp_path / "gated"
+    (root / "configs").mkdir(parents=True)
+    workspace = Workspace(root)
+    environments = {name: {"deploy": {"target": "local", "port": free_port()},
+                           "thresholds": {"min_score": 0.5}} for name in ("dev", "qa", "prod")}
+    workspace.write_yaml("environments.yaml", {"environments": environments})
+    workspace.write_yaml("model.yaml", MINI_MODEL)
+    workspace.write_yaml("gates.yaml", GATES)
+    workspace.write_yaml("pipeline.yaml", GATED_PIPELINE)
+    (root / "notebooks").mkdir()
+    shutil.copy(REPO / "notebooks" / "approve.ipynb", root / "notebooks" / "approve.ipynb")
+    workspace.write_notebook("build", notebook(
+        BUILD_STAGE, parameters='model_name: str = "mini"\nrun_id: str = ""'))
+    workspace.write_notebook("release", notebook(
+        RELEASE_STAGE, parameters='environment: str = "qa"\nversion: str = ""'))
     return workspace

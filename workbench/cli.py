@@ -55,31 +55,202 @@ def validate() -> None:
                f"({stages}); environments {', '.join(config.environments)}")
 
 
+def _reporter(as_json: bool) -> Any:
+    from workbench.progress import JsonReporter, LiveReporter, PlainReporter
+
+    if as_json:
+        return JsonReporter()
+    if sys.stdout.isatty():
+        return LiveReporter()
+    return PlainReporter()
+
+
+def _drive(execute: Any, as_json: bool) -> Any:
+    """Run ``execute(reporter)`` with progress output and CI-friendly signal handling."""
+    from workbench.progress import LiveReporter
+
+    signal.signal(signal.SIGTERM, _terminated)  # CI cancels with SIGTERM: record, then exit
+    reporter = _reporter(as_json)
+    with reporter if isinstance(reporter, LiveReporter) else nullcontext():
+        return execute(reporter)
+
+
+def _finish_run(record: Any, target: str | None = None) -> None:
+    """Explain how the run ended and exit with its code (0, 1 failed, 3 awaiting approval)."""
+    for name, stage in record.stages.items():
+        if stage.status == "awaiting_approval" and stage.gate:
+            from workbench.governance.approvals import Verdict
+
+            typer.echo(Verdict.model_validate(stage.gate).describe(record.id), err=True)
+        elif stage.status == "failed":
+            typer.echo(f"stage {name} failed: {stage.error}", err=True)
+    if record.status == "awaiting_approval":
+        typer.echo(f"run {record.id} is awaiting approval; continue with "
+                   f"`workbench resume {record.id}`", err=True)
+        raise typer.Exit(EXIT_AWAITING)
+    if record.status == "paused":
+        typer.echo(f"run {record.id} promoted to {target}; later environments wait for "
+                   f"`workbench promote {record.id} --to ENV`")
+    raise typer.Exit(EXIT_OK if record.status in ("succeeded", "paused") else EXIT_FAILED)
+
+
 @app.command()
 def run(
     env: Annotated[str, typer.Option("--env", help="Environment to run for.")] = "dev",
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one per event.")] = False,
 ) -> None:
-    """Run the pipeline: every stage through papermill, archived under reports/runs/."""
-    from workbench.pipeline.runner import run_pipeline
+    """Run the pipeline: every stage through papermill, archived under reports/runs/.
+
+    The run stops at a gate without enough approvals (exit 3); `workbench resume` goes on.
+    """
+    from workbench.pipeline.runner import start_run
     from workbench.pipeline.validate import load_and_validate
-    from workbench.progress import JsonReporter, LiveReporter, PlainReporter
 
     project = _project()
     config = load_and_validate(project)
     if env not in config.environments:
         raise UsageError(f"--env {env}: configs/environments.yaml defines "
                          f"{', '.join(config.environments)}")
-    signal.signal(signal.SIGTERM, _terminated)  # CI cancels with SIGTERM: record, then exit
+    if env in config.gates.policies:
+        raise UsageError(f"--env {env}: {env} is behind an approval gate; start in an "
+                         f"ungated environment and promote (`workbench promote RUN --to {env}`)")
+    record = _drive(lambda report: start_run(project, config, env, report), as_json)
+    _finish_run(record)
+
+
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run id, or 'latest'.")]
+
+
+def _run_id(project: Project, run_id: str) -> str:
+    from workbench.pipeline.state import latest_run
+
+    return latest_run(project).id if run_id == "latest" else run_id
+
+
+@app.command()
+def resume(run_id: RunArg, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Continue a run that stopped at a gate, with the configuration it started with."""
+    from workbench.pipeline.runner import resume_run
+
+    project = _project()
+    run_id = _run_id(project, run_id)
+    record = _drive(lambda report: resume_run(project, run_id, report), as_json)
+    _finish_run(record)
+
+
+@app.command()
+def promote(
+    run_id: RunArg,
+    to: Annotated[str, typer.Option("--to", help="Environment to promote into.")],
+    approver: Annotated[str | None, typer.Option("--as", help="Approve first, as NAME.")] = None,
+    comment: Annotated[str | None, typer.Option(help="Comment for that approval.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Short path: (optionally approve, then) resume up to and including ENV, no further."""
+    from workbench.pipeline.runner import resume_run
+
+    project = _project()
+    run_id = _run_id(project, run_id)
+    if approver is not None:
+        _decide(project, run_id, to, "approve", approver, comment)
+    record = _drive(lambda report: resume_run(project, run_id, report, until=to), as_json)
+    _finish_run(record, target=to)
+
+
+def _decide(project: Project, run_id: str, env: str, decision: Any, name: str | None,
+            comment: str | None) -> None:
+    from workbench.governance import approvals, identity
+
+    who = identity.current(name)
+    entry = approvals.submit(project, run_id, env, decision, who, comment, via="cli")
+    verdict, _ = approvals.status(project, run_id, env)
+    typer.echo(f"recorded #{entry['seq']}: {decision} by {who} for {env}, bundle "
+               f"{entry['bundle_digest'][:12]}")
+    typer.echo(verdict.describe(run_id))
+
+
+EnvOption = Annotated[str, typer.Option("--env", help="Environment whose gate this is for.")]
+AsOption = Annotated[str | None, typer.Option("--as", help="Your name (default: the CI or "
+                                              "JupyterHub user, else the OS user).")]
+
+
+@app.command()
+def approve(run_id: RunArg, env: EnvOption, approver: AsOption = None,
+            comment: Annotated[str | None, typer.Option(help="Why.")] = None) -> None:
+    """Approve a run's release bundle for an environment."""
+    project = _project()
+    _decide(project, _run_id(project, run_id), env, "approve", approver, comment)
+
+
+@app.command()
+def reject(run_id: RunArg, env: EnvOption,
+           comment: Annotated[str, typer.Option(help="Why (required).")],
+           approver: AsOption = None) -> None:
+    """Reject a run's release bundle for an environment: the gate fails when the run resumes."""
+    project = _project()
+    _decide(project, _run_id(project, run_id), env, "reject", approver, comment)
+
+
+@app.command()
+def approvals(run_id: RunArg, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every decision recorded for a run, and each gate's verdict for the current bundle."""
+    from workbench.governance import approvals as gov
+    from workbench.governance.bundle import BundleError
+    from workbench.pipeline.state import load
+
+    project = _project()
+    run_id = _run_id(project, run_id)
+    record = load(project, run_id)
+    records = gov.read_records(project, run_id)
+    verdicts: dict[str, Any] = {}
+    for env in gov.run_config(record).gates.policies:
+        try:
+            verdicts[env] = gov.status(project, run_id, env)[0]
+        except BundleError as exc:
+            verdicts[env] = str(exc)
     if as_json:
-        reporter: Any = JsonReporter()
-    elif sys.stdout.isatty():
-        reporter = LiveReporter()
-    else:
-        reporter = PlainReporter()
-    with reporter if isinstance(reporter, LiveReporter) else nullcontext():
-        record = run_pipeline(project, config, env, reporter)
-    raise typer.Exit(EXIT_OK if record.status == "succeeded" else EXIT_FAILED)
+        typer.echo(json.dumps({"records": records, "gates": {
+            env: v if isinstance(v, str) else v.model_dump() for env, v in verdicts.items()}},
+            indent=2))
+        return
+    if not records:
+        typer.echo(f"no decisions recorded for run {run_id}")
+    for r in records:
+        status = "" if r["accepted"] else f"  REFUSED: {r['refused']}"
+        typer.echo(f"#{r['seq']} {r['time'][:19]} {r['environment']:<5} {r['decision']:<7} "
+                   f"{r['approver']['name']} ({r['approver']['source']}) bundle "
+                   f"{r['bundle_digest'][:12]}{status}")
+        if r.get("comment"):
+            typer.echo(f"    {r['comment']}")
+    for env, verdict in verdicts.items():
+        typer.echo(f"{env}: {verdict}" if isinstance(verdict, str) else verdict.describe(run_id))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def lab(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8888,
+    no_browser: Annotated[bool, typer.Option("--no-browser")] = False,
+) -> None:
+    """Open JupyterLab on the project (127.0.0.1 only; widget state is saved with notebooks).
+
+    Extra arguments go to JupyterLab, e.g. `workbench lab -- --IdentityProvider.token=T`.
+    """
+    import os
+
+    project = _project()
+    settings = project.configs / "jupyterlab"
+    argv = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={project.root}",
+            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0"]
+    if settings.is_dir():
+        argv.append(f"--LabApp.app_settings_dir={settings}")
+    if no_browser:
+        argv.append("--no-browser")
+    argv += ctx.args
+    os.environ["WORKBENCH_PROJECT"] = str(project.root)
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)  # JupyterLab takes over this process, and its signals
 
 
 def _terminated(signum: int, _frame: Any) -> None:
@@ -156,6 +327,11 @@ def stop(env: Annotated[str, typer.Argument(help="Environment whose model server
 
 def main() -> None:
     """Console entry point: map user mistakes to one clear message and exit code 2."""
+    from workbench.governance.approvals import ApprovalRefused, ApprovalUsageError
+    from workbench.governance.bundle import BundleError
+    from workbench.governance.identity import IdentityError
+    from workbench.governance.journal import JournalError
+    from workbench.pipeline.runner import ResumeError
     from workbench.pipeline.state import RunRecordError
 
     try:
@@ -166,15 +342,16 @@ def main() -> None:
         count = len(exc.problems)
         _fail(exc, f"configuration invalid ({count} problem{'s' if count > 1 else ''}):\n"
                    + "\n".join(f"  {p}" for p in exc.problems))
-    except (ProjectNotFoundError, RunRecordError, UsageError) as exc:
+    except (ProjectNotFoundError, RunRecordError, UsageError, ApprovalUsageError, IdentityError,
+            ResumeError, BundleError) as exc:
         _fail(exc, str(exc))
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
+    except (ApprovalRefused, JournalError) as exc:
+        _fail(exc, str(exc), EXIT_FAILED)
+    except Exception as exc:
+        if _is_usage_error(exc):  # a missing or bad option: click's own message, exit 2
+            exc.show()  # type: ignore[attr-defined]
             sys.exit(EXIT_USAGE)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, typer.Abort):
             typer.echo("interrupted", err=True)
             sys.exit(130)
         if state["debug"]:
@@ -186,8 +363,19 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
-def _fail(exc: Exception, message: str) -> None:
+def _is_usage_error(exc: Exception) -> bool:
+    """Click's usage errors (typer >= 0.17 carries its own copy of click's exceptions)."""
+    import click
+
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+    except ImportError:  # older typer uses click itself
+        TyperClickException = click.ClickException  # noqa: N806
+    return isinstance(exc, click.ClickException | TyperClickException)
+
+
+def _fail(exc: Exception, message: str, code: int = EXIT_USAGE) -> None:
     if state["debug"]:
         raise exc
     typer.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_USAGE)
+    sys.exit(code)

@@ -5,7 +5,8 @@ Three YAML files under ``configs/``:
 - ``pipeline.yaml``: stages (notebook, parameters, upstream ``needs``, declared outputs, timeout)
   and the MLflow settings;
 - ``environments.yaml``: dev/qa/prod with deploy target, port and thresholds;
-- ``model.yaml``: registered model name, dataset, estimator and hyper-parameters.
+- ``model.yaml``: registered model name, dataset, estimator and hyper-parameters;
+- ``gates.yaml`` (optional): approver groups and the approval policy of each gated environment.
 
 Every problem is reported as a :class:`Problem` naming the file, the key path and what was
 expected; loading raises :class:`ConfigError` holding all of them.
@@ -28,7 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 PIPELINE_FILE = "pipeline.yaml"
 ENVIRONMENTS_FILE = "environments.yaml"
 MODEL_FILE = "model.yaml"
+GATES_FILE = "gates.yaml"
 CONFIG_FILES = (PIPELINE_FILE, ENVIRONMENTS_FILE, MODEL_FILE)
+OPTIONAL_FILES = (GATES_FILE,)
 
 OutputType = Literal["str", "int", "float", "bool", "list", "dict"]
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -87,6 +90,13 @@ class Stage(Strict):
     parameters: dict[str, ParamValue] = {}
     outputs: dict[str, OutputType] = {}
     timeout: Annotated[float, Field(gt=0)] = 1800.0
+    environment: str | None = None  # env.* references resolve here (default: the run's)
+    gate: str | None = None  # an approval gate for this environment (configs/gates.yaml)
+
+    @property
+    def target_environment(self) -> str | None:
+        """The environment this stage acts on, when it is not simply the run's."""
+        return self.gate or self.environment
 
     @field_validator("parameters", mode="before")
     @classmethod
@@ -140,6 +150,86 @@ class Environments(Strict):
         return value
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"`` -> seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip())
+    if not match:
+        raise ValueError(f"expected a duration such as 30m, 24h or 7d, got {text!r}")
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+
+
+class GatePolicy(Strict):
+    """Who may approve a release into one environment, and what an approval needs."""
+
+    approvers: list[str] = Field(min_length=1)  # names, or group:<name> from ``groups``
+    quorum: Annotated[int, Field(ge=1)] = 1
+    allow_self_approval: bool | None = None  # requester or trainer approves; default: not prod
+    valid_for: str = "7d"
+    require_comment: bool | None = None  # default: prod; a rejection always needs one
+
+    @field_validator("valid_for")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def valid_for_s(self) -> float:
+        return parse_duration(self.valid_for)
+
+
+class Gates(Strict):
+    groups: dict[str, list[str]] = {}
+    policies: dict[str, GatePolicy] = {}
+
+    @field_validator("policies")
+    @classmethod
+    def _groups_exist(cls, value: dict[str, GatePolicy], info: Any) -> dict[str, GatePolicy]:
+        groups = info.data.get("groups", {})
+        for env, policy in value.items():
+            for entry in policy.approvers:
+                if entry.startswith("group:") and entry.removeprefix("group:") not in groups:
+                    raise ValueError(f"policy {env!r}: unknown group {entry!r}; "
+                                     f"groups defines {sorted(groups)}")
+            names = _expand(policy.approvers, groups)
+            if policy.quorum > len(names):
+                raise ValueError(f"policy {env!r}: quorum {policy.quorum} is more than the "
+                                 f"{len(names)} distinct approvers {sorted(names)}")
+        return value
+
+    def approvers(self, environment: str) -> set[str]:
+        """Every name that may approve for ``environment`` (groups expanded)."""
+        return _expand(self.policies[environment].approvers, self.groups)
+
+    def allows_self_approval(self, environment: str) -> bool:
+        allowed = self.policies[environment].allow_self_approval
+        return environment != "prod" if allowed is None else allowed
+
+    def requires_comment(self, environment: str) -> bool:
+        required = self.policies[environment].require_comment
+        return environment == "prod" if required is None else required
+
+    def version(self, environment: str) -> str:
+        """sha256 of the policy that applies (with its groups expanded): its version."""
+        policy = self.policies[environment].model_dump()
+        policy["approvers"] = sorted(self.approvers(environment))
+        blob = json.dumps(policy, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _expand(entries: list[str], groups: dict[str, list[str]]) -> set[str]:
+    names: set[str] = set()
+    for entry in entries:
+        if entry.startswith("group:"):
+            names.update(groups.get(entry.removeprefix("group:"), []))
+        else:
+            names.add(entry)
+    return names
+
+
 class Model(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     dataset: Literal[DATASETS]  # type: ignore[valid-type]
@@ -155,6 +245,7 @@ class Config(Strict):
     pipeline: Pipeline
     environments: dict[str, Environment]
     model: Model
+    gates: Gates = Gates()
     sources: dict[str, str]
 
     @property
@@ -168,6 +259,10 @@ class Config(Strict):
         if found is None:
             raise KeyError(f"no stage named {name!r}")
         return found
+
+    def environment_rank(self, name: str) -> int:
+        """Position in the promotion order: the order of configs/environments.yaml."""
+        return list(self.environments).index(name)
 
 
 def _key_path(loc: tuple[Any, ...], data: Any) -> str:
@@ -235,11 +330,10 @@ def _parse(model: type[BaseModel], data: Any, file: str) -> tuple[Any, list[Prob
         return None, list(seen.values())
 
 
-def read_yaml(path: Path, label: str) -> tuple[Any, list[Problem]]:
-    """Read one YAML file; syntax errors become problems with line and column."""
-    if not path.is_file():
+def read_yaml(text: str | None, label: str) -> tuple[Any, list[Problem]]:
+    """Parse one YAML file's text; syntax errors become problems with line and column."""
+    if text is None:
         return None, [Problem(label, "", "file is missing")]
-    text = path.read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -254,20 +348,33 @@ def read_yaml(path: Path, label: str) -> tuple[Any, list[Problem]]:
 
 
 def load_config(configs_dir: Path) -> Config:
-    """Load and validate the three config files; raise :class:`ConfigError` listing all problems."""
+    """Load and validate the config files; raise :class:`ConfigError` listing all problems."""
+    texts: dict[str, str | None] = {}
+    for file in (*CONFIG_FILES, *OPTIONAL_FILES):
+        path = configs_dir / file
+        texts[file] = path.read_text(encoding="utf-8") if path.is_file() else None
+    return parse_config(texts)
+
+
+def parse_config(texts: dict[str, str | None]) -> Config:
+    """Validate config file contents (``None``: the file is missing), e.g. a run's snapshot."""
     problems: list[Problem] = []
     parsed: dict[str, Any] = {}
     sources: dict[str, str] = {}
     models: dict[str, type[BaseModel]] = {
         PIPELINE_FILE: Pipeline, ENVIRONMENTS_FILE: Environments, MODEL_FILE: Model,
+        GATES_FILE: Gates,
     }
     for file, model in models.items():
         label = f"configs/{file}"
-        data, found = read_yaml(configs_dir / file, label)
+        text = texts.get(file)
+        if text is None and file in OPTIONAL_FILES:
+            continue
+        data, found = read_yaml(text, label)
         problems += found
         if data is None:
             continue
-        sources[file] = (configs_dir / file).read_text(encoding="utf-8")
+        sources[file] = text
         parsed[file], found = _parse(model, data, label)
         problems += found
     if problems:
@@ -276,5 +383,6 @@ def load_config(configs_dir: Path) -> Config:
         pipeline=parsed[PIPELINE_FILE],
         environments=parsed[ENVIRONMENTS_FILE].environments,
         model=parsed[MODEL_FILE],
+        gates=parsed.get(GATES_FILE, Gates()),
         sources=sources,
     )

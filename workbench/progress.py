@@ -45,6 +45,12 @@ def describe(event: Event) -> str | None:
         return f"{line}: {event['error']}" if event.get("error") else line
     if kind == "stage_skipped":
         return f"stage {event['stage']} skipped: {event['reason']}"
+    if kind == "gate_awaiting":
+        return f"stage {event['stage']} awaiting approval for {event['environment']}"
+    if kind == "alias_moved":
+        was = f" (was v{event['from_version']})" if event.get("from_version") else ""
+        return (f"alias {event['alias']} of {event['model']} now points at "
+                f"v{event['to_version']}{was}")
     if kind == "run_finished":
         return (f"run {event['run_id']} {event['status']} in {event['duration_s']:.1f} s; "
                 f"archived under {event['folder']}")
@@ -68,7 +74,7 @@ class LiveReporter(AbstractContextManager):
     """A live rich table of stages, their status, elapsed time and the current cell."""
 
     STYLES = {"pending": "dim", "running": "bold yellow", "succeeded": "green",
-              "failed": "bold red", "skipped": "dim"}
+              "failed": "bold red", "skipped": "dim", "awaiting_approval": "bold magenta"}
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -105,7 +111,8 @@ class LiveReporter(AbstractContextManager):
     def __call__(self, event: Event) -> None:
         kind = event["event"]
         if kind == "run_started":
-            self.rows = {name: {"status": "pending"} for name in event["stages"]}
+            done = event.get("statuses", {})
+            self.rows = {name: {"status": done.get(name, "pending")} for name in event["stages"]}
         elif kind == "stage_started":
             self.rows[event["stage"]] = {"status": "running", "start": time.monotonic()}
         elif kind == "cell":
@@ -117,5 +124,8 @@ class LiveReporter(AbstractContextManager):
                        cell=(event.get("error") or "")[:80])
         elif kind == "stage_skipped":
             self.rows[event["stage"]] = {"status": "skipped", "cell": event["reason"]}
-        elif kind == "run_finished":
+        elif kind == "gate_awaiting":
+            self.rows[event["stage"]] = {"status": "awaiting_approval",
+                                         "cell": f"needs approval for {event['environment']}"}
+        elif kind == "alias_moved" or kind == "run_finished":
             self.console.print(describe(event))

@@ -79,6 +79,36 @@ def descendants(config: Config, name: str) -> set[str]:
     return {s for s, up in ancestors(config).items() if name in up}
 
 
+def gate_problems(config: Config) -> list[Problem]:
+    """Gates and stage environments that name no environment or policy; ungated promotions."""
+    problems: list[Problem] = []
+    environments = list(config.environments)
+    gates_label = "configs/gates.yaml"
+    for env in config.gates.policies:
+        if env not in config.environments:
+            problems.append(Problem(gates_label, f"policies.{env}",
+                                    f"unknown environment; expected one of {environments}"))
+    upstream = ancestors(config)
+    for index, stage in enumerate(config.pipeline.stages):
+        for key in ("gate", "environment"):
+            value = getattr(stage, key)
+            if value is not None and value not in config.environments:
+                problems.append(Problem(PIPELINE_LABEL, _where(index, stage, key),
+                                        f"unknown environment {value!r}; expected one of "
+                                        f"{environments}"))
+        if stage.gate and stage.gate in config.environments and \
+                stage.gate not in config.gates.policies:
+            problems.append(Problem(PIPELINE_LABEL, _where(index, stage, "gate"),
+                                    f"no approval policy for {stage.gate!r} in {gates_label}"))
+        env = stage.environment
+        if env in config.gates.policies and not any(
+                config.stage(up).gate == env for up in upstream[stage.name]):
+            problems.append(Problem(PIPELINE_LABEL, _where(index, stage, "environment"),
+                                    f"acts on {env!r}, which has an approval policy, but no "
+                                    f"stage with 'gate: {env}' is upstream; add it to needs"))
+    return problems
+
+
 def reference_problems(config: Config) -> list[Problem]:
     """References to unknown roots, keys, run fields, or outputs no upstream stage declares."""
     problems: list[Problem] = []
@@ -136,6 +166,7 @@ def resolve_parameters(
     outputs: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """Concrete, typed parameter values for one stage of one run."""
+    environment = stage.target_environment or environment
     env = {"name": environment, **config.environments[environment].model_dump()}
     roots: dict[str, Any] = {"model": config.model.model_dump(), "env": env, "run": run, **outputs}
     resolved: dict[str, Any] = {}

@@ -1,4 +1,8 @@
-"""Run a pipeline: plan, execute each stage through papermill, record and archive as we go."""
+"""Run a pipeline: plan, execute each stage through papermill, record and archive as we go.
+
+A run stops at a gate that lacks approvals ("awaiting approval") and is continued later by
+:func:`resume_run` with the configuration it was started with.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from workbench import gitinfo
 from workbench.config import Config
 from workbench.execution.stage import execute_stage
+from workbench.governance import identity
 from workbench.pipeline import state
+from workbench.pipeline.gates import record_alias_output, run_gate
 from workbench.pipeline.plan import resolve_parameters, stage_order
 from workbench.progress import Reporter, make_event
 from workbench.project import PROJECT_ENV_VAR, Project
 from workbench.registry import store as mlflow_store
+
+RUN_LOCK = ".run.lock"
+
+
+class ResumeError(RuntimeError):
+    """The run cannot be continued (finished, failed, or being executed elsewhere)."""
 
 
 @contextmanager
@@ -33,8 +47,22 @@ def kernel_environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
-def _new_record(project: Project, config: Config, environment: str, tracking_uri: str
-                ) -> state.RunRecord:
+@contextmanager
+def run_lock(project: Project, run_id: str) -> Iterator[None]:
+    """One process at a time executes a run."""
+    lock = FileLock(state.run_dir(project, run_id) / RUN_LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ResumeError(f"run {run_id} is being executed by another process") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _new_record(project: Project, config: Config, environment: str, tracking_uri: str,
+                actor: identity.Identity) -> state.RunRecord:
     sha, dirty = gitinfo.commit(project.root)
     return state.RunRecord(
         id=state.new_run_id(),
@@ -48,38 +76,73 @@ def _new_record(project: Project, config: Config, environment: str, tracking_uri
         tracking_uri=tracking_uri,
         experiment=config.pipeline.mlflow.experiment,
         stages={name: state.StageRecord() for name in stage_order(config)},
+        requested_by=actor,
     )
 
 
-def _note_mlflow(record: state.RunRecord, outputs: dict[str, Any], model_name: str) -> None:
+def _note_mlflow(record: state.RunRecord, outputs: dict[str, Any], model_name: str,
+                 actor: identity.Identity) -> None:
     """Pick up MLflow run ids and the registered version from conventional output names."""
     run_id = outputs.get("mlflow_run_id")
     if isinstance(run_id, str) and run_id and run_id not in record.mlflow_run_ids:
         record.mlflow_run_ids.append(run_id)
+        record.trained_by = record.trained_by or actor
     version = outputs.get("model_version")
     if version not in (None, "", 0):
         record.model_version = state.ModelVersion(name=model_name, version=str(version))
 
 
-def run_pipeline(project: Project, config: Config, environment: str, report: Reporter
-                 ) -> state.RunRecord:
-    """Execute every stage in dependency order; a failed stage stops its dependants only."""
+def start_run(project: Project, config: Config, environment: str, report: Reporter
+              ) -> state.RunRecord:
+    """Create a run for ``environment`` and execute it as far as its gates allow."""
+    actor = identity.current()
     store = mlflow_store.resolve(project, config.pipeline.mlflow)
     mlflow_store.prepare(store)
-    record = _new_record(project, config, environment, store.tracking_uri)
+    record = _new_record(project, config, environment, store.tracking_uri, actor)
     folder = state.run_dir(project, record.id)
     folder.mkdir(parents=True, exist_ok=False)  # never write into an earlier run's folder
-    state.save(project, record)
-    run_info = {"id": record.id, "git_commit": record.git_commit,
-                "config_hash": record.config_hash, "environment": environment}
+    with run_lock(project, record.id):
+        state.save(project, record)
+        return _execute(project, config, record, report, actor, until=None)
+
+
+def resume_run(project: Project, run_id: str, report: Reporter, until: str | None = None
+               ) -> state.RunRecord:
+    """Continue a run that stopped at a gate (or before ``until``'s later environments)."""
+    from workbench.governance.approvals import run_config
+
+    actor = identity.current()
+    with run_lock(project, run_id):
+        record = state.load(project, run_id)
+        if record.status not in state.RESUMABLE:
+            raise ResumeError(f"run {run_id} is {record.status}; only a run that is awaiting "
+                              f"approval or paused can be resumed")
+        config = run_config(record)
+        if until is not None and until not in config.environments:
+            raise ResumeError(f"unknown environment {until!r}; this run's configuration "
+                              f"defines {', '.join(config.environments)}")
+        for entry in record.stages.values():
+            if entry.status == "awaiting_approval":
+                entry.status = "pending"
+        record.status, record.finished = "running", None
+        state.save(project, record)
+        return _execute(project, config, record, report, actor, until=until)
+
+
+def _execute(project: Project, config: Config, record: state.RunRecord, report: Reporter,
+             actor: identity.Identity, until: str | None) -> state.RunRecord:
+    folder = state.run_dir(project, record.id)
+    store = mlflow_store.Store(record.tracking_uri, record.experiment, None, embedded=False)
     started = time.monotonic()
     report(make_event("run_started", run_id=record.id, pipeline=record.pipeline,
-                      environment=environment, stages=list(record.stages), folder=str(folder)))
+                      environment=record.environment, stages=list(record.stages),
+                      statuses={n: e.status for n, e in record.stages.items()},
+                      folder=str(folder)))
     kernel_env = {**store.environment, PROJECT_ENV_VAR: str(project.root),
-                  "WORKBENCH_RUN_ID": record.id, "WORKBENCH_ENVIRONMENT": environment}
+                  "WORKBENCH_RUN_ID": record.id, "WORKBENCH_ENVIRONMENT": record.environment}
     try:
         with kernel_environment(kernel_env):
-            _run_stages(project, config, record, run_info, report)
+            _run_stages(project, config, record, report, actor, until)
     except BaseException:  # Ctrl-C or a crash of ours: the record must not say "running"
         for entry in record.stages.values():
             if entry.status == "running":
@@ -87,49 +150,88 @@ def run_pipeline(project: Project, config: Config, environment: str, report: Rep
         record.status, record.finished = "failed", state.now()
         state.save(project, record)
         raise
-    failed = any(s.status in ("failed", "skipped") for s in record.stages.values())
-    record.status = "failed" if failed else "succeeded"
-    record.finished = state.now()
+    record.status = _final_status(record)
+    record.finished = state.now() if record.status in ("succeeded", "failed") else None
     state.save(project, record)
     report(make_event("run_finished", run_id=record.id, status=record.status,
                       duration_s=time.monotonic() - started, folder=str(folder)))
     return record
 
 
+def _final_status(record: state.RunRecord) -> state.RunStatus:
+    statuses = {entry.status for entry in record.stages.values()}
+    if statuses & {"failed", "skipped"}:
+        return "failed"
+    if "awaiting_approval" in statuses:
+        return "awaiting_approval"
+    if "pending" in statuses:
+        return "paused"
+    return "succeeded"
+
+
+def _stage_environment(config: Config, record: state.RunRecord, name: str) -> str:
+    return config.stage(name).target_environment or record.environment
+
+
 def _run_stages(project: Project, config: Config, record: state.RunRecord,
-                run_info: dict[str, str], report: Reporter) -> None:
-    """Execute the stages in order, saving the record after each; skip dependants of failures."""
+                report: Reporter, actor: identity.Identity, until: str | None) -> None:
+    """Execute the stages still to do, in order; skip dependants of failures, hold back
+    dependants of gates that are waiting, and stages of environments after ``until``."""
     folder = state.run_dir(project, record.id)
-    outputs: dict[str, dict[str, Any]] = {}
+    run_info = {"id": record.id, "git_commit": record.git_commit,
+                "config_hash": record.config_hash, "environment": record.environment}
+    outputs = {name: dict(entry.outputs) for name, entry in record.stages.items()
+               if entry.status == "succeeded"}
     for name in record.stages:
         stage = config.stage(name)
         entry = record.stages[name]
-        blocked = [up for up in stage.needs if record.stages[up].status != "succeeded"]
-        if blocked:
+        if entry.status != "pending":
+            continue
+        upstream = {up: record.stages[up].status for up in stage.needs}
+        broken = [up for up, status in upstream.items() if status in ("failed", "skipped")]
+        if broken:
             entry.status = "skipped"
-            entry.error = f"upstream stage {blocked[0]!r} did not succeed"
+            entry.error = f"upstream stage {broken[0]!r} did not succeed"
             report(make_event("stage_skipped", stage=name, reason=entry.error))
             state.save(project, record)
             continue
+        if any(status != "succeeded" for status in upstream.values()):
+            continue  # waits for a gate upstream
+        environment = _stage_environment(config, record, name)
+        if until is not None and config.environment_rank(environment) > \
+                config.environment_rank(until):
+            continue
         entry.parameters = resolve_parameters(stage, config, record.environment, run_info,
                                               outputs)
+        entry.actor = actor
+        if stage.gate:
+            run_gate(project, config, record, name, actor, report)
+            outputs[name] = dict(entry.outputs)
+            continue
         entry.notebook = f"{name}.ipynb"
         entry.status, entry.started = "running", state.now()
         state.save(project, record)
         report(make_event("stage_started", stage=name, notebook=stage.notebook))
-
-        def on_cell(index: int, total: int, source: str, _stage: str = name) -> None:
-            report(make_event("cell", stage=_stage, index=index, total=total, source=source))
-
         result = execute_stage(
             project.root / stage.notebook, folder / entry.notebook, entry.parameters,
-            stage.outputs, cwd=project.root, timeout=stage.timeout, on_cell=on_cell,
+            stage.outputs, cwd=project.root, timeout=stage.timeout,
+            on_cell=cell_reporter(report, name),
         )
         entry.status = "succeeded" if result.succeeded else "failed"
         entry.outputs, entry.error = result.outputs, result.error
         entry.finished, entry.duration_s = state.now(), round(result.duration_s, 3)
         outputs[name] = result.outputs
-        _note_mlflow(record, result.outputs, config.model.name)
+        _note_mlflow(record, result.outputs, config.model.name, actor)
+        if result.succeeded:
+            record_alias_output(project, record, name, actor)
         state.save(project, record)
         report(make_event("stage_finished", stage=name, status=entry.status,
                           duration_s=result.duration_s, error=result.error))
+
+
+def cell_reporter(report: Reporter, stage: str) -> Any:
+    def on_cell(index: int, total: int, source: str) -> None:
+        report(make_event("cell", stage=stage, index=index, total=total, source=source))
+
+    return on_cell
+

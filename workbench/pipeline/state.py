@@ -10,11 +10,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from workbench.atomic import write_json
+from workbench.governance.identity import Identity
 from workbench.project import Project
 
 RUN_FILE = "run.json"
-StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
-RunStatus = Literal["running", "succeeded", "failed"]
+StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped",
+                      "awaiting_approval"]
+# paused: stopped on purpose before later environments (``workbench promote --to``)
+RunStatus = Literal["running", "succeeded", "failed", "awaiting_approval", "paused"]
+RESUMABLE: tuple[RunStatus, ...] = ("awaiting_approval", "paused")
 
 
 class RunRecordError(RuntimeError):
@@ -39,6 +43,8 @@ class StageRecord(BaseModel):
     finished: str | None = None
     duration_s: float | None = None
     error: str | None = None
+    actor: Identity | None = None
+    gate: dict[str, Any] | None = None  # a gate stage's verdict: state, bundle, approvals
 
 
 class ModelVersion(BaseModel):
@@ -62,6 +68,8 @@ class RunRecord(BaseModel):
     stages: dict[str, StageRecord]
     mlflow_run_ids: list[str] = []
     model_version: ModelVersion | None = None
+    requested_by: Identity | None = None
+    trained_by: Identity | None = None
 
 
 def run_dir(project: Project, run_id: str) -> Path:

@@ -8,6 +8,7 @@ from workbench.config import Config, ConfigError, Problem, Ref, load_config
 from workbench.execution.parameters import Declared, NotebookError, declared_parameters
 from workbench.pipeline.plan import (
     PIPELINE_LABEL,
+    gate_problems,
     graph_problems,
     lookup,
     reference_problems,
@@ -24,7 +25,7 @@ def load_and_validate(project: Project) -> Config:
     config = load_config(project.configs)
     problems = graph_problems(config)
     if not problems:
-        problems = reference_problems(config)
+        problems = gate_problems(config) or reference_problems(config)
     problems += notebook_problems(project, config)
     if problems:
         raise ConfigError(problems)

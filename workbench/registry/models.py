@@ -64,14 +64,20 @@ def champion(model_name: str, alias: str) -> Champion | None:
     return Champion(str(found.version), f"models:/{model_name}/{found.version}")
 
 
-def register(model_uri: str, model_name: str, tags: dict[str, str], alias: str) -> str:
-    """Register ``model_uri`` as a new version, tag it, point ``alias`` at it; return version."""
+def register(model_uri: str, model_name: str, tags: dict[str, str], alias: str
+             ) -> tuple[str, str | None]:
+    """Register ``model_uri`` as a new version, tag it and point ``alias`` at it.
+
+    Returns the new version and the version the alias held before (None if it held none).
+    """
     import mlflow
+
+    version = str(mlflow.register_model(model_uri, model_name, tags=tags).version)
+    previous = champion(model_name, alias)
     from mlflow import MlflowClient
 
-    version = mlflow.register_model(model_uri, model_name, tags=tags).version
     MlflowClient().set_registered_model_alias(model_name, alias, version)
-    return str(version)
+    return version, previous.version if previous else None
 
 
 def version_by_alias(model_name: str, alias: str) -> str:

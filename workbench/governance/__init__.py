@@ -1,0 +1,1 @@
+"""Release governance: identities, the release bundle, approval records, gates and promotion."""

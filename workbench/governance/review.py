@@ -1,0 +1,231 @@
+"""What ``notebooks/approve.ipynb`` shows and does: evidence, the approval form, the summary.
+
+Interactive (JupyterLab) it builds an ipywidgets form whose buttons call
+:func:`workbench.governance.approvals.submit`, the same call as ``workbench approve``, and waits
+for the decision with ``await`` so the kernel keeps handling the clicks. Headless (papermill, CI)
+it never creates a widget and never waits: it reads the recorded decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from workbench.governance import approvals, identity
+from workbench.governance.bundle import Bundle
+from workbench.pipeline import state
+from workbench.project import Project, find_project
+
+MODES = ("auto", "interactive", "headless")
+
+
+def resolve_mode(mode: str) -> str:
+    """``auto``: interactive in a Jupyter server session (it sets JPY_SESSION_NAME), headless
+    under papermill, nbconvert and ``workbench run``."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    in_server = bool(os.environ.get("JPY_SESSION_NAME"))
+    return "interactive" if in_server and not os.environ.get("WORKBENCH_RUN_ID") else "headless"
+
+
+def _markdown(text: str) -> None:
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
+
+
+@dataclass
+class Review:
+    """One run's release into one environment, as a reviewer sees it."""
+
+    project: Project
+    record: state.RunRecord
+    environment: str
+    verdict: approvals.Verdict
+    bundle: Bundle
+    submitted: list[dict[str, Any]] = field(default_factory=list)
+
+    # --- evidence ---------------------------------------------------------------------------
+
+    def show_evidence(self) -> None:
+        """Release, policy, metrics against the champion, plots, load tests, decisions so far."""
+        model = self.record.model_version
+        config = approvals.run_config(self.record)
+        policy = config.gates.policies[self.environment]
+        self_ok = config.gates.allows_self_approval(self.environment)
+        lines = [f"## Release of run `{self.record.id}` to **{self.environment}**", "",
+                 f"- model: `{model.name}` version **{model.version}**" if model else "",
+                 f"- bundle: `sha256:{self.bundle.digest}`",
+                 f"- git commit `{self.record.git_commit[:12]}`, config "
+                 f"`{self.record.config_hash[:12]}`",
+                 f"- policy: {policy.quorum} approval(s) from "
+                 f"{', '.join(sorted(config.gates.approvers(self.environment)))}; valid for "
+                 f"{policy.valid_for}; self-approval "
+                 f"{'allowed' if self_ok else 'not allowed'}"]
+        _markdown("\n".join(line for line in lines if line))
+        self._show_metrics()
+        self._show_plots()
+        self._show_load_tests()
+        self._show_decisions()
+
+    def _show_metrics(self) -> None:
+        for name, entry in self.record.stages.items():
+            metrics = entry.outputs.get("metrics")
+            if entry.status != "succeeded" or not isinstance(metrics, dict):
+                continue
+            champion = entry.outputs.get("champion") or {}
+            head = f"### Metrics from `{name}`"
+            if champion.get("version"):
+                head += f" against champion v{champion['version']}"
+            rows = [head, "", "| metric | candidate | champion |", "|---|---|---|"]
+            for key, value in metrics.items():
+                other = champion.get(key)
+                shown = "-" if other is None else f"{other:.4f}"
+                rows.append(f"| {key} | {value:.4f} | {shown} |")
+            verdict = entry.outputs.get("passed")
+            if verdict is not None:
+                rows += ["", f"Evaluation **{'passed' if verdict else 'failed'}**."]
+            _markdown("\n".join(rows))
+
+    def _show_plots(self) -> None:
+        from IPython.display import Image, display
+
+        folder = state.run_dir(self.project, self.record.id)
+        for entry in self.record.stages.values():
+            if not entry.notebook or not entry.outputs.get("metrics"):
+                continue
+            path = folder / entry.notebook
+            if not path.is_file():
+                continue
+            for cell in json.loads(path.read_text(encoding="utf-8")).get("cells", []):
+                for output in cell.get("outputs", []):
+                    png = output.get("data", {}).get("image/png")
+                    if png:
+                        text = "".join(png) if isinstance(png, list) else png
+                        display(Image(data=base64.b64decode(text)))
+
+    def _show_load_tests(self) -> None:
+        for name, entry in self.record.stages.items():
+            if name.startswith("load_test") and entry.status == "succeeded":
+                rows = [f"### Load test `{name}`", "", "| measure | value |", "|---|---|"]
+                rows += [f"| {key} | {value} |" for key, value in entry.outputs.items()]
+                _markdown("\n".join(rows))
+
+    def _show_decisions(self) -> None:
+        records = [r for r in approvals.read_records(self.project, self.record.id)
+                   if r.get("environment") == self.environment]
+        if not records:
+            _markdown("No decisions recorded yet.")
+            return
+        rows = ["### Decisions recorded", "", "| # | decision | by | time | comment | counts |",
+                "|---|---|---|---|---|---|"]
+        uncounted = {n["seq"]: n["reason"] for n in self.verdict.not_counted}
+        for r in records:
+            counts = "no: " + uncounted[r["seq"]] if r["seq"] in uncounted else "yes"
+            rows.append(f"| {r['seq']} | {r['decision']} | {r['approver']['name']} "
+                        f"({r['approver']['source']}) | {r['time'][:19]} | "
+                        f"{r.get('comment') or ''} | {counts} |")
+        _markdown("\n".join(rows))
+
+    # --- deciding -----------------------------------------------------------------------------
+
+    def decide(self, decision: approvals.Decision, name: str, comment: str | None,
+               via: str = "notebook") -> dict[str, Any]:
+        """Record a decision through the library call the CLI uses."""
+        who = identity.current(name or None)
+        entry = approvals.submit(self.project, self.record.id, self.environment, decision, who,
+                                 comment, via=via)
+        self.submitted.append(entry)
+        self.refresh()
+        return entry
+
+    def refresh(self) -> approvals.Verdict:
+        self.verdict, self.bundle = approvals.status(self.project, self.record.id,
+                                                     self.environment)
+        return self.verdict
+
+    def form(self) -> ApprovalForm:
+        return ApprovalForm(self)
+
+    # --- the end ------------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """The decision as Markdown (readable in rendered HTML without JavaScript); also glued
+        as the stage's outputs ``decision``, ``approvers`` and ``bundle_digest``."""
+        from workbench.scraps import glue
+
+        verdict = self.refresh()
+        title = {"approved": "Approved", "rejected": "Rejected",
+                 "awaiting": "Awaiting approval"}[verdict.state]
+        text = (f"## {title}: {self.environment}\n\n"
+                + "\n".join(f"    {line}" for line in verdict.describe(self.record.id)
+                            .splitlines()))
+        _markdown(text)
+        glue("decision", verdict.state)
+        glue("approvers", verdict.approved_by)
+        glue("bundle_digest", verdict.bundle_digest)
+        return text
+
+
+class ApprovalForm:
+    """Approver, comment, Approve and Reject: a click records the decision at once."""
+
+    def __init__(self, review: Review):
+        import ipywidgets as widgets
+
+        self.review = review
+        platform = identity.platform_identity()
+        self.approver = widgets.Text(value=platform.name if platform else "",
+                                     description="Approver", placeholder="your name",
+                                     disabled=platform is not None)
+        self.comment = widgets.Textarea(description="Comment", placeholder="why (required to "
+                                        "reject, and for prod)")
+        self.approve_button = widgets.Button(description="Approve", button_style="success",
+                                             icon="check")
+        self.reject_button = widgets.Button(description="Reject", button_style="danger",
+                                            icon="times")
+        self.status = widgets.HTML(value=f"<b>{review.verdict.state}</b>: "
+                                         f"{review.verdict.missing} more approval(s) needed")
+        self.approve_button.on_click(lambda _b: self._submit("approve"))
+        self.reject_button.on_click(lambda _b: self._submit("reject"))
+        self.widget = widgets.VBox([self.approver, self.comment,
+                                    widgets.HBox([self.approve_button, self.reject_button]),
+                                    self.status])
+        self.done = False
+
+    def _submit(self, decision: approvals.Decision) -> None:
+        try:
+            entry = self.review.decide(decision, self.approver.value, self.comment.value)
+        except Exception as exc:  # shown in the form; the person can correct and retry
+            self.status.value = f"<b>not recorded</b>: {exc}"
+            return
+        self.done = True
+        for item in (self.approver, self.comment, self.approve_button, self.reject_button):
+            item.disabled = True
+        self.status.value = (f"<b>recorded</b> #{entry['seq']}: {decision} by "
+                             f"{entry['approver']['name']}; gate is "
+                             f"<b>{self.review.verdict.state}</b>")
+
+    async def wait(self, timeout_s: float, poll_s: float = 0.1) -> bool:
+        """Wait for a click without blocking the kernel; False if ``timeout_s`` passed."""
+        deadline = time.monotonic() + timeout_s
+        while not self.done and time.monotonic() < deadline:
+            await asyncio.sleep(poll_s)
+        if not self.done:
+            self.status.value = f"<b>no decision</b> within {timeout_s:.0f} s"
+        return self.done
+
+
+def load(run_id: str = "", environment: str = "qa") -> Review:
+    """The review of ``run_id`` (empty: the latest run) for ``environment``."""
+    project = find_project()
+    record = state.load(project, run_id) if run_id else state.latest_run(project)
+    verdict, bundle = approvals.status(project, record.id, environment)
+    return Review(project, record, environment, verdict, bundle)
