@@ -18,6 +18,7 @@ from tests.conftest import Workspace, free_port
 from workbench.deploy.local import ping
 
 STAGES = ["train", "evaluate", "register", "deploy"]
+PROMOTION = ["approve_qa", "deploy_qa", "approve_prod", "deploy_prod"]
 
 
 def predict(url: str, columns: list[str], rows: list[list[float]]) -> list:
@@ -31,12 +32,14 @@ def predict(url: str, columns: list[str], rows: list[list[float]]) -> list:
 def test_full_pipeline_trains_registers_and_serves(release_project: Workspace) -> None:
     ws = release_project
     first = ws.cli("run")
-    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.returncode == 3, first.stdout + first.stderr  # dev done; qa needs approval
     record = ws.run_record()
     folder = ws.runs()[-1]
-    assert record["status"] == "succeeded"
-    assert [name for name in record["stages"]] == STAGES
-    assert all(stage["status"] == "succeeded" for stage in record["stages"].values())
+    assert record["status"] == "awaiting_approval"
+    assert [name for name in record["stages"]] == STAGES + PROMOTION
+    assert all(record["stages"][name]["status"] == "succeeded" for name in STAGES)
+    assert record["stages"]["approve_qa"]["status"] == "awaiting_approval"
+    assert "gate approve_qa (qa) is awaiting approval" in first.stderr
     assert record["model_version"] == {"name": "breast-cancer-classifier", "version": "1"}
     assert record["mlflow_run_ids"] == [record["stages"]["train"]["outputs"]["mlflow_run_id"]]
     assert record["config"]["pipeline.yaml"] == (ws.root / "configs/pipeline.yaml").read_text()
@@ -64,12 +67,13 @@ def test_full_pipeline_trains_registers_and_serves(release_project: Workspace) -
     status = ws.cli("status")
     assert status.returncode == 0 and record["id"] in status.stdout
     assert "breast-cancer-classifier v1" in status.stdout
+    assert "approve_qa   awaiting_approval" in status.stdout
     listing = ws.cli("runs")
-    assert record["id"] in listing.stdout and "succeeded" in listing.stdout
+    assert record["id"] in listing.stdout and "awaiting_approval" in listing.stdout
 
     # A second run compares against the champion (v1 holds the dev alias) and redeploys v2.
     second = ws.cli("run")
-    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.returncode == 3, second.stdout + second.stderr
     record2 = ws.run_record()
     assert record2["id"] != record["id"]
     assert record2["stages"]["evaluate"]["outputs"]["champion"]["version"] == "1"
@@ -80,6 +84,30 @@ def test_full_pipeline_trains_registers_and_serves(release_project: Workspace) -
     stopped = ws.cli("stop", "dev")
     assert stopped.returncode == 0 and "v2" in stopped.stdout
     assert not ping(url)
+
+    # Promote the second release to qa: approve, then deploy to qa's own server.
+    approved = ws.cli("approve", record2["id"], "--env", "qa", "--as", "alice")
+    assert approved.returncode == 0, approved.stderr
+    promoted = ws.cli("promote", record2["id"], "--to", "qa")
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    record2 = ws.run_record()
+    assert record2["status"] == "paused"
+    qa = record2["stages"]["deploy_qa"]
+    assert qa["status"] == "succeeded" and qa["parameters"]["environment"] == "qa"
+    assert qa["outputs"]["served_version"] == "2" and qa["outputs"]["smoke_passed"] is True
+    assert qa["outputs"]["endpoint"] != url and ping(qa["outputs"]["endpoint"])
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=record2["tracking_uri"])
+    assert str(client.get_model_version_by_alias("breast-cancer-classifier", "qa").version) == "2"
+    assert str(client.get_model_version_by_alias("breast-cancer-classifier", "dev").version) == "2"
+    tags = client.get_model_version("breast-cancer-classifier", "2").tags
+    assert tags["workbench.qa.approved_by"] == "alice"
+    moves = [json.loads(p.read_text()) for p in
+             sorted((ws.runs()[-1] / "promotions").glob("*.json"))]
+    assert [(m["alias"], m["from_version"], m["to_version"]) for m in moves] == [
+        ("dev", "1", "2"), ("qa", None, "2")]
+    assert ws.cli("stop", "qa").returncode == 0
 
 
 def test_notebooks_run_under_plain_papermill(release_project: Workspace) -> None:
@@ -147,7 +175,7 @@ def test_configured_tracking_server_is_used(release_project: Workspace, mlflow_s
     pipeline["mlflow"]["tracking_uri"] = mlflow_server
     ws.write_yaml("pipeline.yaml", pipeline)
     done = ws.cli("run")
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 3, done.stdout + done.stderr  # at the qa gate
     record = ws.run_record()
     assert record["tracking_uri"] == mlflow_server
     assert not (ws.root / ".workbench" / "mlflow").exists(), "embedded store must stay unused"

@@ -228,3 +228,28 @@ def test_approval_notebook_runs_headless_under_plain_papermill(gated_project: Wo
     assert scrapbook.read_notebook(str(out)).scraps["decision"].data == "awaiting"
     assert not (ws.runs()[-1] / "approvals").exists(), "reading never records"
     assert os.environ.get("JPY_SESSION_NAME") is None
+
+
+def test_review_copy_keeps_the_committed_notebook_clean(gated_project: Workspace,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from workbench.governance.review import prepare_review
+    from workbench.project import Project
+
+    ws = gated_project
+    assert ws.cli("run").returncode == 3
+    run_id = ws.run_record()["id"]
+    monkeypatch.chdir(ws.root)
+    project = Project(ws.root)
+    first, second = (prepare_review(project, run_id, "qa") for _ in range(2))
+    assert first != second and first.parent == ws.runs()[-1] / "reviews"
+    nb = json.loads(first.read_text())
+    injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert len(injected) == 1
+    source = "".join(injected[0]["source"])
+    assert f'run_id = "{run_id}"' in source and 'mode = "interactive"' in source
+    committed = (ws.root / "notebooks" / "approve.ipynb").read_text()
+    assert committed == (Path(__file__).parents[1] / "notebooks" / "approve.ipynb").read_text()
+    from workbench.governance.bundle import BundleError
+
+    with pytest.raises(BundleError, match="has not succeeded"):
+        prepare_review(project, run_id, "prod")  # not at the prod gate yet

@@ -98,8 +98,8 @@ def untag_parameters_cell(ws: Workspace) -> None:
 
 
 def broken_parameters_cell(ws: Workspace) -> None:
-    ws.write_notebook("deploy", notebook("print(environment)",
-                                         parameters='environment: str = "dev"\nversion: str = ('))
+    ws.write_notebook("register", notebook("print(alias)",
+                                           parameters='alias: str = "dev"\nversion: str = ('))
 
 
 def duplicate_stage_name(data: dict[str, Any]) -> None:
@@ -141,7 +141,7 @@ CASES: dict[str, Case] = {
         rename_stage_key("evaluate", "parameters", "paramters"), PIPELINE,
         "stages[1](evaluate).paramters",
         "unknown key; expected one of ['name', 'notebook', 'needs', 'parameters', 'outputs', "
-        "'timeout']"),
+        "'timeout', 'environment', 'gate']"),
     "timeout-wrong-type": Case(
         set_stage_key("train", "timeout", "soon"), PIPELINE, "stages[0](train).timeout",
         'Input should be a valid number, unable to parse string as a number (got "soon")'),
@@ -158,8 +158,8 @@ CASES: dict[str, Case] = {
         untag_parameters_cell, PIPELINE, "stages[1](evaluate).notebook",
         "notebooks/evaluate.ipynb has no code cell tagged 'parameters'"),
     "notebook-parameters-cell-syntax-error": Case(
-        broken_parameters_cell, PIPELINE, "stages[3](deploy).notebook",
-        "notebooks/deploy.ipynb parameters cell line 2: '(' was never closed"),
+        broken_parameters_cell, PIPELINE, "stages[2](register).notebook",
+        "notebooks/register.ipynb parameters cell line 2: '(' was never closed"),
     "parameter-not-declared": Case(
         set_param("train", "learning_rate", 0.1), PIPELINE,
         "stages[0](train).parameters.learning_rate",
@@ -214,7 +214,8 @@ CASES: dict[str, Case] = {
         "unknown key; expected one of ['from']"),
     "needs-unknown-stage": Case(
         set_stage_key("deploy", "needs", ["registr"]), PIPELINE, "stages[3](deploy).needs[0]",
-        "unknown stage 'registr'; expected one of ['train', 'evaluate', 'register', 'deploy']"),
+        "unknown stage 'registr'; expected one of ['train', 'evaluate', 'register', 'deploy', "
+        "'approve_qa', 'deploy_qa', 'approve_prod', 'deploy_prod']"),
     "needs-itself": Case(
         set_stage_key("evaluate", "needs", ["train", "evaluate"]), PIPELINE,
         "stages[1](evaluate).needs[1]", "a stage cannot need itself"),
@@ -222,7 +223,7 @@ CASES: dict[str, Case] = {
         set_stage_key("train", "needs", ["deploy"]), PIPELINE, "stages",
         "dependency cycle: "),
     "duplicate-stage-name": Case(
-        edit_pipeline(duplicate_stage_name), PIPELINE, "stages[4].name",
+        edit_pipeline(duplicate_stage_name), PIPELINE, "stages[8].name",
         "duplicate stage name 'deploy'"),
     "stage-name-pattern": Case(
         edit_pipeline(lambda data: stage(data, "deploy").__setitem__("name", "Deploy")),
@@ -298,8 +299,9 @@ def test_bad_configuration_is_rejected_before_any_run(name: str,
 def test_real_project_is_valid(release_project: Workspace) -> None:
     result = release_project.cli("validate")
     assert result.returncode == 0, result.stderr
-    assert "configuration valid; pipeline 'release' (train, evaluate, register, deploy); " \
-           "environments dev, qa, prod" in result.stdout
+    assert "configuration valid; pipeline 'release' (train, evaluate, register, deploy, " \
+           "approve_qa, deploy_qa, approve_prod, deploy_prod); environments dev, qa, prod" \
+           in result.stdout
     assert not (release_project.root / "reports" / "runs").exists()
 
 
@@ -408,22 +410,27 @@ def test_declared_parameters_errors(tmp_path: Path) -> None:
 
 def test_stage_order_and_ancestors_of_real_config() -> None:
     config = load_config(REPO / "configs")
-    assert stage_order(config) == ["train", "evaluate", "register", "deploy"]
+    dev = ["train", "evaluate", "register", "deploy"]
+    promotion = ["approve_qa", "deploy_qa", "approve_prod", "deploy_prod"]
+    assert stage_order(config) == dev + promotion
     assert ancestors(config) == {
         "train": set(),
         "evaluate": {"train"},
         "register": {"train", "evaluate"},
         "deploy": {"train", "evaluate", "register"},
+        **{name: set(dev + promotion[:i]) for i, name in enumerate(promotion)},
     }
-    assert descendants(config, "evaluate") == {"register", "deploy"}
-    assert descendants(config, "deploy") == set()
+    assert descendants(config, "evaluate") == {"register", "deploy", *promotion}
+    assert descendants(config, "deploy_prod") == set()
+    assert [config.stage(n).target_environment for n in promotion] == ["qa", "qa", "prod",
+                                                                        "prod"]
 
 
 def test_stage_order_follows_needs_not_file_order(tmp_path: Path) -> None:
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     ws = Workspace(tmp_path)
     data = ws.read_yaml("pipeline.yaml")
-    data["stages"].reverse()  # deploy, register, evaluate, train
+    data["stages"] = data["stages"][:4][::-1]  # deploy, register, evaluate, train
     ws.write_yaml("pipeline.yaml", data)
     config = load_config(tmp_path / "configs")
     assert [s.name for s in config.pipeline.stages] == ["deploy", "register", "evaluate", "train"]

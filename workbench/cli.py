@@ -231,6 +231,9 @@ def lab(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8888,
     no_browser: Annotated[bool, typer.Option("--no-browser")] = False,
+    review: Annotated[str | None, typer.Option(metavar="RUN", help="Open a copy of "
+                      "approve.ipynb for RUN, kept in the run's reviews/ folder.")] = None,
+    env: Annotated[str, typer.Option("--env", help="Environment to review for.")] = "qa",
 ) -> None:
     """Open JupyterLab on the project (127.0.0.1 only; widget state is saved with notebooks).
 
@@ -239,12 +242,20 @@ def lab(
     import os
 
     project = _project()
+    opened = None
+    if review is not None:
+        from workbench.governance.review import prepare_review
+
+        opened = prepare_review(project, _run_id(project, review), env)
+        typer.echo(f"review notebook: {opened}")
     settings = project.configs / "jupyterlab"
     argv = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={project.root}",
             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
             "--ServerApp.port_retries=0"]
     if settings.is_dir():
         argv.append(f"--LabApp.app_settings_dir={settings}")
+    if opened is not None:
+        argv.append(f"--LabApp.default_url=/lab/tree/{opened.relative_to(project.root)}")
     if no_browser:
         argv.append("--no-browser")
     argv += ctx.args
@@ -307,6 +318,12 @@ def status(
         typer.echo(f"  - {name:<12} {stage.status:<9} {took:>8}  {stage.notebook or ''}")
         if stage.error:
             typer.echo(f"      error: {stage.error}")
+        if stage.gate:
+            gate = stage.gate
+            who = ", ".join(gate["approved_by"]) or "nobody yet"
+            typer.echo(f"      gate {gate['environment']}: {gate['state']}, approved by {who} "
+                       f"({len(gate['approved_by'])} of {gate['quorum']}), bundle "
+                       f"{gate['bundle_digest'][:12]}")
         for key, value in stage.outputs.items():
             typer.echo(f"      {key} = {json.dumps(value)[:100]}")
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import json
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from workbench.governance import approvals, identity
@@ -33,6 +37,11 @@ def resolve_mode(mode: str) -> str:
         return mode
     in_server = bool(os.environ.get("JPY_SESSION_NAME"))
     return "interactive" if in_server and not os.environ.get("WORKBENCH_RUN_ID") else "headless"
+
+
+def _cell(text: object) -> str:
+    """User text made safe for one Markdown table cell (no HTML, no column breaks)."""
+    return html.escape(" ".join(str(text).split())).replace("|", "\\|")
 
 
 def _markdown(text: str) -> None:
@@ -129,9 +138,9 @@ class Review:
         uncounted = {n["seq"]: n["reason"] for n in self.verdict.not_counted}
         for r in records:
             counts = "no: " + uncounted[r["seq"]] if r["seq"] in uncounted else "yes"
-            rows.append(f"| {r['seq']} | {r['decision']} | {r['approver']['name']} "
+            rows.append(f"| {r['seq']} | {r['decision']} | {_cell(r['approver']['name'])} "
                         f"({r['approver']['source']}) | {r['time'][:19]} | "
-                        f"{r.get('comment') or ''} | {counts} |")
+                        f"{_cell(r.get('comment') or '')} | {_cell(counts)} |")
         _markdown("\n".join(rows))
 
     # --- deciding -----------------------------------------------------------------------------
@@ -204,13 +213,13 @@ class ApprovalForm:
         try:
             entry = self.review.decide(decision, self.approver.value, self.comment.value)
         except Exception as exc:  # shown in the form; the person can correct and retry
-            self.status.value = f"<b>not recorded</b>: {exc}"
+            self.status.value = f"<b>not recorded</b>: {html.escape(str(exc))}"
             return
         self.done = True
         for item in (self.approver, self.comment, self.approve_button, self.reject_button):
             item.disabled = True
         self.status.value = (f"<b>recorded</b> #{entry['seq']}: {decision} by "
-                             f"{entry['approver']['name']}; gate is "
+                             f"{html.escape(entry['approver']['name'])}; gate is "
                              f"<b>{self.review.verdict.state}</b>")
 
     async def wait(self, timeout_s: float, poll_s: float = 0.1) -> bool:
@@ -229,3 +238,29 @@ def load(run_id: str = "", environment: str = "qa") -> Review:
     record = state.load(project, run_id) if run_id else state.latest_run(project)
     verdict, bundle = approvals.status(project, record.id, environment)
     return Review(project, record, environment, verdict, bundle)
+
+
+REVIEWS_DIR = "reviews"
+REVIEW_NOTEBOOK = "notebooks/approve.ipynb"
+
+
+def prepare_review(project: Project, run_id: str, environment: str) -> Path:
+    """A copy of the approval notebook for one run and environment, parameters injected, in
+    ``reports/runs/<run-id>/reviews/``: what the reviewer saw is kept beside the run, and the
+    committed notebook stays without outputs."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    state.load(project, run_id)  # the run must exist
+    approvals.status(project, run_id, environment)  # and be at this environment's gate
+    source = project.root / REVIEW_NOTEBOOK
+    nb = parameterize_notebook(load_notebook_node(str(source)),  # papermill's own reader
+                               {"run_id": run_id, "environment": environment,
+                                "mode": "interactive"})
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+    target = state.run_dir(project, run_id) / REVIEWS_DIR / f"{environment}-{stamp}.ipynb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("x", encoding="utf-8") as handle:  # never overwrite a saved review
+        nbformat.write(nb, handle)
+    return target
