@@ -129,10 +129,9 @@ def mini_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
 
 # --- a light gated project: one quick build stage, then qa and prod behind gates --------------
 
-BUILD_STAGE = """
+BUILD_STAGE = """import mlflow
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
-import mlflow
 from workbench.registry.models import log_sklearn_model, register
 from workbench.registry.store import connect
 from workbench.scraps import glue
@@ -153,8 +152,8 @@ glue("passed", True)
 glue("alias_move", {"alias": "dev", "from": previous, "to": version})
 """
 
-RELEASE_STAGE = """
-from workbench.scraps import glue
+RELEASE_STAGE = """from workbench.scraps import glue
+
 print(f"released v{version} to {environment}")
 glue("released", f"{environment}:{version}")
 """

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
 
 def _git(root: Path, *args: str) -> str | None:
+    git = shutil.which("git")
+    if git is None:
+        return None
     try:
-        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+        done = subprocess.run([git, *args], cwd=root, capture_output=True, text=True,
                               timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None

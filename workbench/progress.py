@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from contextlib import AbstractContextManager
@@ -57,17 +58,53 @@ def describe(event: Event) -> str | None:
     return None
 
 
-class PlainReporter:
-    """One plain line per stage-level event: for logs and CI."""
+def ci_log_style() -> str | None:
+    """``github`` or ``gitlab`` when running there: their logs fold per stage."""
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        return "github"
+    if os.environ.get("GITLAB_CI") == "true":
+        return "gitlab"
+    return None
 
-    def __init__(self, stream: TextIO | None = None):
+
+class PlainReporter:
+    """One plain line per stage-level event: for logs and CI.
+
+    On GitHub Actions and GitLab CI each stage's lines, cell by cell, fold into a group.
+    """
+
+    def __init__(self, stream: TextIO | None = None, style: str | None = None):
         self.stream = stream or sys.stdout
+        self.style = style
+
+    def _write(self, line: str) -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def _open(self, stage: str) -> None:
+        if self.style == "github":
+            self._write(f"::group::stage {stage}")
+        elif self.style == "gitlab":
+            self._write(f"\x1b[0Ksection_start:{int(time.time())}:stage_{stage}"
+                        f"[collapsed=true]\r\x1b[0Kstage {stage}")
+
+    def _close(self, stage: str) -> None:
+        if self.style == "github":
+            self._write("::endgroup::")
+        elif self.style == "gitlab":
+            self._write(f"\x1b[0Ksection_end:{int(time.time())}:stage_{stage}\r\x1b[0K")
 
     def __call__(self, event: Event) -> None:
+        kind = event["event"]
+        if kind == "stage_started":
+            self._open(event["stage"])
+        if kind == "cell" and self.style:
+            self._write(f"  cell {event['index'] + 1}/{event['total']}: {event['source']}")
         text = describe(event)
         if text is not None:
-            self.stream.write(f"[{event['time'][11:19]}] {text}\n")
-            self.stream.flush()
+            self._write(f"[{event['time'][11:19]}] {text}")
+        if kind == "stage_finished":
+            self._close(event["stage"])
 
 
 class LiveReporter(AbstractContextManager):

@@ -67,9 +67,17 @@ def current(project: Project, environment: str) -> Server | None:
     return server if _is_our_server(server.pid) else None
 
 
+def http_url(url: str) -> str:
+    """``url`` if it is http(s); urllib would also open file: and custom schemes."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http(s) URL, got {url!r}")
+    return url
+
+
 def ping(url: str, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(http_url(f"{url}/ping"), timeout=timeout  # nosec B310
+                                    ) as response:
             return response.status == 200
     except OSError:
         return False

@@ -84,15 +84,14 @@ def compute(project: Project, config: Config, record: state.RunRecord, environme
     if record.model_version is None:
         raise BundleError(f"run {record.id} has no registered model version yet; the stages "
                           f"before gate {gate!r} must succeed first")
-    folder = state.run_dir(project, record.id)
     upstream = [name for name in record.stages if name in ancestors(config)[gate]]
     notebooks: dict[str, str] = {}
     parameters: dict[str, Any] = {}
     for name in upstream:
         entry = record.stages[name]
-        if entry.status != "succeeded" or not entry.notebook:
+        path = state.notebook_path(project, record, name)
+        if entry.status not in state.DONE or path is None:
             raise BundleError(f"stage {name!r} (before gate {gate!r}) has not succeeded")
-        path = folder / entry.notebook
         if not path.is_file():
             raise BundleError(f"{path} is missing from the archive")
         notebooks[entry.notebook] = file_digest(path)

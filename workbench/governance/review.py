@@ -87,7 +87,7 @@ class Review:
     def _show_metrics(self) -> None:
         for name, entry in self.record.stages.items():
             metrics = entry.outputs.get("metrics")
-            if entry.status != "succeeded" or not isinstance(metrics, dict):
+            if entry.status not in state.DONE or not isinstance(metrics, dict):
                 continue
             champion = entry.outputs.get("champion") or {}
             head = f"### Metrics from `{name}`"
@@ -106,12 +106,9 @@ class Review:
     def _show_plots(self) -> None:
         from IPython.display import Image, display
 
-        folder = state.run_dir(self.project, self.record.id)
-        for entry in self.record.stages.values():
-            if not entry.notebook or not entry.outputs.get("metrics"):
-                continue
-            path = folder / entry.notebook
-            if not path.is_file():
+        for name, entry in self.record.stages.items():
+            path = state.notebook_path(self.project, self.record, name)
+            if path is None or not entry.outputs.get("metrics") or not path.is_file():
                 continue
             for cell in json.loads(path.read_text(encoding="utf-8")).get("cells", []):
                 for output in cell.get("outputs", []):
@@ -122,7 +119,7 @@ class Review:
 
     def _show_load_tests(self) -> None:
         for name, entry in self.record.stages.items():
-            if name.startswith("load_test") and entry.status == "succeeded":
+            if name.startswith("load_test") and entry.status in state.DONE:
                 rows = [f"### Load test `{name}`", "", "| measure | value |", "|---|---|"]
                 rows += [f"| {key} | {value} |" for key, value in entry.outputs.items()]
                 _markdown("\n".join(rows))

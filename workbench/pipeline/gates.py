@@ -21,7 +21,8 @@ def run_gate(project: Project, config: Config, record: state.RunRecord, name: st
     stage = config.stage(name)
     entry = record.stages[name]
     environment = stage.gate
-    assert environment is not None
+    if environment is None:
+        raise ValueError(f"stage {name!r} is not a gate")
     entry.started = state.now()
     try:
         verdict, _bundle = approvals.status(project, record.id, environment)

@@ -109,6 +109,39 @@ def gate_problems(config: Config) -> list[Problem]:
     return problems
 
 
+class SelectionError(ValueError):
+    """A partial run names an unknown stage or selects nothing."""
+
+
+def select(config: Config, stage: str | None = None, start: str | None = None,
+           until: str | None = None) -> set[str]:
+    """Stages a partial run executes: ``stage`` alone, or from ``start`` on and/or up to
+    ``until``. Gates before a selected stage are always decided in the run itself."""
+    names = stage_order(config)
+    for option, value in (("--stage", stage), ("--from", start), ("--until", until)):
+        if value is not None and value not in names:
+            raise SelectionError(f"{option} {value}: no such stage; stages are "
+                                 f"{', '.join(names)}")
+    if stage is not None and (start or until):
+        raise SelectionError("--stage cannot be combined with --from or --until")
+    upstream = ancestors(config)
+    chosen = {stage} if stage else set(names)
+    if start:
+        chosen &= {start} | descendants(config, start)
+    if until:
+        chosen &= {until} | upstream[until]
+    if not chosen:
+        raise SelectionError(f"--from {start} --until {until}: no stage is in both")
+    chosen |= {up for name in chosen for up in upstream[name] if config.stage(up).gate}
+    return chosen
+
+
+def needed_upstream(config: Config, chosen: set[str]) -> set[str]:
+    """Stages outside ``chosen`` whose outputs the chosen ones need (to be reused)."""
+    upstream = ancestors(config)
+    return {up for name in chosen for up in upstream[name]} - chosen
+
+
 def reference_problems(config: Config) -> list[Problem]:
     """References to unknown roots, keys, run fields, or outputs no upstream stage declares."""
     problems: list[Problem] = []

@@ -92,13 +92,60 @@ def _note_mlflow(record: state.RunRecord, outputs: dict[str, Any], model_name: s
         record.model_version = state.ModelVersion(name=model_name, version=str(version))
 
 
-def start_run(project: Project, config: Config, environment: str, report: Reporter
+def find_base(project: Project, config: Config, needed: set[str], explicit: str | None = None
               ) -> state.RunRecord:
-    """Create a run for ``environment`` and execute it as far as its gates allow."""
+    """The run to reuse ``needed`` stages from: ``explicit``, else the newest run of this
+    pipeline in which all of them are done."""
+    if explicit is not None:
+        candidates = [state.load(project, explicit)]
+    else:
+        candidates = [r for r in state.list_runs(project) if r.pipeline == config.pipeline.name]
+    for run in candidates:
+        missing = sorted(n for n in needed
+                         if n not in run.stages or run.stages[n].status not in state.DONE)
+        if not missing:
+            return run
+        if explicit is not None:
+            raise ResumeError(f"run {explicit} cannot be reused: stage {missing[0]!r} did not "
+                              f"succeed there")
+    raise ResumeError(f"no earlier run has {', '.join(sorted(needed))} done; include them in "
+                      f"the selection")
+
+
+def _reuse(record: state.RunRecord, config: Config, chosen: set[str], base: state.RunRecord,
+           ) -> None:
+    """Take the unselected stages the selection needs from ``base``; leave out the rest."""
+    from workbench.pipeline.plan import needed_upstream
+
+    needed = needed_upstream(config, chosen)
+    for name, entry in record.stages.items():
+        if name in chosen:
+            continue
+        if name not in needed:
+            entry.status = "not_selected"
+            continue
+        old = base.stages[name]
+        record.stages[name] = old.model_copy(update={
+            "status": "reused", "reused_from": old.reused_from or base.id})
+        _note_mlflow(record, old.outputs, config.model.name, base.trained_by or base.requested_by)
+
+
+def start_run(project: Project, config: Config, environment: str, report: Reporter,
+              chosen: set[str] | None = None, base: state.RunRecord | None = None
+              ) -> state.RunRecord:
+    """Create a run for ``environment`` and execute it as far as its gates allow.
+
+    A partial run executes only ``chosen`` and reuses what they need from ``base``.
+    """
     actor = identity.current()
     store = mlflow_store.resolve(project, config.pipeline.mlflow)
     mlflow_store.prepare(store)
     record = _new_record(project, config, environment, store.tracking_uri, actor)
+    if chosen is not None:
+        if base is None:
+            raise ValueError("a partial run needs a run to reuse stages from")
+        _reuse(record, config, chosen, base)
+        record.trained_by = record.trained_by or base.trained_by
     folder = state.run_dir(project, record.id)
     folder.mkdir(parents=True, exist_ok=False)  # never write into an earlier run's folder
     with run_lock(project, record.id):
@@ -107,7 +154,7 @@ def start_run(project: Project, config: Config, environment: str, report: Report
 
 
 def resume_run(project: Project, run_id: str, report: Reporter, until: str | None = None
-               ) -> state.RunRecord:
+               ) -> state.RunRecord:  # until: an environment; later ones are not entered
     """Continue a run that stopped at a gate (or before ``until``'s later environments)."""
     from workbench.governance.approvals import run_config
 
@@ -159,7 +206,7 @@ def _execute(project: Project, config: Config, record: state.RunRecord, report: 
 
 
 def _final_status(record: state.RunRecord) -> state.RunStatus:
-    statuses = {entry.status for entry in record.stages.values()}
+    statuses = {entry.status for entry in record.stages.values()} - {"reused", "not_selected"}
     if statuses & {"failed", "skipped"}:
         return "failed"
     if "awaiting_approval" in statuses:
@@ -181,7 +228,7 @@ def _run_stages(project: Project, config: Config, record: state.RunRecord,
     run_info = {"id": record.id, "git_commit": record.git_commit,
                 "config_hash": record.config_hash, "environment": record.environment}
     outputs = {name: dict(entry.outputs) for name, entry in record.stages.items()
-               if entry.status == "succeeded"}
+               if entry.status in state.DONE}
     for name in record.stages:
         stage = config.stage(name)
         entry = record.stages[name]
@@ -195,7 +242,7 @@ def _run_stages(project: Project, config: Config, record: state.RunRecord,
             report(make_event("stage_skipped", stage=name, reason=entry.error))
             state.save(project, record)
             continue
-        if any(status != "succeeded" for status in upstream.values()):
+        if any(status not in state.DONE for status in upstream.values()):
             continue  # waits for a gate upstream
         environment = _stage_environment(config, record, name)
         if until is not None and config.environment_rank(environment) > \

@@ -14,8 +14,10 @@ from workbench.governance.identity import Identity
 from workbench.project import Project
 
 RUN_FILE = "run.json"
+# reused: taken from an earlier run (``reused_from``); not_selected: left out of a partial run
 StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped",
-                      "awaiting_approval"]
+                      "awaiting_approval", "reused", "not_selected"]
+DONE: tuple[StageStatus, ...] = ("succeeded", "reused")
 # paused: stopped on purpose before later environments (``workbench promote --to``)
 RunStatus = Literal["running", "succeeded", "failed", "awaiting_approval", "paused"]
 RESUMABLE: tuple[RunStatus, ...] = ("awaiting_approval", "paused")
@@ -44,6 +46,7 @@ class StageRecord(BaseModel):
     duration_s: float | None = None
     error: str | None = None
     actor: Identity | None = None
+    reused_from: str | None = None  # the run whose archived notebook and outputs are reused
     gate: dict[str, Any] | None = None  # a gate stage's verdict: state, bundle, approvals
 
 
@@ -74,6 +77,14 @@ class RunRecord(BaseModel):
 
 def run_dir(project: Project, run_id: str) -> Path:
     return project.runs / run_id
+
+
+def notebook_path(project: Project, record: RunRecord, name: str) -> Path | None:
+    """Where a stage's executed notebook is archived (an earlier run's, when reused)."""
+    entry = record.stages[name]
+    if not entry.notebook:
+        return None
+    return run_dir(project, entry.reused_from or record.id) / entry.notebook
 
 
 def save(project: Project, record: RunRecord) -> Path:

@@ -8,6 +8,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from workbench.deploy.local import http_url
+
 
 class SmokeTestError(AssertionError):
     """The endpoint did not answer, or answered differently from the model itself."""
@@ -34,11 +36,11 @@ def _plain(values: Any) -> list[Any]:
 def predict_remote(url: str, frame: Any, timeout: float = 30.0) -> tuple[list[Any], float]:
     """POST ``frame`` (a pandas DataFrame) to ``<url>/invocations``; predictions and latency."""
     body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
-    request = urllib.request.Request(f"{url}/invocations", data=body, method="POST",
+    request = urllib.request.Request(http_url(f"{url}/invocations"), data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     started = time.perf_counter()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # nosec B310
             payload = json.loads(response.read())
     except OSError as exc:
         raise SmokeTestError(f"{url}/invocations did not answer: {exc}") from exc

@@ -1,0 +1,1 @@
+"""CI integration: JUnit XML, Markdown summaries, log groups and pipeline templates."""

@@ -1,0 +1,122 @@
+"""Commands of approval gates and promotion, and JupyterLab."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from workbench.cli.app import RunArg, _project, _run_id, app
+from workbench.project import Project
+
+
+def _decide(project: Project, run_id: str, env: str, decision: Any, name: str | None,
+            comment: str | None) -> None:
+    from workbench.governance import approvals, identity
+
+    who = identity.current(name)
+    entry = approvals.submit(project, run_id, env, decision, who, comment, via="cli")
+    verdict, _ = approvals.status(project, run_id, env)
+    typer.echo(f"recorded #{entry['seq']}: {decision} by {who} for {env}, bundle "
+               f"{entry['bundle_digest'][:12]}")
+    typer.echo(verdict.describe(run_id))
+
+
+EnvOption = Annotated[str, typer.Option("--env", help="Environment whose gate this is for.")]
+AsOption = Annotated[str | None, typer.Option("--as", help="Your name (default: the CI or "
+                                              "JupyterHub user, else the OS user).")]
+
+
+@app.command()
+def approve(run_id: RunArg, env: EnvOption, approver: AsOption = None,
+            comment: Annotated[str | None, typer.Option(help="Why.")] = None) -> None:
+    """Approve a run's release bundle for an environment."""
+    project = _project()
+    _decide(project, _run_id(project, run_id), env, "approve", approver, comment)
+
+
+@app.command()
+def reject(run_id: RunArg, env: EnvOption,
+           comment: Annotated[str, typer.Option(help="Why (required).")],
+           approver: AsOption = None) -> None:
+    """Reject a run's release bundle for an environment: the gate fails when the run resumes."""
+    project = _project()
+    _decide(project, _run_id(project, run_id), env, "reject", approver, comment)
+
+
+@app.command()
+def approvals(run_id: RunArg, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every decision recorded for a run, and each gate's verdict for the current bundle."""
+    from workbench.governance import approvals as gov
+    from workbench.governance.bundle import BundleError
+    from workbench.pipeline.state import load
+
+    project = _project()
+    run_id = _run_id(project, run_id)
+    record = load(project, run_id)
+    records = gov.read_records(project, run_id)
+    verdicts: dict[str, Any] = {}
+    for env in gov.run_config(record).gates.policies:
+        try:
+            verdicts[env] = gov.status(project, run_id, env)[0]
+        except BundleError as exc:
+            verdicts[env] = str(exc)
+    if as_json:
+        typer.echo(json.dumps({"records": records, "gates": {
+            env: v if isinstance(v, str) else v.model_dump() for env, v in verdicts.items()}},
+            indent=2))
+        return
+    if not records:
+        typer.echo(f"no decisions recorded for run {run_id}")
+    for r in records:
+        status = "" if r["accepted"] else f"  REFUSED: {r['refused']}"
+        typer.echo(f"#{r['seq']} {r['time'][:19]} {r['environment']:<5} {r['decision']:<7} "
+                   f"{r['approver']['name']} ({r['approver']['source']}) bundle "
+                   f"{r['bundle_digest'][:12]}{status}")
+        if r.get("comment"):
+            typer.echo(f"    {r['comment']}")
+    for env, verdict in verdicts.items():
+        typer.echo(f"{env}: {verdict}" if isinstance(verdict, str) else verdict.describe(run_id))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def lab(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8888,
+    no_browser: Annotated[bool, typer.Option("--no-browser")] = False,
+    review: Annotated[str | None, typer.Option(metavar="RUN", help="Open a copy of "
+                      "approve.ipynb for RUN, kept in the run's reviews/ folder.")] = None,
+    env: Annotated[str, typer.Option("--env", help="Environment to review for.")] = "qa",
+) -> None:
+    """Open JupyterLab on the project (127.0.0.1 only; widget state is saved with notebooks).
+
+    Extra arguments go to JupyterLab, e.g. `workbench lab -- --IdentityProvider.token=T`.
+    """
+    import os
+
+    project = _project()
+    opened = None
+    if review is not None:
+        from workbench.governance.review import prepare_review
+
+        opened = prepare_review(project, _run_id(project, review), env)
+        typer.echo(f"review notebook: {opened}")
+    settings = project.configs / "jupyterlab"
+    argv = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={project.root}",
+            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0"]
+    if settings.is_dir():
+        argv.append(f"--LabApp.app_settings_dir={settings}")
+    if opened is not None:
+        argv.append(f"--LabApp.default_url=/lab/tree/{opened.relative_to(project.root)}")
+    if no_browser:
+        argv.append("--no-browser")
+    argv += ctx.args
+    os.environ["WORKBENCH_PROJECT"] = str(project.root)
+    sys.stdout.flush()
+    # JupyterLab takes over this process and its signals; argv is ours, no shell involved.
+    os.execv(sys.executable, argv)  # nosec B606
+
+

@@ -1,0 +1,230 @@
+"""Commands that start, continue and inspect runs."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from workbench.cli.app import (
+    JunitOption,
+    RunArg,
+    SummaryOption,
+    UsageError,
+    _drive,
+    _finish_run,
+    _project,
+    _run_id,
+    app,
+)
+
+
+@app.command()
+def validate() -> None:
+    """Check configs and notebooks without starting a kernel."""
+    from workbench.pipeline.validate import load_and_validate
+
+    project = _project()
+    config = load_and_validate(project)
+    stages = ", ".join(s.name for s in config.pipeline.stages)
+    typer.echo(f"{project.root}: configuration valid; pipeline {config.pipeline.name!r} "
+               f"({stages}); environments {', '.join(config.environments)}")
+
+
+@app.command()
+def run(
+    env: Annotated[str, typer.Option("--env", help="Environment to run for.")] = "dev",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one per event.")] = False,
+    stage: Annotated[str | None, typer.Option("--stage", help="Run only this stage.")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="Run this stage and everything "
+                                              "after it.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Run this stage and everything "
+                                              "before it.")] = None,
+    base: Annotated[str | None, typer.Option("--base", metavar="RUN", help="Run to reuse "
+                    "unselected stages from (default: the newest that has them).")] = None,
+    junit: JunitOption = None,
+    summary: SummaryOption = None,
+) -> None:
+    """Run the pipeline: every stage through papermill, archived under reports/runs/.
+
+    The run stops at a gate without enough approvals (exit 3); `workbench resume` goes on.
+    A partial run (--stage, --from, --until) reuses the other stages it needs from an
+    earlier run, recorded as reused with a pointer to the original.
+    """
+    from workbench.pipeline.plan import SelectionError, needed_upstream, select
+    from workbench.pipeline.runner import find_base, start_run
+    from workbench.pipeline.validate import load_and_validate
+
+    project = _project()
+    config = load_and_validate(project)
+    if env not in config.environments:
+        raise UsageError(f"--env {env}: configs/environments.yaml defines "
+                         f"{', '.join(config.environments)}")
+    if env in config.gates.policies:
+        raise UsageError(f"--env {env}: {env} is behind an approval gate; start in an "
+                         f"ungated environment and promote (`workbench promote RUN --to {env}`)")
+    chosen = base_run = None
+    if stage or start or until:
+        try:
+            chosen = select(config, stage, start, until)
+        except SelectionError as exc:
+            raise UsageError(str(exc)) from None
+        needed = needed_upstream(config, chosen)
+        base_run = find_base(project, config, needed, _run_id(project, base) if base else None)
+    record = _drive(lambda report: start_run(project, config, env, report, chosen, base_run),
+                    as_json)
+    _finish_run(record, junit=junit, summary=summary)
+
+
+@app.command()
+def rerun(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="Run id, or 'latest'.")],
+    failed: Annotated[bool, typer.Option("--failed", help="Only the failed stages and those "
+                                         "they held up.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    junit: JunitOption = None,
+    summary: SummaryOption = None,
+) -> None:
+    """Run again as a new run; with --failed, reuse every stage that succeeded in RUN."""
+    from workbench.pipeline import state as run_state
+    from workbench.pipeline.plan import ancestors
+    from workbench.pipeline.runner import start_run
+    from workbench.pipeline.validate import load_and_validate
+
+    if not failed:
+        raise UsageError("rerun needs --failed (to run everything again, use `workbench run`)")
+    project = _project()
+    config = load_and_validate(project)
+    earlier = run_state.load(project, _run_id(project, run_id))
+    redo = {n for n, e in earlier.stages.items() if e.status in ("failed", "skipped")}
+    if not redo:
+        raise UsageError(f"run {earlier.id} has no failed stage (it is {earlier.status})")
+    unknown = sorted(set(earlier.stages) ^ {s.name for s in config.pipeline.stages})
+    if unknown:
+        raise UsageError(f"the pipeline's stages changed since run {earlier.id} "
+                         f"({', '.join(unknown)}); start a new run")
+    for name in sorted(redo):
+        gate = earlier.stages[name].gate
+        if gate and gate.get("state") == "rejected":
+            raise UsageError(f"gate {name} was rejected in run {earlier.id}; a rejected "
+                             f"release is not rerun: start a new run")
+    for name, entry in earlier.stages.items():
+        if entry.status in ("pending", "awaiting_approval"):
+            redo.add(name)  # never started: part of the rerun too
+    upstream = ancestors(config)
+    redo |= {up for name in redo for up in upstream[name] if config.stage(up).gate}
+    record = _drive(lambda report: start_run(project, config, earlier.environment, report,
+                                             redo, earlier), as_json)
+    _finish_run(record, junit=junit, summary=summary)
+
+
+@app.command()
+def resume(run_id: RunArg, as_json: Annotated[bool, typer.Option("--json")] = False,
+           junit: JunitOption = None, summary: SummaryOption = None) -> None:
+    """Continue a run that stopped at a gate, with the configuration it started with."""
+    from workbench.pipeline.runner import resume_run
+
+    project = _project()
+    run_id = _run_id(project, run_id)
+    record = _drive(lambda report: resume_run(project, run_id, report), as_json)
+    _finish_run(record, junit=junit, summary=summary)
+
+
+
+@app.command()
+def promote(
+    run_id: RunArg,
+    to: Annotated[str, typer.Option("--to", help="Environment to promote into.")],
+    approver: Annotated[str | None, typer.Option("--as", help="Approve first, as NAME.")] = None,
+    comment: Annotated[str | None, typer.Option(help="Comment for that approval.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    junit: JunitOption = None,
+    summary: SummaryOption = None,
+) -> None:
+    """Short path: (optionally approve, then) resume up to and including ENV, no further."""
+    from workbench.cli.gates import _decide
+    from workbench.pipeline.runner import resume_run
+
+    project = _project()
+    run_id = _run_id(project, run_id)
+    if approver is not None:
+        _decide(project, run_id, to, "approve", approver, comment)
+    record = _drive(lambda report: resume_run(project, run_id, report, until=to), as_json)
+    _finish_run(record, target=to, junit=junit, summary=summary)
+
+
+@app.command()
+def runs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List runs, newest first."""
+    from workbench.pipeline.state import list_runs
+
+    records = list_runs(_project())
+    if as_json:
+        typer.echo(json.dumps([_summary(r) for r in records], indent=2))
+        return
+    if not records:
+        typer.echo("no runs yet")
+    for record in records:
+        version = f" v{record.model_version.version}" if record.model_version else ""
+        typer.echo(f"{record.id}  {record.status:<9}  {record.environment:<5}  "
+                   f"{record.created[:19]}  {record.git_commit[:10]}{version}")
+
+
+def _summary(record: Any) -> dict[str, Any]:
+    return {"id": record.id, "status": record.status, "environment": record.environment,
+            "created": record.created, "git_commit": record.git_commit,
+            "model_version": record.model_version.model_dump() if record.model_version else None}
+
+
+@app.command()
+def status(
+    run_id: Annotated[str | None, typer.Argument(help="Run id (default: the latest).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show one run: stages, timings, outputs, MLflow ids, model version."""
+    from workbench.pipeline import state as run_state
+
+    project = _project()
+    record = run_state.load(project, run_id) if run_id else run_state.latest_run(project)
+    if as_json:
+        typer.echo(record.model_dump_json(indent=2))
+        return
+    typer.echo(f"run {record.id}: {record.status} (pipeline {record.pipeline}, "
+               f"environment {record.environment})")
+    typer.echo(f"  created {record.created}  finished {record.finished or '-'}")
+    dirty = " (uncommitted changes)" if record.git_dirty else ""
+    typer.echo(f"  git {record.git_commit}{dirty}  config {record.config_hash[:12]}")
+    typer.echo(f"  mlflow {record.tracking_uri}  runs {', '.join(record.mlflow_run_ids) or '-'}")
+    if record.model_version:
+        typer.echo(f"  model {record.model_version.name} v{record.model_version.version}")
+    typer.echo(f"  folder {run_state.run_dir(project, record.id)}")
+    for name, stage in record.stages.items():
+        took = f"{stage.duration_s:.1f} s" if stage.duration_s is not None else ""
+        typer.echo(f"  - {name:<12} {stage.status:<9} {took:>8}  {stage.notebook or ''}")
+        if stage.error:
+            typer.echo(f"      error: {stage.error}")
+        if stage.gate:
+            gate = stage.gate
+            who = ", ".join(gate["approved_by"]) or "nobody yet"
+            typer.echo(f"      gate {gate['environment']}: {gate['state']}, approved by {who} "
+                       f"({len(gate['approved_by'])} of {gate['quorum']}), bundle "
+                       f"{gate['bundle_digest'][:12]}")
+        for key, value in stage.outputs.items():
+            typer.echo(f"      {key} = {json.dumps(value)[:100]}")
+
+
+@app.command()
+def stop(env: Annotated[str, typer.Argument(help="Environment whose model server to stop.")]
+         ) -> None:
+    """Stop the local model server of an environment."""
+    from workbench.deploy import local
+
+    stopped = local.stop(_project(), env)
+    if stopped is None:
+        typer.echo(f"no model server running for {env}")
+    else:
+        typer.echo(f"stopped {env}: {stopped.model_name} v{stopped.version} "
+                   f"(pid {stopped.pid}, {stopped.url})")
+
+
