@@ -114,9 +114,15 @@ class MlflowSettings(Strict):
     tracking_uri: str | None = None
 
 
+SecretName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
 class Pipeline(Strict):
     name: str = Field(min_length=1)
     mlflow: MlflowSettings = MlflowSettings()
+    # names of environment variables holding secrets: kernels inherit them; they are never
+    # parameters, and their values are redacted from everything archived or logged
+    secrets: list[SecretName] = []
     stages: list[Stage] = Field(min_length=1)
 
 

@@ -46,6 +46,8 @@ def describe(event: Event) -> str | None:
         return f"{line}: {event['error']}" if event.get("error") else line
     if kind == "stage_skipped":
         return f"stage {event['stage']} skipped: {event['reason']}"
+    if kind == "warning":
+        return f"warning: {event['message']}"
     if kind == "gate_awaiting":
         return f"stage {event['stage']} awaiting approval for {event['environment']}"
     if kind == "alias_moved":

@@ -117,6 +117,8 @@ def _terminated(signum: int, _frame: Any) -> None:
 
 def main() -> None:
     """Console entry point: map user mistakes to one clear message and exit code 2."""
+    from workbench.audit.ledger import LedgerError
+    from workbench.audit.redact import SecretError
     from workbench.governance.approvals import ApprovalRefused, ApprovalUsageError
     from workbench.governance.bundle import BundleError
     from workbench.governance.identity import IdentityError
@@ -133,9 +135,9 @@ def main() -> None:
         _fail(exc, f"configuration invalid ({count} problem{'s' if count > 1 else ''}):\n"
                    + "\n".join(f"  {p}" for p in exc.problems))
     except (ProjectNotFoundError, RunRecordError, UsageError, ApprovalUsageError, IdentityError,
-            ResumeError, BundleError) as exc:
+            ResumeError, BundleError, SecretError) as exc:
         _fail(exc, str(exc))
-    except (ApprovalRefused, JournalError) as exc:
+    except (ApprovalRefused, JournalError, LedgerError) as exc:
         _fail(exc, str(exc), EXIT_FAILED)
     except Exception as exc:
         if _is_usage_error(exc):  # a missing or bad option: click's own message, exit 2

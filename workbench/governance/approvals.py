@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from workbench.audit import ledger
 from workbench.config import Config, Gates, parse_config
 from workbench.governance import journal
 from workbench.governance.bundle import Bundle, compute, gate_stage
@@ -213,6 +214,12 @@ def submit(project: Project, run_id: str, environment: str, decision: Decision,
         "evidence": bundle.parts["notebooks"],
         "policy_version": gates.version(environment),
     })
+    folder = approvals_dir(project, run_id)
+    ledger.append(project.reports, "approval", actor=approver.model_dump(), run_id=run_id,
+                  data={"environment": environment, "decision": decision,
+                        "accepted": refused is None, "seq": entry["seq"],
+                        "bundle_digest": bundle.digest},
+                  files=[folder / f"{entry['seq']:04d}.json"])
     if refused:
         raise ApprovalRefused(f"refused and recorded as #{entry['seq']}: {refused}")
     return entry

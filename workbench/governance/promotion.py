@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from workbench.audit import ledger
 from workbench.governance import journal
 from workbench.governance.approvals import Verdict
 from workbench.governance.identity import Identity
@@ -21,7 +22,8 @@ PROMOTIONS_DIR = "promotions"
 def record_move(project: Project, run_id: str, *, alias: str, model: str,
                 from_version: str | None, to_version: str, actor: Identity, via: str,
                 approvals: list[int], bundle_digest: str | None) -> dict[str, Any]:
-    return journal.append(state.run_dir(project, run_id) / PROMOTIONS_DIR, {
+    folder = state.run_dir(project, run_id) / PROMOTIONS_DIR
+    entry = journal.append(folder, {
         "kind": "alias_move",
         "run_id": run_id,
         "model": model,
@@ -34,6 +36,11 @@ def record_move(project: Project, run_id: str, *, alias: str, model: str,
         "approvals": approvals,
         "bundle_digest": bundle_digest,
     })
+    ledger.append(project.reports, "alias_move", actor=actor.model_dump(), run_id=run_id,
+                  data={"model": model, "alias": alias, "from_version": from_version,
+                        "to_version": to_version, "approvals": approvals},
+                  files=[folder / f"{entry['seq']:04d}.json"])
+    return entry
 
 
 def move_alias(project: Project, record: state.RunRecord, actor: Identity, verdict: Verdict

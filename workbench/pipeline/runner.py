@@ -15,10 +15,13 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from workbench import gitinfo
+from workbench.audit import archive, ledger
+from workbench.audit.mlflow_guard import SECRET_NAMES_VAR
+from workbench.audit.redact import Secrets
 from workbench.config import Config
-from workbench.execution.stage import execute_stage
 from workbench.governance import identity
 from workbench.pipeline import state
+from workbench.pipeline.execute import run_archived_stage
 from workbench.pipeline.gates import record_alias_output, run_gate
 from workbench.pipeline.plan import resolve_parameters, stage_order
 from workbench.progress import Reporter, make_event
@@ -138,9 +141,11 @@ def start_run(project: Project, config: Config, environment: str, report: Report
     A partial run executes only ``chosen`` and reuses what they need from ``base``.
     """
     actor = identity.current()
+    secrets = Secrets.from_environment(config.pipeline.secrets)  # refuses unusable values
     store = mlflow_store.resolve(project, config.pipeline.mlflow)
     mlflow_store.prepare(store)
     record = _new_record(project, config, environment, store.tracking_uri, actor)
+    record.config = secrets.redact(record.config)  # a secret pasted into a config file
     if chosen is not None:
         if base is None:
             raise ValueError("a partial run needs a run to reuse stages from")
@@ -150,6 +155,13 @@ def start_run(project: Project, config: Config, environment: str, report: Report
     folder.mkdir(parents=True, exist_ok=False)  # never write into an earlier run's folder
     with run_lock(project, record.id):
         state.save(project, record)
+        ledger.append(project.reports, "run_started", actor=actor.model_dump(), run_id=record.id,
+                      data={"pipeline": record.pipeline, "environment": environment,
+                            "git_commit": record.git_commit, "config_hash": record.config_hash,
+                            "partial": sorted(chosen) if chosen is not None else None})
+        for name, entry in record.stages.items():
+            if entry.status == "reused":
+                archive.record_stage(project, record, name, None)
         return _execute(project, config, record, report, actor, until=None)
 
 
@@ -186,10 +198,12 @@ def _execute(project: Project, config: Config, record: state.RunRecord, report: 
                       statuses={n: e.status for n, e in record.stages.items()},
                       folder=str(folder)))
     kernel_env = {**store.environment, PROJECT_ENV_VAR: str(project.root),
-                  "WORKBENCH_RUN_ID": record.id, "WORKBENCH_ENVIRONMENT": record.environment}
+                  "WORKBENCH_RUN_ID": record.id, "WORKBENCH_ENVIRONMENT": record.environment,
+                  SECRET_NAMES_VAR: ",".join(config.pipeline.secrets)}
+    secrets = Secrets.from_environment(config.pipeline.secrets)
     try:
         with kernel_environment(kernel_env):
-            _run_stages(project, config, record, report, actor, until)
+            _run_stages(project, config, record, report, actor, until, secrets)
     except BaseException:  # Ctrl-C or a crash of ours: the record must not say "running"
         for entry in record.stages.values():
             if entry.status == "running":
@@ -200,6 +214,10 @@ def _execute(project: Project, config: Config, record: state.RunRecord, report: 
     record.status = _final_status(record)
     record.finished = state.now() if record.status in ("succeeded", "failed") else None
     state.save(project, record)
+    ledger.append(project.reports, "run_" + record.status, actor=actor.model_dump(),
+                  run_id=record.id, data={"status": record.status,
+                                          "model_version": record.model_version and
+                                          record.model_version.model_dump()})
     report(make_event("run_finished", run_id=record.id, status=record.status,
                       duration_s=time.monotonic() - started, folder=str(folder)))
     return record
@@ -221,10 +239,10 @@ def _stage_environment(config: Config, record: state.RunRecord, name: str) -> st
 
 
 def _run_stages(project: Project, config: Config, record: state.RunRecord,
-                report: Reporter, actor: identity.Identity, until: str | None) -> None:
+                report: Reporter, actor: identity.Identity, until: str | None,
+                secrets: Secrets) -> None:
     """Execute the stages still to do, in order; skip dependants of failures, hold back
     dependants of gates that are waiting, and stages of environments after ``until``."""
-    folder = state.run_dir(project, record.id)
     run_info = {"id": record.id, "git_commit": record.git_commit,
                 "config_hash": record.config_hash, "environment": record.environment}
     outputs = {name: dict(entry.outputs) for name, entry in record.stages.items()
@@ -252,28 +270,41 @@ def _run_stages(project: Project, config: Config, record: state.RunRecord,
                                               outputs)
         entry.actor = actor
         if stage.gate:
-            run_gate(project, config, record, name, actor, report)
+            run_gate(project, config, record, name, actor, report, secrets)
             outputs[name] = dict(entry.outputs)
             continue
         entry.notebook = f"{name}.ipynb"
         entry.status, entry.started = "running", state.now()
         state.save(project, record)
         report(make_event("stage_started", stage=name, notebook=stage.notebook))
-        result = execute_stage(
-            project.root / stage.notebook, folder / entry.notebook, entry.parameters,
-            stage.outputs, cwd=project.root, timeout=stage.timeout,
-            on_cell=cell_reporter(report, name),
-        )
+        result, archived = run_archived_stage(project, record, name, stage, secrets,
+                                              on_cell=cell_reporter(report, name))
         entry.status = "succeeded" if result.succeeded else "failed"
         entry.outputs, entry.error = result.outputs, result.error
         entry.finished, entry.duration_s = state.now(), round(result.duration_s, 3)
         outputs[name] = result.outputs
         _note_mlflow(record, result.outputs, config.model.name, actor)
+        state.save(project, record)
+        for warning in archive.publish_stage(project, record, name, archived):
+            report(make_event("warning", stage=name, message=warning))
         if result.succeeded:
             record_alias_output(project, record, name, actor)
-        state.save(project, record)
+            _record_deploy(project, record, name, environment, actor)
         report(make_event("stage_finished", stage=name, status=entry.status,
                           duration_s=result.duration_s, error=result.error))
+
+
+def _record_deploy(project: Project, record: state.RunRecord, name: str, environment: str,
+                   actor: identity.Identity) -> None:
+    """A stage that served a model (``served_version`` output) is a deploy in the ledger."""
+    outputs = record.stages[name].outputs
+    if "served_version" not in outputs:
+        return
+    model = record.model_version.name if record.model_version else None
+    ledger.append(project.reports, "deploy", actor=actor.model_dump(), run_id=record.id,
+                  data={"stage": name, "environment": environment, "model": model,
+                        "version": str(outputs["served_version"]),
+                        "endpoint": outputs.get("endpoint")})
 
 
 def cell_reporter(report: Reporter, stage: str) -> Any:

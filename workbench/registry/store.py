@@ -89,11 +89,14 @@ def connect() -> Store:
     """
     import mlflow
 
+    from workbench.audit.mlflow_guard import install
     from workbench.config import load_config
     from workbench.project import find_project
 
     project = find_project()
-    store = resolve(project, load_config(project.configs).pipeline.mlflow)
+    config = load_config(project.configs)
+    install(config.pipeline.secrets)  # secret values never reach MLflow params or tags
+    store = resolve(project, config.pipeline.mlflow)
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or store.experiment
     store = Store(store.tracking_uri, experiment, store.artifact_location, store.embedded)
     prepare(store)

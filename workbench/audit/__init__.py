@@ -1,0 +1,1 @@
+"""The audit trail: hash-chained ledger, verification, anchors, secret redaction."""

@@ -1,0 +1,95 @@
+"""Archiving an executed notebook: staged outside ``reports/``, redacted, written, recorded.
+
+Papermill writes each stage's notebook to ``.workbench/staging/<run-id>/`` (it writes parameters
+and outputs as they happen, so the staged file may hold a secret). Only the redacted text ever
+reaches ``reports/runs/<run-id>/``; the ledger then records it with its digest.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from workbench.atomic import write_text
+from workbench.audit import ledger
+from workbench.audit.redact import Secrets, redact_notebook_text
+from workbench.pipeline import state
+from workbench.project import Project
+
+STAGING = "staging"
+
+
+def staging_path(project: Project, run_id: str, notebook: str) -> Path:
+    path = project.state / STAGING / run_id / notebook
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def archive_notebook(project: Project, run_id: str, staged: Path, secrets: Secrets) -> Path:
+    """Move a staged notebook into the run's folder with every secret redacted.
+
+    Raises :class:`~workbench.audit.redact.SecretError` (and deletes the staged copy) if a secret
+    would remain; nothing reaches the archive then.
+    """
+    target = state.run_dir(project, run_id) / staged.name
+    try:
+        text = redact_notebook_text(staged.read_text(encoding="utf-8"), secrets,
+                                    f"{run_id}/{staged.name}")
+        write_text(target, text)
+    finally:
+        staged.unlink(missing_ok=True)
+        _remove_if_empty(staged.parent)
+    return target
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def record_stage(project: Project, record: state.RunRecord, name: str,
+                 archived: Path | None) -> dict[str, Any]:
+    """The ledger entry for a stage that ran (or was reused)."""
+    entry = record.stages[name]
+    data = {"stage": name, "status": entry.status, "duration_s": entry.duration_s,
+            "error": entry.error, "notebook": entry.notebook,
+            "reused_from": entry.reused_from}
+    event = "stage_reused" if entry.status == "reused" else "stage_executed"
+    actor = entry.actor.model_dump() if entry.actor else None
+    return ledger.append(project.reports, event, actor=actor, run_id=record.id, data=data,
+                         files=[archived] if archived is not None else [])
+
+
+def publish_stage(project: Project, record: state.RunRecord, name: str,
+                  archived: Path | None) -> list[str]:
+    """Everything that follows archiving a stage: the ledger entry, the HTML rendering and the
+    MLflow artifacts. Returns warnings: rendering and MLflow are never allowed to fail a
+    release whose record is safe in the archive and the ledger."""
+    entry = record_stage(project, record, name, archived)
+    if archived is None:
+        return []
+    warnings: list[str] = []
+    files = [archived]
+    try:
+        files.append(render_stage(project, record, name, archived))
+    except Exception as exc:  # noqa: BLE001 - reported, the archive is already complete
+        warnings.append(f"stage {name}: HTML rendering failed: {exc}")
+    try:
+        from workbench.audit.mlflow_log import log_stage
+
+        log_stage(record, name, files, entry["seq"])
+    except Exception as exc:  # noqa: BLE001 - reported, the archive is already complete
+        warnings.append(f"stage {name}: logging to MLflow failed: {exc}")
+    return warnings
+
+
+def render_stage(project: Project, record: state.RunRecord, name: str, archived: Path) -> Path:
+    """``<stage>.html`` beside the archived notebook, through the project's offline template."""
+    from workbench.reports.render import copy_static, render_notebook
+
+    copy_static(project.reports)
+    target = archived.with_suffix(".html")
+    render_notebook(archived, target, static_url="../../static",
+                    title=f"{record.id} / {name}")
+    return target

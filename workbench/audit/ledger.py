@@ -1,0 +1,215 @@
+"""``reports/ledger.jsonl``: an append-only, hash-chained record of every release event.
+
+Each line is one entry in canonical JSON: ``seq``, ``time``, ``actor``, ``event``, ``run_id``,
+``data``, ``files`` (path under ``reports/`` -> sha256 of the file as archived), ``prev`` (the
+previous entry's hash) and ``hash`` (sha256 over the entry without ``hash``). Appends take a file
+lock, are written with one ``write`` and fsynced, so concurrent runs never lose or interleave
+entries. :func:`verify` re-checks every hash, link and file; an anchor (the head's seq and hash,
+published elsewhere) also catches truncation and a wholesale rewrite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+LEDGER_FILE = "ledger.jsonl"
+LOCK_FILE = ".ledger.lock"
+GENESIS = "0" * 64
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be appended to (it ends in a torn entry, or is unreadable)."""
+
+
+def canonical(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def ledger_path(reports: Path) -> Path:
+    return reports / LEDGER_FILE
+
+
+def _last_line(path: Path) -> bytes | None:
+    """The file's last line (without reading the whole file); None if it is empty."""
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        if size == 0:
+            return None
+        block, position, tail = 4096, size, b""
+        while position > 0:
+            step = min(block, position)
+            position -= step
+            handle.seek(position)
+            tail = handle.read(step) + tail
+            if tail.count(b"\n") >= 2 or position == 0:
+                break
+        if not tail.endswith(b"\n"):
+            raise LedgerError(f"{path} ends with an incomplete entry (a torn write); run "
+                              f"`workbench audit verify`")
+        return tail[:-1].rsplit(b"\n", 1)[-1]
+
+
+def append(reports: Path, event: str, *, actor: dict[str, Any] | None, run_id: str | None,
+           data: dict[str, Any] | None = None, files: list[Path] | None = None
+           ) -> dict[str, Any]:
+    """Append one entry; ``files`` (under ``reports``) are hashed as they are now."""
+    reports.mkdir(parents=True, exist_ok=True)
+    digests = {p.resolve().relative_to(reports.resolve()).as_posix(): file_sha256(p)
+               for p in files or []}
+    path = ledger_path(reports)
+    with FileLock(reports / LOCK_FILE, timeout=120):
+        last = _last_line(path) if path.exists() else None
+        head = json.loads(last) if last else {"seq": 0, "hash": GENESIS}
+        entry = {"seq": head["seq"] + 1,
+                 "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                 "actor": actor, "event": event, "run_id": run_id, "data": data or {},
+                 "files": digests, "prev": head["hash"]}
+        entry["hash"] = entry_hash(entry)
+        line = canonical(entry) + b"\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return entry
+
+
+def entries(reports: Path) -> Iterator[dict[str, Any]]:
+    """Every entry as stored (no checks; see :func:`verify`)."""
+    path = ledger_path(reports)
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def head(reports: Path) -> dict[str, Any]:
+    """The anchor: the last entry's ``seq`` and ``hash`` (seq 0 for an empty ledger)."""
+    path = ledger_path(reports)
+    last = _last_line(path) if path.exists() else None
+    entry = json.loads(last) if last else {"seq": 0, "hash": GENESIS}
+    return {"seq": entry["seq"], "hash": entry["hash"], "ledger": LEDGER_FILE}
+
+
+@dataclass
+class Verification:
+    entries: int = 0
+    files: int = 0
+    bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(reports: Path, anchor: dict[str, Any] | None = None,
+           check_files: bool = True) -> Verification:
+    """Recompute every hash and link, re-hash every referenced file, compare with ``anchor``.
+
+    Each problem names the entry (line and seq) or the file; verification goes on after a
+    problem so that one report lists them all.
+    """
+    result = Verification()
+    path = ledger_path(reports)
+    if not path.exists():
+        if anchor and anchor.get("seq", 0) > 0:
+            result.problems.append(f"{LEDGER_FILE} is missing; the anchor expects "
+                                   f"{anchor['seq']} entries")
+        return result
+    previous, expected_seq = GENESIS, 1
+    seen: dict[int, str] = {}
+    known: dict[tuple[str, str], bool] = {}
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{LEDGER_FILE} line {number}"
+            if not raw.endswith(b"\n"):
+                result.problems.append(f"{where}: incomplete entry (torn write)")
+                break
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                result.problems.append(f"{where}: not valid JSON (edited)")
+                continue
+            seq = entry.get("seq")
+            where = f"{where} (seq {seq})"
+            if entry.get("hash") != entry_hash(entry):
+                result.problems.append(f"{where}: content does not match its hash (edited)")
+            if seq != expected_seq:
+                result.problems.append(f"{where}: expected seq {expected_seq} (an entry was "
+                                       f"removed, inserted or reordered)")
+            elif entry.get("prev") != previous:
+                result.problems.append(f"{where}: does not link to the entry before it")
+            previous = entry.get("hash", "")
+            expected_seq = (seq if isinstance(seq, int) else expected_seq) + 1
+            seen[seq] = entry.get("hash")
+            result.entries += 1
+            if check_files:
+                _check_files(reports, entry, where, result, known)
+    if anchor:
+        _check_anchor(anchor, seen, result)
+    return result
+
+
+def _check_files(reports: Path, entry: dict[str, Any], where: str, result: Verification,
+                 known: dict[tuple[str, str], bool]) -> None:
+    root = reports.resolve()
+    for name, digest in (entry.get("files") or {}).items():
+        target = (reports / name).resolve()
+        if root not in target.parents:
+            result.problems.append(f"{where}: file {name} is outside reports/")
+            continue
+        key = (name, digest)
+        if key not in known:
+            if not target.is_file():
+                known[key] = False
+                result.problems.append(f"reports/{name} (seq {entry.get('seq')}): missing")
+                continue
+            actual = file_sha256(target)
+            result.files += 1
+            result.bytes += target.stat().st_size
+            known[key] = actual == digest
+            if actual != digest:
+                result.problems.append(f"reports/{name} (seq {entry.get('seq')}): content "
+                                       f"changed since it was recorded")
+
+
+def _check_anchor(anchor: dict[str, Any], seen: dict[int, str], result: Verification) -> None:
+    seq, digest = anchor.get("seq"), anchor.get("hash")
+    if not isinstance(seq, int) or seq < 0 or not isinstance(digest, str):
+        result.problems.append("anchor: expected {\"seq\": N, \"hash\": \"...\"}")
+        return
+    if seq == 0:
+        return
+    if seq not in seen:
+        last = max(seen, default=0)
+        result.problems.append(f"anchor: the ledger ends at seq {last} but the anchor is at "
+                               f"seq {seq} (truncated)")
+    elif seen[seq] != digest:
+        result.problems.append(f"anchor: entry seq {seq} has hash {str(seen[seq])[:12]}, the "
+                               f"anchor says {digest[:12]} (the ledger was rewritten)")
