@@ -136,7 +136,7 @@ CASES: dict[str, Case] = {
         "invalid YAML: found character '\\t' that cannot start any token"),
     "unknown-top-level-key": Case(
         edit_pipeline(lambda data: data.__setitem__("version", 2)), PIPELINE, "version",
-        "unknown key; expected one of ['name', 'mlflow', 'stages']"),
+        "unknown key; expected one of ['name', 'mlflow', 'secrets', 'stages']"),
     "unknown-stage-key-typo": Case(
         rename_stage_key("evaluate", "parameters", "paramters"), PIPELINE,
         "stages[1](evaluate).paramters",
@@ -318,6 +318,7 @@ def test_real_project_is_valid(release_project: Workspace) -> None:
     ("dict[str, int]", [{"a": 1}], [[], None]),
     ("list[str]", [["a"]], [{}, "a"]),
     ("Optional[bool]", [True, False, None], [0, 1, "yes"]),
+    ("bool | None", [True, False, None], [0, 1, "yes"]),
     ("Optional[dict[str, int]]", [{}, None], [[], True]),
     ("float | None", [0.5, 3, None], [True, "0.5"]),
     ("str | int", ["a", 4], [True, None, 4.5]),
@@ -381,7 +382,7 @@ def test_declared_parameters_of_real_notebooks() -> None:
                            "random_state", "pipeline_run_id"]
     assert train["random_state"] == Declared("random_state", "int", 42)
     register = declared_parameters(REPO / "notebooks" / "register.ipynb")
-    assert register["passed"].annotation == "Optional[bool]"
+    assert register["passed"].annotation == "bool | None"
     assert register["passed"].accepts(None) and not register["passed"].accepts("yes")
 
 

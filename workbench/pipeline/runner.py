@@ -205,9 +205,10 @@ def _execute(project: Project, config: Config, record: state.RunRecord, report: 
         with kernel_environment(kernel_env):
             _run_stages(project, config, record, report, actor, until, secrets)
     except BaseException:  # Ctrl-C or a crash of ours: the record must not say "running"
-        for entry in record.stages.values():
+        for name, entry in record.stages.items():
             if entry.status == "running":
                 entry.status, entry.error, entry.finished = "failed", "interrupted", state.now()
+                _archive_partial(project, record, name, secrets)
         record.status, record.finished = "failed", state.now()
         state.save(project, record)
         raise
@@ -218,9 +219,28 @@ def _execute(project: Project, config: Config, record: state.RunRecord, report: 
                   run_id=record.id, data={"status": record.status,
                                           "model_version": record.model_version and
                                           record.model_version.model_dump()})
+    try:
+        from workbench.reports.site import build as build_site
+
+        build_site(project, record.id)
+    except Exception as exc:  # noqa: BLE001 - the run and its archive are complete already
+        report(make_event("warning", stage=None, message=f"report site not updated: {exc}"))
     report(make_event("run_finished", run_id=record.id, status=record.status,
                       duration_s=time.monotonic() - started, folder=str(folder)))
     return record
+
+
+def _archive_partial(project: Project, record: state.RunRecord, name: str,
+                     secrets: Secrets) -> None:
+    """Archive what an interrupted stage had written so far (redacted), and record it."""
+    staged = archive.staging_path(project, record.id, record.stages[name].notebook or "")
+    archived = None
+    if staged.is_file():
+        try:
+            archived = archive.archive_notebook(project, record.id, staged, secrets)
+        except Exception:  # noqa: BLE001 - interrupted already; keep the record consistent
+            archived = None
+    archive.record_stage(project, record, name, archived)
 
 
 def _final_status(record: state.RunRecord) -> state.RunStatus:

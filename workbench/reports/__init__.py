@@ -1,0 +1,1 @@
+"""The report site: offline HTML rendering of archived notebooks, the static site, the server."""

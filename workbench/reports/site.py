@@ -1,0 +1,252 @@
+"""The report site: static pages under ``reports/`` that open from disk or from the server.
+
+- ``index.html``: every run (model, version, environments reached, status, approvers, times),
+  filterable and sortable in the page;
+- ``runs/<run-id>/index.html``: stage timeline, parameters, metrics and plots, links to each
+  stage's HTML and notebook, approvals, deployments, the run's ledger entries and whether they
+  verify;
+- ``environments.html``: per environment, what was deployed when, by whom, approved by whom,
+  on which evidence — "what was in prod at time T";
+- ``compare.html``: two runs' parameters and metrics side by side.
+
+Pages carry their data inline (no requests: the server's sandbox CSP forbids them, and so does
+a page opened from disk). Run summaries are cached in ``.site-cache.json`` by the mtime of each
+``run.json``, so adding one run re-reads one record.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from workbench.atomic import write_text
+from workbench.audit import ledger
+from workbench.pipeline import state
+from workbench.project import Project
+
+CACHE_FILE = ".site-cache.json"
+TEMPLATES = Path(__file__).parent / "site_templates"
+_env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                          autoescape=jinja2.select_autoescape(["html", "j2"]),
+                          trim_blocks=True, lstrip_blocks=True)
+
+
+def _render(template: str, target: Path, **values: Any) -> None:
+    write_text(target, _env.get_template(template).render(**values))
+
+
+def _json(data: Any) -> str:
+    """JSON safe to embed in a <script type="application/json"> element."""
+    return json.dumps(data, default=str).replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def summarise(record: state.RunRecord) -> dict[str, Any]:
+    """What the index shows of one run."""
+    reached = sorted({(s.gate or {}).get("environment") for s in record.stages.values()
+                      if s.gate and s.status == "succeeded"} - {None})
+    approvers = sorted({name for s in record.stages.values() if s.gate
+                        for name in s.gate.get("approved_by", [])})
+    metrics: dict[str, Any] = {}
+    for entry in record.stages.values():
+        if isinstance(entry.outputs.get("metrics"), dict):
+            metrics.update(entry.outputs["metrics"])
+    durations = [s.duration_s for s in record.stages.values() if s.duration_s]
+    return {
+        "id": record.id, "pipeline": record.pipeline, "status": record.status,
+        "environment": record.environment, "environments": [record.environment, *reached],
+        "model": record.model_version.name if record.model_version else "",
+        "version": record.model_version.version if record.model_version else "",
+        "approvers": approvers, "created": record.created, "finished": record.finished or "",
+        "duration_s": round(sum(durations), 1), "git_commit": record.git_commit[:12],
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+        "parameters": {name: s.parameters for name, s in record.stages.items()},
+    }
+
+
+def _summaries(project: Project) -> list[dict[str, Any]]:
+    """Every run's summary, re-reading only run records that changed since the last build."""
+    cache_path = project.reports / CACHE_FILE
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    fresh: dict[str, Any] = {}
+    if project.runs.is_dir():
+        for folder in project.runs.iterdir():
+            path = folder / state.RUN_FILE
+            try:
+                mtime = path.stat().st_mtime_ns
+            except OSError:
+                continue
+            hit = cache.get(folder.name)
+            if hit and hit["mtime"] == mtime:
+                fresh[folder.name] = hit
+                continue
+            try:
+                record = state.load(project, folder.name)
+            except state.RunRecordError:
+                continue
+            fresh[folder.name] = {"mtime": mtime, "summary": summarise(record)}
+    write_text(cache_path, json.dumps(fresh))
+    return sorted((v["summary"] for v in fresh.values()), key=lambda s: s["id"], reverse=True)
+
+
+def build_index(project: Project) -> list[dict[str, Any]]:
+    runs = _summaries(project)
+    _render("index.html.j2", project.reports / "index.html", runs=runs, data=_json(runs),
+            built=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    _render("compare.html.j2", project.reports / "compare.html",
+            data=_json([{k: r[k] for k in ("id", "status", "model", "version", "metrics",
+                                              "parameters")} for r in runs[:2000]]))
+    return runs
+
+
+def environment_history(project: Project) -> dict[str, list[dict[str, Any]]]:
+    """Per environment, every alias move and deploy in ledger order, with its approvals."""
+    history: dict[str, list[dict[str, Any]]] = {}
+    for entry in ledger.entries(project.reports):
+        if entry.get("event") not in ("alias_move", "deploy"):
+            continue
+        data = entry.get("data", {})
+        environment = data.get("alias") if entry["event"] == "alias_move" \
+            else data.get("environment")
+        item = {"seq": entry["seq"], "time": entry["time"], "event": entry["event"],
+                "run_id": entry.get("run_id"), "actor": (entry.get("actor") or {}).get("name"),
+                "version": data.get("to_version") or data.get("version"),
+                "from_version": data.get("from_version"), "model": data.get("model"),
+                "approvals": _approvals_of(project, entry.get("run_id"), environment,
+                                           data.get("approvals") or [])}
+        history.setdefault(environment or "?", []).append(item)
+    for items in history.values():
+        moves = [i for i in items if i["event"] == "alias_move"]
+        for current, following in zip(moves, [*moves[1:], None], strict=True):
+            current["until"] = following["time"] if following else None
+    return history
+
+
+def _approvals_of(project: Project, run_id: str | None, environment: str | None,
+                  seqs: list[int]) -> list[dict[str, Any]]:
+    if not run_id or not seqs:
+        return []
+    from workbench.governance.journal import JournalError, read
+
+    try:
+        records = read(state.run_dir(project, run_id) / "approvals")
+    except JournalError:
+        return [{"name": "?", "comment": "approval records fail verification"}]
+    return [{"name": r["approver"]["name"], "source": r["approver"]["source"],
+             "time": r["time"], "comment": r.get("comment"),
+             "bundle": r["bundle_digest"][:12], "evidence": sorted(r.get("evidence", {}))}
+            for r in records if r["seq"] in seqs and r.get("environment") == environment]
+
+
+def build_environments(project: Project) -> None:
+    history = environment_history(project)
+    _render("environments.html.j2", project.reports / "environments.html", history=history,
+            data=_json(history))
+
+
+def _plots(path: Path, limit: int = 6) -> list[str]:
+    """PNG outputs of an archived notebook, as data URIs."""
+    found: list[str] = []
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        for output in cell.get("outputs", []):
+            png = output.get("data", {}).get("image/png")
+            if png and len(found) < limit:
+                text = "".join(png) if isinstance(png, list) else png
+                base64.b64decode(text[:8])  # sanity: it is base64
+                found.append("data:image/png;base64," + text.replace("\n", ""))
+    return found
+
+
+def build_run_page(project: Project, run_id: str) -> Path:
+    record = state.load(project, run_id)
+    folder = state.run_dir(project, run_id)
+    entries = [e for e in ledger.entries(project.reports) if e.get("run_id") == run_id]
+    status = _entry_status(project.reports, entries)
+    stages = []
+    start = min((s.started for s in record.stages.values() if s.started), default=None)
+    for name, entry in record.stages.items():
+        notebook = state.notebook_path(project, record, name)
+        rel = None
+        if notebook is not None:
+            rel = Path("..") / notebook.parent.name / notebook.name if entry.reused_from \
+                else Path(notebook.name)
+        stages.append({
+            "name": name, "status": entry.status, "duration_s": entry.duration_s or 0,
+            "started": entry.started, "error": entry.error, "reused_from": entry.reused_from,
+            "parameters": entry.parameters, "outputs": entry.outputs, "gate": entry.gate,
+            "ipynb": rel.as_posix() if rel else None,
+            "html": rel.with_suffix(".html").as_posix()
+            if rel and notebook and notebook.with_suffix(".html").exists() else None,
+            "plots": _plots(notebook) if notebook and notebook.is_file()
+            and entry.outputs.get("metrics") else [],
+        })
+    longest = max((s["duration_s"] for s in stages), default=0) or 1
+    approvals = _read_journal(folder / "approvals")
+    promotions = _read_journal(folder / "promotions")
+    deploys = [e for e in entries if e["event"] == "deploy"]
+    target = folder / "index.html"
+    _render("run.html.j2", target, record=record, stages=stages, longest=longest,
+            approvals=approvals, promotions=promotions, deploys=deploys, entries=entries,
+            entry_status=status, started=start)
+    return target
+
+
+def _read_journal(folder: Path) -> list[dict[str, Any]]:
+    from workbench.governance.journal import JournalError, read
+
+    try:
+        return read(folder)
+    except JournalError as exc:
+        return [{"seq": "?", "error": str(exc)}]
+
+
+def _entry_status(reports: Path, entries: list[dict[str, Any]]) -> dict[int, str]:
+    """Per ledger entry of a run: ``ok`` or what fails (its own hash and its files)."""
+    result: dict[int, str] = {}
+    for entry in entries:
+        problems = []
+        if entry.get("hash") != ledger.entry_hash(entry):
+            problems.append("entry edited")
+        for name, digest in (entry.get("files") or {}).items():
+            path = reports / name
+            if not path.is_file():
+                problems.append(f"{name} missing")
+            elif ledger.file_sha256(path) != digest:
+                problems.append(f"{name} changed")
+        result[entry["seq"]] = "; ".join(problems) or "ok"
+    return result
+
+
+def build(project: Project, run_id: str | None = None) -> Path:
+    """Rebuild the index, history and compare pages, and one run's page (or every run's)."""
+    project.reports.mkdir(parents=True, exist_ok=True)
+    runs = build_index(project)
+    build_environments(project)
+    targets = [run_id] if run_id else [r["id"] for r in runs]
+    for target in targets:
+        build_run_page(project, target)
+    return project.reports / "index.html"
+
+
+def render_missing(project: Project) -> int:
+    """Render every archived notebook that has no HTML beside it yet; return how many."""
+    from workbench.reports.render import copy_static, render_notebook
+
+    copy_static(project.reports)
+    count = 0
+    for notebook in sorted(project.runs.glob("*/*.ipynb")) if project.runs.is_dir() else []:
+        target = notebook.with_suffix(".html")
+        if notebook.parent.name.startswith(".") or target.exists():
+            continue
+        render_notebook(notebook, target, static_url="../../static",
+                        title=f"{notebook.parent.name} / {notebook.stem}")
+        count += 1
+    return count
