@@ -65,7 +65,8 @@ def build_notebook() -> nbformat.NotebookNode:
             "import ipywidgets as widgets\n"
             "speed = widgets.IntSlider(value=3, min=0, max=10, description='speed')\n"
             "note = widgets.HTML(value='<i>pending</i>')\n"
-            "display(speed, note)"),
+            "approve = widgets.Button(description='Approve', icon='check')\n"
+            "display(speed, note, approve)"),
         # The page must show this final state, not the values the widgets were displayed with.
         nbformat.v4.new_code_cell("speed.value = 7\nnote.value = '<b>recorded</b> #1'"),
         nbformat.v4.new_code_cell("snippet = '<script>window.__pwned = 1</script>'\nsnippet"),
@@ -170,7 +171,7 @@ def test_render_writes_atomically_and_reuses_the_exporter(executed: Path, tmp_pa
     assert target.read_text(encoding="utf-8") == html, "same notebook, same page"
     assert sorted(p.name for p in target.parent.iterdir()) == ["evaluate.html"]
     assert 'src="../../static/embed.js"' in html
-    assert "wb-run-header" not in html.split("</style>")[-1], "no run id or stage given"
+    assert '<header class="wb-run-header">' not in html, "no run id or stage given"
     assert render.exporter() is render.exporter()
     for absolute in ("https://cdn.example.org/static", "//cdn.example.org/static"):
         with pytest.raises(ValueError, match="relative"):
@@ -226,7 +227,8 @@ def server(site: Path) -> Iterator[tuple[str, list[str]]]:
 
 
 @pytest.mark.slow
-def test_page_in_chromium_offline(server: tuple[str, list[str]], tmp_path: Path) -> None:
+def test_page_in_chromium_offline(server: tuple[str, list[str]], site: Path,
+                                  tmp_path: Path) -> None:
     assert CHROMIUM.exists(), (f"{CHROMIUM} is missing: install Debian's chromium "
                                "(apt-get install chromium) to run the browser test")
     from playwright.sync_api import Route, expect, sync_playwright
@@ -238,7 +240,7 @@ def test_page_in_chromium_offline(server: tuple[str, list[str]], tmp_path: Path)
 
     def only_local(route: Route) -> None:
         parts = urlsplit(route.request.url)
-        if parts.scheme in ("data", "blob") or parts.hostname == "127.0.0.1":
+        if parts.scheme in ("data", "blob", "file") or parts.hostname == "127.0.0.1":
             route.continue_()
         else:
             blocked.append(route.request.url)
@@ -254,6 +256,8 @@ def test_page_in_chromium_offline(server: tuple[str, list[str]], tmp_path: Path)
             page = context.new_page()
             page.set_default_timeout(30_000)
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("response", lambda response: errors.append(
+                f"{response.status} {response.url}") if response.status >= 400 else None)
             page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
                     else None)
             page.goto(url, wait_until="load")
@@ -264,7 +268,11 @@ def test_page_in_chromium_offline(server: tuple[str, list[str]], tmp_path: Path)
             expect(slider.locator(".widget-readout")).to_have_text("7")
             expect(page.locator(".widget-html-content b")).to_have_text("recorded")
             expect(page.locator(".widget-html-content")).to_contain_text("recorded #1")
-            expect(page.locator(".wb-widget-state")).to_have_count(2)
+            # A Font Awesome icon: the font comes from static/, next to embed.js.
+            expect(page.locator("button.widget-button i.fa-check")).to_be_visible()
+            page.wait_for_function("() => [...document.fonts].some(font => font.status === "
+                                   "'loaded' && font.family.includes('Font Awesome'))")
+            expect(page.locator(".wb-widget-state")).to_have_count(3)
             for fallback in page.locator(".wb-widget-state").all():
                 expect(fallback).to_be_hidden()
             image = page.locator('img[src^="data:image/png"]')
@@ -274,8 +282,14 @@ def test_page_in_chromium_offline(server: tuple[str, list[str]], tmp_path: Path)
             expect(page.get_by_text("$E = mc^2$")).to_be_visible()  # TeX text, no MathJax
             assert page.evaluate("() => window.__pwned") is None
             page.screenshot(path=str(tmp_path / "with-javascript.png"), full_page=True)
-            context.close()
             assert "/static/embed.js" in served
+            assert any(path.startswith("/static/") and path.endswith(".woff2")
+                       for path in served), served
+
+            # Opened from disk: the relative script URL works there too.
+            page.goto((site / "runs" / RUN_ID / "evaluate.html").as_uri(), wait_until="load")
+            expect(page.locator(".widget-slider .widget-readout")).to_have_text("7")
+            context.close()
 
             # JavaScript off: the markdown summary, table and image are plain HTML.
             context = browser.new_context(java_script_enabled=False,

@@ -420,7 +420,10 @@ def test_cookie_alone_and_relative_links(start: Callable[..., Site]) -> None:
 def test_only_direct_static_files_skip_the_token(start: Callable[..., Site]) -> None:
     """Vendored assets load cookie-less (sandboxed pages send no cookie); nothing else does."""
     site = start(TOKEN)
-    assert site.get("/static/app.js").status == 200
+    public = site.get("/static/app.js")
+    assert public.status == 200 and public.header("Access-Control-Allow-Origin") == "*"
+    private = site.get(f"/runs/r1/run.json?token={TOKEN}")
+    assert private.status == 200 and private.header("Access-Control-Allow-Origin") is None
     for path in ("/static/", "/static/../runs/r1/run.json", "/static/%2e%2e/runs/r1/run.json",
                  "/static/..%2fruns/r1/run.json", "/static/.hidden", "/staticx/app.js",
                  "/runs/r1/run.json"):

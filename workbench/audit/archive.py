@@ -91,5 +91,5 @@ def render_stage(project: Project, record: state.RunRecord, name: str, archived:
     copy_static(project.reports)
     target = archived.with_suffix(".html")
     render_notebook(archived, target, static_url="../../static",
-                    title=f"{record.id} / {name}")
+                    title=f"{record.id} / {name}", run_id=record.id, stage=name)
     return target

@@ -13,7 +13,8 @@ from typing import Any
 
 from workbench.audit.redact import Secrets
 
-SECRET_NAMES_VAR = "WORKBENCH_SECRET_NAMES"
+# The name of a variable listing secret names, not a secret.
+SECRET_NAMES_VAR = "WORKBENCH_SECRET_NAMES"  # nosec B105
 _installed: dict[str, Any] = {}
 
 

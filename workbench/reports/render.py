@@ -9,12 +9,12 @@ MathJax, mermaid.js and the Jupyter widget manager from CDNs; the ``workbench`` 
   chosen by the caller, so pages work from disk and from a same-origin server;
 * MathJax is not loaded: math stays as TeX source text (``$x^2$``); mermaid diagrams likewise;
 * markdown, images, HTML and text outputs are rendered here, so they show without JavaScript;
-  without JavaScript a widget shows its text representation;
+  until a widget is rendered (without JavaScript) its final state shows as text;
 * the lab CSS is inlined, as in the stock lab template.
 
-One configured :class:`~nbconvert.HTMLExporter` is built per process and reused: building it
-and compiling its templates costs about as much as rendering a notebook (see
-``benchmarks/render.py``).
+One configured :class:`~nbconvert.HTMLExporter` is built per process and reused: a process's
+first render costs about a second more than the next ones (compiling the Jinja templates, the
+lexers' and CSS selectors' regular expressions, lazy imports); see ``benchmarks/render.py``.
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def copy_static(reports_dir: Path) -> Path:
 
 
 def _publish(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``), world-readable:
-    report pages and their static files are meant to be served."""
+    """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``, fsync of the
+    folder), mode 0644 like the archived notebooks: pages and static files are served."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -116,3 +116,8 @@ def _publish(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)

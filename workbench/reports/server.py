@@ -63,8 +63,11 @@ from urllib.parse import parse_qs, quote, unquote
 __all__ = ["CONTENT_SECURITY_POLICY", "TOKEN_COOKIE", "ReportHandler", "ReportServer",
            "make_server", "serve", "server_url"]
 
+# 'unsafe-eval': the vendored widget manager compiles its JSON schemas with eval. The sandbox
+# (no allow-same-origin) is what keeps any page's script away from the site.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "default-src 'none'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
+    "style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; font-src 'self' data:; connect-src 'none'; form-action 'none'; "
     "frame-ancestors 'none'; base-uri 'none'; sandbox allow-scripts allow-popups"
 )
@@ -129,6 +132,11 @@ def _is_public(raw_path: str) -> bool:
     rest = unquote(raw_path[len(PUBLIC_PREFIX):])
     return bool(rest) and "/" not in rest and "\\" not in rest and not rest.startswith(".") \
         and "\x00" not in rest
+
+
+def urlsplit_path(raw: str) -> str:
+    """The path of a request target, without query and fragment."""
+    return raw.partition("?")[0].partition("#")[0]
 
 
 def _is_loopback(host: str) -> bool:
@@ -311,6 +319,9 @@ class ReportHandler(BaseHTTPRequestHandler):
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", _content_type(target))
             self.send_header("Content-Length", str(info.st_size))
+            if _is_public(urlsplit_path(self.path)):
+                # Sandboxed pages have an opaque origin: fonts need CORS to load from /static/.
+                self.send_header("Access-Control-Allow-Origin", "*")
             for name, value in extra:
                 self.send_header(name, value)
             self.end_headers()

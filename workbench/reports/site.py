@@ -30,6 +30,7 @@ from workbench.pipeline import state
 from workbench.project import Project
 
 CACHE_FILE = ".site-cache.json"
+CACHE_VERSION = 2  # bump when a summary changes shape
 TEMPLATES = Path(__file__).parent / "site_templates"
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
                           autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -47,8 +48,10 @@ def _json(data: Any) -> str:
 
 def summarise(record: state.RunRecord) -> dict[str, Any]:
     """What the index shows of one run."""
-    reached = sorted({(s.gate or {}).get("environment") for s in record.stages.values()
-                      if s.gate and s.status == "succeeded"} - {None})
+    # In pipeline order (stages are stored in that order), not alphabetical: dev → qa → prod.
+    reached = list(dict.fromkeys(s.gate["environment"] for s in record.stages.values()
+                                 if s.gate and s.status == "succeeded"
+                                 and s.gate.get("environment")))
     approvers = sorted({name for s in record.stages.values() if s.gate
                         for name in s.gate.get("approved_by", [])})
     metrics: dict[str, Any] = {}
@@ -72,8 +75,9 @@ def _summaries(project: Project) -> list[dict[str, Any]]:
     """Every run's summary, re-reading only run records that changed since the last build."""
     cache_path = project.reports / CACHE_FILE
     try:
-        cache = json.loads(cache_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        stored = json.loads(cache_path.read_text(encoding="utf-8"))
+        cache = stored["runs"] if stored.get("version") == CACHE_VERSION else {}
+    except (OSError, ValueError, KeyError, AttributeError):
         cache = {}
     fresh: dict[str, Any] = {}
     if project.runs.is_dir():
@@ -92,13 +96,15 @@ def _summaries(project: Project) -> list[dict[str, Any]]:
             except state.RunRecordError:
                 continue
             fresh[folder.name] = {"mtime": mtime, "summary": summarise(record)}
-    write_text(cache_path, json.dumps(fresh))
+    if fresh != cache:  # a build with nothing new writes nothing
+        write_text(cache_path, json.dumps({"version": CACHE_VERSION, "runs": fresh}))
     return sorted((v["summary"] for v in fresh.values()), key=lambda s: s["id"], reverse=True)
 
 
 def build_index(project: Project) -> list[dict[str, Any]]:
     runs = _summaries(project)
-    _render("index.html.j2", project.reports / "index.html", runs=runs, data=_json(runs),
+    listed = [{k: v for k, v in r.items() if k != "parameters"} for r in runs]
+    _render("index.html.j2", project.reports / "index.html", runs=runs, data=_json(listed),
             built=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     _render("compare.html.j2", project.reports / "compare.html",
             data=_json([{k: r[k] for k in ("id", "status", "model", "version", "metrics",
@@ -247,6 +253,7 @@ def render_missing(project: Project) -> int:
         if notebook.parent.name.startswith(".") or target.exists():
             continue
         render_notebook(notebook, target, static_url="../../static",
-                        title=f"{notebook.parent.name} / {notebook.stem}")
+                        title=f"{notebook.parent.name} / {notebook.stem}",
+                        run_id=notebook.parent.name, stage=notebook.stem)
         count += 1
     return count
