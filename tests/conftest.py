@@ -17,6 +17,11 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# Debian's chromium (installed by .ci/run); flags keep it off this machine's closed network.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
 
 
 def free_port() -> int:

@@ -26,12 +26,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import REPO, Workspace, clean_environment, free_port
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, REPO, Workspace, clean_environment, free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 COMMENT = "metrics look fine; checked in JupyterLab"
 

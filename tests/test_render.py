@@ -28,12 +28,9 @@ import pytest
 from nbconvert import HTMLExporter
 from nbconvert.preprocessors import ExecutePreprocessor
 
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 from workbench.reports import render
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 RUN_ID = "20260101T000000Z-c0ffee"
 SUMMARY = "accuracy 0.93 on the holdout set"

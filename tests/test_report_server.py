@@ -521,8 +521,11 @@ def test_loopback_hosts_are_accepted(tmp_path: Path, host: str) -> None:
     (tmp_path / "index.html").write_text("hi")
     try:
         server = make_server(tmp_path, host=host)
-    except OSError as error:  # e.g. no IPv6 loopback in this container
-        pytest.skip(f"cannot bind {host}: {error}")
+    except OSError as error:
+        if host != "::1":
+            raise
+        # Only IPv6 may be missing: some containers have no ::1 interface at all.
+        pytest.skip(f"this machine has no IPv6 loopback to bind: {error}")
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:

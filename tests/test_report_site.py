@@ -33,6 +33,8 @@ import pytest
 
 from tests.conftest import (
     BUILD_STAGE,
+    CHROMIUM,
+    CHROMIUM_ARGS,
     Workspace,
     clean_environment,
     free_port,
@@ -47,10 +49,6 @@ from workbench.reports import site
 
 HOSTILE = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 TOKEN = "site-Tok3n_x9"
 STAGES = ("build", "approve_qa", "release_qa", "approve_prod", "release_prod")
 

@@ -21,6 +21,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from workbench.digests import canonical, file_sha256
+
 LEDGER_FILE = "ledger.jsonl"
 LOCK_FILE = ".ledger.lock"
 GENESIS = "0" * 64
@@ -30,20 +32,8 @@ class LedgerError(RuntimeError):
     """The ledger cannot be appended to (it ends in a torn entry, or is unreadable)."""
 
 
-def canonical(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def ledger_path(reports: Path) -> Path:

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 from pydantic import BaseModel
 
 from workbench.config import Config
-from workbench.governance.journal import canonical
+from workbench.digests import canonical, file_sha256
 from workbench.pipeline import state
 from workbench.pipeline.plan import ancestors
 from workbench.project import Project
@@ -33,18 +33,10 @@ class Bundle(BaseModel):
     parts: dict[str, Any]
 
 
-def file_digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def tree_digest(root: Path) -> str:
     """sha256 over every file below ``root``: relative path and content digest, sorted."""
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    listing = [(p.relative_to(root).as_posix(), file_digest(p)) for p in files]
+    listing = [(p.relative_to(root).as_posix(), file_sha256(p)) for p in files]
     return hashlib.sha256(canonical(listing)).hexdigest()
 
 
@@ -94,7 +86,7 @@ def compute(project: Project, config: Config, record: state.RunRecord, environme
             raise BundleError(f"stage {name!r} (before gate {gate!r}) has not succeeded")
         if not path.is_file():
             raise BundleError(f"{path} is missing from the archive")
-        notebooks[entry.notebook] = file_digest(path)
+        notebooks[entry.notebook] = file_sha256(path)
         parameters[name] = entry.parameters
     model = record.model_version
     parts = {

@@ -17,6 +17,9 @@ from typing import Any
 
 from filelock import FileLock
 
+from workbench.atomic import fsync_dir
+from workbench.digests import canonical
+
 LOCK_NAME = ".lock"
 SUFFIX = ".json"
 
@@ -25,20 +28,8 @@ class JournalError(RuntimeError):
     """An entry was edited, removed or is unreadable."""
 
 
-def canonical(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def digest_of(entry: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in entry.items() if k != "digest"})).hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _entry_files(folder: Path) -> list[Path]:
@@ -89,5 +80,5 @@ def append(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
             os.link(tmp, final)  # fails if the name exists: never overwrite an entry
         finally:
             Path(tmp).unlink(missing_ok=True)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     return entry

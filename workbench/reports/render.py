@@ -20,9 +20,7 @@ lexers' and CSS selectors' regular expressions, lazy imports); see ``benchmarks/
 from __future__ import annotations
 
 import filecmp
-import os
 import posixpath
-import tempfile
 import threading
 import time
 from functools import cache
@@ -31,6 +29,8 @@ from urllib.parse import urlsplit
 
 import nbformat
 from nbconvert import HTMLExporter
+
+from workbench.atomic import write_bytes
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -102,22 +102,5 @@ def copy_static(reports_dir: Path) -> Path:
 
 
 def _publish(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``, fsync of the
-    folder), mode 0644 like the archived notebooks: pages and static files are served."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    """Write ``data`` atomically, mode 0644: pages and static files are served."""
+    write_bytes(path, data, mode=0o644)
