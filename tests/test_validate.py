@@ -382,7 +382,7 @@ def test_declared_parameters_of_real_notebooks() -> None:
                            "random_state", "pipeline_run_id"]
     assert train["random_state"] == Declared("random_state", "int", 42)
     register = declared_parameters(REPO / "notebooks" / "register.ipynb")
-    assert register["passed"].annotation == "bool | None"
+    assert register["passed"].annotation == "Optional[bool]"
     assert register["passed"].accepts(None) and not register["passed"].accepts("yes")
 
 

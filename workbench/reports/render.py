@@ -23,6 +23,7 @@ import filecmp
 import posixpath
 import threading
 import time
+import warnings
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -82,7 +83,10 @@ def render_notebook(source: Path, target: Path, static_url: str, title: str | No
         "workbench": {"embed_url": posixpath.join(static_url, EMBED_SCRIPT), "run_id": run_id,
                       "stage": stage},
     }
-    with _EXPORTER_LOCK:
+    # warnings: scraps are data, not meant to be displayed; nbconvert warns about each one
+    with _EXPORTER_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your element with mimetype",
+                                category=UserWarning)
         body, _ = exporter().from_notebook_node(nb, resources=resources)
     _publish(target, body.encode("utf-8"))
     return time.perf_counter() - start
