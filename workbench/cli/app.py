@@ -119,6 +119,7 @@ def main() -> None:
     """Console entry point: map user mistakes to one clear message and exit code 2."""
     from workbench.audit.ledger import LedgerError
     from workbench.audit.redact import SecretError
+    from workbench.execution.executors import ExecutorError
     from workbench.governance.approvals import ApprovalRefused, ApprovalUsageError
     from workbench.governance.bundle import BundleError
     from workbench.governance.identity import IdentityError
@@ -135,7 +136,7 @@ def main() -> None:
         _fail(exc, f"configuration invalid ({count} problem{'s' if count > 1 else ''}):\n"
                    + "\n".join(f"  {p}" for p in exc.problems))
     except (ProjectNotFoundError, RunRecordError, UsageError, ApprovalUsageError, IdentityError,
-            ResumeError, BundleError, SecretError) as exc:
+            ResumeError, BundleError, SecretError, ExecutorError) as exc:
         _fail(exc, str(exc))
     except (ApprovalRefused, JournalError, LedgerError) as exc:
         _fail(exc, str(exc), EXIT_FAILED)

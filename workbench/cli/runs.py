@@ -45,6 +45,8 @@ def run(
                     "unselected stages from (default: the newest that has them).")] = None,
     junit: JunitOption = None,
     summary: SummaryOption = None,
+    executor: Annotated[str, typer.Option("--executor", help="Where stages run: local "
+                        "(papermill here) or kubernetes (a Job per stage).")] = "local",
 ) -> None:
     """Run the pipeline: every stage through papermill, archived under reports/runs/.
 
@@ -64,6 +66,10 @@ def run(
     if env in config.gates.policies:
         raise UsageError(f"--env {env}: {env} is behind an approval gate; start in an "
                          f"ungated environment and promote (`workbench promote RUN --to {env}`)")
+    from workbench.execution.executors import EXECUTORS
+
+    if executor not in EXECUTORS:
+        raise UsageError(f"--executor {executor}: choose one of {', '.join(EXECUTORS)}")
     chosen = base_run = None
     if stage or start or until:
         try:
@@ -72,7 +78,8 @@ def run(
             raise UsageError(str(exc)) from None
         needed = needed_upstream(config, chosen)
         base_run = find_base(project, config, needed, _run_id(project, base) if base else None)
-    record = _drive(lambda report: start_run(project, config, env, report, chosen, base_run),
+    record = _drive(lambda report: start_run(project, config, env, report, chosen, base_run,
+                                                   executor),
                     as_json)
     _finish_run(record, junit=junit, summary=summary)
 

@@ -9,13 +9,15 @@ from workbench.audit import archive
 from workbench.audit.mlflow_guard import leaked_in_run
 from workbench.audit.redact import SecretError, Secrets
 from workbench.config import Stage
+from workbench.execution.executors import StageExecutor
 from workbench.execution.stage import CellCallback, StageResult, execute_stage
 from workbench.pipeline import state
 from workbench.project import Project
 
 
 def run_archived_stage(project: Project, record: state.RunRecord, name: str, stage: Stage,
-                       secrets: Secrets, on_cell: CellCallback | None = None
+                       secrets: Secrets, on_cell: CellCallback | None = None,
+                       executor: StageExecutor = execute_stage
                        ) -> tuple[StageResult, Path | None]:
     """Execute ``name`` and archive its notebook; return the result and the archived path
     (None when nothing could be archived)."""
@@ -26,7 +28,7 @@ def run_archived_stage(project: Project, record: state.RunRecord, name: str, sta
         entry.parameters = secrets.redact(entry.parameters)  # never kept in run.json either
         return StageResult(succeeded=False, error=str(exc)), None
     staged = archive.staging_path(project, record.id, entry.notebook or f"{name}.ipynb")
-    result = execute_stage(project.root / stage.notebook, staged, entry.parameters,
+    result = executor(project.root / stage.notebook, staged, entry.parameters,
                            stage.outputs, cwd=project.root, timeout=stage.timeout,
                            on_cell=on_cell)
     result.outputs = secrets.redact(result.outputs)

@@ -19,6 +19,7 @@ from workbench.audit import archive, ledger
 from workbench.audit.mlflow_guard import SECRET_NAMES_VAR
 from workbench.audit.redact import Secrets
 from workbench.config import Config
+from workbench.execution.executors import executor_for
 from workbench.governance import identity
 from workbench.pipeline import state
 from workbench.pipeline.execute import run_archived_stage
@@ -134,8 +135,8 @@ def _reuse(record: state.RunRecord, config: Config, chosen: set[str], base: stat
 
 
 def start_run(project: Project, config: Config, environment: str, report: Reporter,
-              chosen: set[str] | None = None, base: state.RunRecord | None = None
-              ) -> state.RunRecord:
+              chosen: set[str] | None = None, base: state.RunRecord | None = None,
+              executor: str = "local") -> state.RunRecord:
     """Create a run for ``environment`` and execute it as far as its gates allow.
 
     A partial run executes only ``chosen`` and reuses what they need from ``base``.
@@ -145,6 +146,7 @@ def start_run(project: Project, config: Config, environment: str, report: Report
     store = mlflow_store.resolve(project, config.pipeline.mlflow)
     mlflow_store.prepare(store)
     record = _new_record(project, config, environment, store.tracking_uri, actor)
+    record.executor = executor
     record.config = secrets.redact(record.config)  # a secret pasted into a config file
     if chosen is not None:
         if base is None:
@@ -297,8 +299,9 @@ def _run_stages(project: Project, config: Config, record: state.RunRecord,
         entry.status, entry.started = "running", state.now()
         state.save(project, record)
         report(make_event("stage_started", stage=name, notebook=stage.notebook))
-        result, archived = run_archived_stage(project, record, name, stage, secrets,
-                                              on_cell=cell_reporter(report, name))
+        result, archived = run_archived_stage(
+            project, record, name, stage, secrets, on_cell=cell_reporter(report, name),
+            executor=executor_for(record.executor, project, config, environment))
         entry.status = "succeeded" if result.succeeded else "failed"
         entry.outputs, entry.error = result.outputs, result.error
         entry.finished, entry.duration_s = state.now(), round(result.duration_s, 3)

@@ -73,6 +73,7 @@ class RunRecord(BaseModel):
     model_version: ModelVersion | None = None
     requested_by: Identity | None = None
     trained_by: Identity | None = None
+    executor: str = "local"
 
 
 def run_dir(project: Project, run_id: str) -> Path:
