@@ -18,7 +18,7 @@ from tests.conftest import Workspace, free_port
 from workbench.deploy.local import ping
 
 STAGES = ["train", "evaluate", "register", "deploy"]
-PROMOTION = ["approve_qa", "deploy_qa", "approve_prod", "deploy_prod"]
+PROMOTION = ["approve_qa", "deploy_qa", "load_test", "approve_prod", "deploy_prod", "monitor"]
 
 
 def predict(url: str, columns: list[str], rows: list[list[float]]) -> list:

@@ -54,6 +54,12 @@ def describe(event: Event) -> str | None:
         was = f" (was v{event['from_version']})" if event.get("from_version") else ""
         return (f"alias {event['alias']} of {event['model']} now points at "
                 f"v{event['to_version']}{was}")
+    if kind == "deployed":
+        return (f"deployed {event['model']} v{event['version']} to {event['environment']} "
+                f"at {event['endpoint']}")
+    if kind == "rolled_back":
+        return (f"rolled back {event['environment']} from v{event['from_version']} to "
+                f"v{event['to_version']}: {event['reason']}")
     if kind == "run_finished":
         return (f"run {event['run_id']} {event['status']} in {event['duration_s']:.1f} s; "
                 f"archived under {event['folder']}")

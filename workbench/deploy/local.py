@@ -1,7 +1,13 @@
-"""The local deploy target: ``mlflow models serve`` on 127.0.0.1 as a managed process.
+"""The local deploy target: a model server behind a stable proxy on 127.0.0.1.
 
-Each environment has at most one server. Its pid, port, model version and log path are kept
-in ``.workbench/servers/<env>.json``; ``workbench stop ENV`` ends it by that pid.
+An environment's endpoint is ``http://127.0.0.1:<deploy.port>``: a small reverse proxy
+(``workbench.deploy.proxy``) in front of one model server (``workbench.deploy.model_server``,
+MLflow's scoring app) on a port of its own. A redeploy starts the new version on a fresh port,
+checks it answers and serves that exact version, switches the proxy, waits until no request is
+in flight on the old server and only then stops it, so clients of the endpoint lose nothing.
+
+State lives in ``.workbench/servers/<env>.json`` (pids, ports, version, logs) and
+``<env>.route.json`` (the proxy's backend); ``workbench stop ENV`` ends both by pid.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from workbench.atomic import write_json
 from workbench.project import Project
 
 HOST = "127.0.0.1"
+DRAIN_TIMEOUT = 60.0
 
 
 class DeployError(RuntimeError):
@@ -30,6 +38,8 @@ class DeployError(RuntimeError):
 
 @dataclass(frozen=True)
 class Server:
+    """An environment's endpoint: the proxy (``pid``, ``port``) and the model server behind it."""
+
     environment: str
     pid: int
     port: int
@@ -39,32 +49,53 @@ class Server:
     tracking_uri: str
     started: float
     log: str
+    backend_pid: int = 0
+    backend_port: int = 0
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def backend_url(self) -> str:
+        return f"http://{HOST}:{self.backend_port}"
+
+    def describe(self) -> str:
+        return (f"{self.model_name} v{self.version} serving at {self.url} "
+                f"(proxy pid {self.pid}, model server pid {self.backend_pid} on port "
+                f"{self.backend_port})")
 
 
 def _state_file(project: Project, environment: str) -> Path:
     return project.servers / f"{environment}.json"
 
 
-def _is_our_server(pid: int) -> bool:
-    """True when ``pid`` is alive and is an ``mlflow models serve`` (guards against pid reuse)."""
+def route_file(project: Project, environment: str) -> Path:
+    return project.servers / f"{environment}.route.json"
+
+
+def _is_ours(pid: int, module: str) -> bool:
+    """True when ``pid`` is alive and runs ``module`` (guards against pid reuse)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"mlflow" in cmdline and b"serve" in cmdline
+    return module.encode() in cmdline
 
 
 def current(project: Project, environment: str) -> Server | None:
-    """The recorded server of ``environment`` if it is still running."""
+    """The recorded endpoint of ``environment`` if its proxy and model server still run."""
     path = _state_file(project, environment)
     if not path.is_file():
         return None
-    server = Server(**json.loads(path.read_text(encoding="utf-8")))
-    return server if _is_our_server(server.pid) else None
+    try:
+        server = Server(**json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError):
+        return None  # a state file from an older layout: nothing of ours runs from it
+    if _is_ours(server.pid, "workbench.deploy.proxy") and \
+            _is_ours(server.backend_pid, "workbench.deploy.model_server"):
+        return server
+    return None
 
 
 def http_url(url: str) -> str:
@@ -74,6 +105,11 @@ def http_url(url: str) -> str:
     return url
 
 
+def get_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(http_url(url), timeout=timeout) as response:  # nosec B310
+        return json.loads(response.read())
+
+
 def ping(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(http_url(f"{url}/ping"), timeout=timeout  # nosec B310
@@ -81,6 +117,11 @@ def ping(url: str, timeout: float = 2.0) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def served_model(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """What the endpoint says it serves (``GET /model``): name, version, model_uuid, run_id."""
+    return get_json(f"{url}/model", timeout)
 
 
 def _port_free(port: int) -> bool:
@@ -93,8 +134,14 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
 def _group_alive(pgid: int) -> bool:
-    """True while any process of the server's group still runs (zombies do not count)."""
+    """True while any process of the group still runs (zombies do not count)."""
     for status in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = status.read_text().rsplit(")", 1)[1].split()
@@ -105,25 +152,41 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def stop(project: Project, environment: str, grace: float = 10.0) -> Server | None:
-    """Stop the environment's server (its whole process group); return what was stopped.
+def stop_group(pgid: int, grace: float) -> None:
+    """SIGTERM the process group, SIGKILL what is left after ``grace``; wait until it is gone."""
+    if pgid <= 0:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        while _group_alive(pgid) and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
 
-    Returns once every process of the group is gone, so the port is free for a successor.
+
+def stop(project: Project, environment: str, grace: float = 10.0) -> Server | None:
+    """Stop the environment's proxy and model server; return what was stopped.
+
+    Returns once every process is gone, so the ports are free for a successor.
     """
     path = _state_file(project, environment)
     server = current(project, environment)
+    if server is None and path.is_file():  # one of the two died: stop the other one too
+        with contextlib.suppress(ValueError, TypeError, OSError):
+            stale = json.loads(path.read_text(encoding="utf-8"))
+            for pid, module in ((stale.get("pid", 0), "workbench.deploy.proxy"),
+                                (stale.get("backend_pid", 0), "workbench.deploy.model_server")):
+                if _is_ours(pid, module):
+                    stop_group(pid, grace)
     if server is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while _group_alive(server.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _group_alive(server.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
-            while _group_alive(server.pid) and time.monotonic() < deadline + 5:
-                time.sleep(0.1)
+        stop_group(server.pid, grace)
+        stop_group(server.backend_pid, grace)
     path.unlink(missing_ok=True)
+    route_file(project, environment).unlink(missing_ok=True)
     return server
 
 
@@ -134,36 +197,108 @@ def _log_tail(log: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def serve(project: Project, environment: str, port: int, model_name: str, version: str,
-          tracking_uri: str, ready_timeout: float = 180.0) -> Server:
-    """Replace the environment's server with one serving ``models:/<name>/<version>``."""
-    stop(project, environment)
-    if not _port_free(port):
-        raise DeployError(f"environment {environment!r}: port {port} on {HOST} is in use "
-                          f"by another process; free it or change deploy.port")
-    project.servers.mkdir(parents=True, exist_ok=True)
-    log = project.servers / f"{environment}.log"
-    model_uri = f"models:/{model_name}/{version}"
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
-               "--env-manager", "local", "-h", HOST, "-p", str(port)]
+def _spawn(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with open(log, "ab") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    server = Server(environment, process.pid, port, model_name, str(version), model_uri,
-                    tracking_uri, time.time(), str(log))
-    write_json(_state_file(project, environment), asdict(server))
-    deadline = time.monotonic() + ready_timeout
+        return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_ready(process: subprocess.Popen[bytes], url: str, what: str, log: Path,
+                timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            _state_file(project, environment).unlink(missing_ok=True)
-            raise DeployError(f"model server for {environment!r} exited with code "
-                              f"{process.returncode}; log {log}:\n{_log_tail(log)}")
-        if ping(server.url):
-            return server
-        time.sleep(0.25)
-    stop(project, environment)
-    raise DeployError(f"model server for {environment!r} not ready on {server.url} after "
-                      f"{ready_timeout:g} s; log {log}:\n{_log_tail(log)}")
+            raise DeployError(f"{what} exited with code {process.returncode}; log {log}:\n"
+                              f"{_log_tail(log)}")
+        if ping(url, timeout=1.0):
+            return
+        time.sleep(0.1)
+    stop_group(process.pid, 5)
+    raise DeployError(f"{what} not ready on {url} after {timeout:g} s; log {log}:\n"
+                      f"{_log_tail(log)}")
+
+
+def start_model_server(project: Project, environment: str, model_name: str, version: str,
+                        tracking_uri: str, timeout: float) -> tuple[subprocess.Popen[bytes], int,
+                                                                    Path]:
+    port = _free_port()
+    log = project.servers / f"{environment}.model-{port}.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    process = _spawn([sys.executable, "-m", "workbench.deploy.model_server", "--model-uri",
+                      f"models:/{model_name}/{version}", "--name", model_name, "--version",
+                      str(version), "--port", str(port)], log, env)
+    url = f"http://{HOST}:{port}"
+    try:
+        _wait_ready(process, url, f"model server for {environment!r} ({model_name} "
+                    f"v{version})", log, timeout)
+        served = served_model(url)
+        if str(served.get("version")) != str(version):
+            raise DeployError(f"model server on {url} reports version {served.get('version')}"
+                              f", expected {version}")
+    except BaseException:
+        stop_group(process.pid, 5)
+        raise
+    return process, port, log
+
+
+def _switch(project: Project, environment: str, old: Server, port: int, version: str) -> None:
+    """Point the proxy at ``port``; return once no request is in flight on the old server."""
+    write_json(route_file(project, environment), {"port": port, "version": str(version)})
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            route = get_json(f"{old.url}/-/route", timeout=2.0)
+            if int(route.get("port", 0)) == port and \
+                    not route.get("inflight", {}).get(str(old.backend_port)):
+                return
+        time.sleep(0.02)
+    raise DeployError(f"proxy of {environment!r} on {old.url} did not switch to port {port} "
+                      f"within {DRAIN_TIMEOUT:g} s")
+
+
+def serve(project: Project, environment: str, port: int, model_name: str, version: str,
+          tracking_uri: str, ready_timeout: float = 180.0) -> Server:
+    """Serve ``models:/<name>/<version>`` on the environment's endpoint without dropping traffic.
+
+    The new model server must be up and report ``version`` before any request reaches it; if
+    it fails, the old one keeps serving and the error names its log.
+    """
+    project.servers.mkdir(parents=True, exist_ok=True)
+    old = current(project, environment)
+    if old is None:
+        stop(project, environment)  # leftovers of a half-dead endpoint
+        if not _port_free(port):
+            raise DeployError(f"environment {environment!r}: port {port} on {HOST} is in use "
+                              f"by another process; free it or change deploy.port")
+    elif old.port != port:
+        stop(project, environment)
+        old = None
+    backend, backend_port, backend_log = start_model_server(
+        project, environment, model_name, version, tracking_uri, ready_timeout)
+    if old is None:
+        write_json(route_file(project, environment), {"port": backend_port,
+                                                      "version": str(version)})
+        log = project.servers / f"{environment}.proxy.log"
+        proxy = _spawn([sys.executable, "-m", "workbench.deploy.proxy", "--port", str(port),
+                        "--route", str(route_file(project, environment))], log, dict(os.environ))
+        try:
+            _wait_ready(proxy, f"http://{HOST}:{port}", f"proxy for {environment!r}", log, 60)
+        except BaseException:
+            stop_group(backend.pid, 5)
+            raise
+        proxy_pid = proxy.pid
+    else:
+        try:
+            _switch(project, environment, old, backend_port, version)
+        except BaseException:  # keep the old version serving
+            write_json(route_file(project, environment), {"port": old.backend_port,
+                                                          "version": old.version})
+            stop_group(backend.pid, 5)
+            raise
+        stop_group(old.backend_pid, 10)
+        proxy_pid = old.pid
+    server = Server(environment, proxy_pid, port, model_name, str(version),
+                    f"models:/{model_name}/{version}", tracking_uri, time.time(),
+                    str(backend_log), backend.pid, backend_port)
+    write_json(_state_file(project, environment), asdict(server))
+    return server

@@ -58,3 +58,27 @@ def smoke_test(url: str, model_uri: str, frame: Any) -> SmokeResult:
     if not result.passed:
         raise SmokeTestError(f"{url} served {served} but {model_uri} predicts {expected}")
     return result
+
+
+def check_served_version(url: str, model_name: str, version: str) -> dict[str, Any]:
+    """Assert the endpoint serves exactly ``model_name`` version ``version``.
+
+    Compares the endpoint's ``/model`` with the registry: the version it was started with and
+    the ``model_uuid`` of the artifact it loaded (so a server that loaded other files fails).
+    """
+    from mlflow.models import get_model_info
+
+    from workbench.deploy.local import served_model
+
+    try:
+        served = served_model(url)
+    except (OSError, ValueError) as exc:
+        raise SmokeTestError(f"{url}/model did not say which model it serves: {exc}") from exc
+    expected_uuid = get_model_info(f"models:/{model_name}/{version}").model_uuid
+    if served.get("name") != model_name or str(served.get("version")) != str(version):
+        raise SmokeTestError(f"{url} serves {served.get('name')} v{served.get('version')}, "
+                             f"expected {model_name} v{version}")
+    if served.get("model_uuid") != expected_uuid:
+        raise SmokeTestError(f"{url} serves artifact {served.get('model_uuid')}, but "
+                             f"{model_name} v{version} is {expected_uuid}")
+    return served

@@ -1,0 +1,1 @@
+"""Operating releases: load tests with SLOs, post-deploy monitoring, rollback, notifications."""
