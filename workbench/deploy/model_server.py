@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 HOST = "127.0.0.1"
@@ -40,17 +41,32 @@ def build_app(model_uri: str, name: str, version: str) -> Any:
     return app
 
 
+ENV_PREFIX = "WORKBENCH_SERVE_"
+
+
+def app_from_environment() -> Any:
+    """The app for ``WORKBENCH_SERVE_MODEL_URI``/``_NAME``/``_VERSION`` (uvicorn's factory, so
+    several workers can each build their own)."""
+    return build_app(os.environ[f"{ENV_PREFIX}MODEL_URI"], os.environ[f"{ENV_PREFIX}NAME"],
+                     os.environ[f"{ENV_PREFIX}VERSION"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-uri", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--version", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default=HOST, help="default 127.0.0.1; 0.0.0.0 in a pod")
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     import uvicorn
 
-    uvicorn.run(build_app(args.model_uri, args.name, args.version), host=HOST, port=args.port,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+    os.environ.update({f"{ENV_PREFIX}MODEL_URI": args.model_uri, f"{ENV_PREFIX}NAME": args.name,
+                       f"{ENV_PREFIX}VERSION": str(args.version)})
+    uvicorn.run("workbench.deploy.model_server:app_from_environment", factory=True,
+                host=args.host, port=args.port, workers=args.workers, log_level="warning",
+                access_log=False, timeout_graceful_shutdown=10)
 
 
 if __name__ == "__main__":

@@ -113,10 +113,11 @@ def build_index(project: Project) -> list[dict[str, Any]]:
 
 
 def environment_history(project: Project) -> dict[str, list[dict[str, Any]]]:
-    """Per environment, every alias move and deploy in ledger order, with its approvals."""
+    """Per environment, every alias move, deploy and rollback in ledger order, with its
+    approvals (a rollback with its trigger and reason)."""
     history: dict[str, list[dict[str, Any]]] = {}
     for entry in ledger.entries(project.reports):
-        if entry.get("event") not in ("alias_move", "deploy"):
+        if entry.get("event") not in ("alias_move", "deploy", "rollback"):
             continue
         data = entry.get("data", {})
         environment = data.get("alias") if entry["event"] == "alias_move" \
@@ -126,10 +127,11 @@ def environment_history(project: Project) -> dict[str, list[dict[str, Any]]]:
                 "version": data.get("to_version") or data.get("version"),
                 "from_version": data.get("from_version"), "model": data.get("model"),
                 "approvals": _approvals_of(project, entry.get("run_id"), environment,
-                                           data.get("approvals") or [])}
+                                           data.get("approvals") or []),
+                "reason": data.get("reason"), "trigger": data.get("trigger")}
         history.setdefault(environment or "?", []).append(item)
     for items in history.values():
-        moves = [i for i in items if i["event"] == "alias_move"]
+        moves = [i for i in items if i["event"] in ("alias_move", "rollback")]
         for current, following in zip(moves, [*moves[1:], None], strict=True):
             current["until"] = following["time"] if following else None
     return history
@@ -187,6 +189,7 @@ def build_run_page(project: Project, run_id: str) -> Path:
         stages.append({
             "name": name, "status": entry.status, "duration_s": entry.duration_s or 0,
             "started": entry.started, "error": entry.error, "reused_from": entry.reused_from,
+            "failure": entry.failure, "attempts": [a.model_dump() for a in entry.attempts],
             "parameters": entry.parameters, "outputs": entry.outputs, "gate": entry.gate,
             "ipynb": rel.as_posix() if rel else None,
             "html": rel.with_suffix(".html").as_posix()
