@@ -6,6 +6,7 @@ from typing import Any
 
 from workbench.config import Config, ConfigError, Problem, Ref, load_config
 from workbench.execution.parameters import Declared, NotebookError, declared_parameters
+from workbench.k8s.config import kubernetes_problems
 from workbench.pipeline.plan import (
     PIPELINE_LABEL,
     gate_problems,
@@ -27,6 +28,7 @@ def load_and_validate(project: Project) -> Config:
     if not problems:
         problems = gate_problems(config) or reference_problems(config)
     problems += notebook_problems(project, config)
+    problems += kubernetes_problems(project, config)  # configs/kubernetes.yaml, when used
     if problems:
         raise ConfigError(problems)
     return config
