@@ -225,3 +225,63 @@ def gated_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     workspace.write_notebook("release", notebook(
         RELEASE_STAGE, parameters='environment: str = "qa"\nversion: str = ""'))
     return workspace
+
+
+# --- resource hygiene: no kernel, model server or other process outlives the session ----------
+
+SESSION_MARKER = "WORKBENCH_TEST_SESSION"  # every process the tests start inherits it
+
+
+def processes_with(variable: str, value: str, command: bytes = b"") -> list[tuple[int, str]]:
+    """Live processes (zombies excluded) whose environment sets ``variable=value`` and whose
+    command line contains ``command``: (pid, command line)."""
+    found = []
+    needle = f"{variable}={value}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat[0] != "Z" and command in cmdline:
+            found.append((int(proc.name), cmdline.decode(errors="replace")[:160]))
+    return found
+
+
+def wait_until_gone(variable: str, value: str, command: bytes = b"", timeout: float = 15.0,
+                    ignore: str | None = None) -> list[tuple[int, str]]:
+    """Wait for such processes to exit (those whose command line contains ``ignore`` do not
+    count); return the ones still there after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [(pid, cmd) for pid, cmd in processes_with(variable, value, command)
+                if ignore is None or ignore not in cmd]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session() -> Iterator[None]:
+    """Mark every process the tests start; at the end, fail (and kill) any still running."""
+    import contextlib
+    import signal
+    import uuid
+
+    token = uuid.uuid4().hex
+    os.environ[SESSION_MARKER] = token
+    yield
+    # multiprocessing's resource tracker and forkserver serve this process; they end with it
+    left = wait_until_gone(SESSION_MARKER, token, timeout=10, ignore="from multiprocessing.")
+    for pid, _ in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        pytest.fail("processes started by the tests outlived the session (killed now):\n"
+                    + "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in left), pytrace=False)

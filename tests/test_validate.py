@@ -136,12 +136,14 @@ CASES: dict[str, Case] = {
         "invalid YAML: found character '\\t' that cannot start any token"),
     "unknown-top-level-key": Case(
         edit_pipeline(lambda data: data.__setitem__("version", 2)), PIPELINE, "version",
-        "unknown key; expected one of ['name', 'mlflow', 'secrets', 'stages']"),
+        "unknown key; expected one of ['name', 'mlflow', 'secrets', 'notifications', 'retry', "
+        "'stages']"),
     "unknown-stage-key-typo": Case(
         rename_stage_key("evaluate", "parameters", "paramters"), PIPELINE,
         "stages[1](evaluate).paramters",
         "unknown key; expected one of ['name', 'notebook', 'needs', 'parameters', 'outputs', "
-        "'timeout', 'environment', 'gate']"),
+        "'timeout', 'startup_timeout', 'cell_timeout', 'hang_timeout', 'retry', 'environment', "
+        "'gate']"),
     "timeout-wrong-type": Case(
         set_stage_key("train", "timeout", "soon"), PIPELINE, "stages[0](train).timeout",
         'Input should be a valid number, unable to parse string as a number (got "soon")'),
@@ -215,7 +217,7 @@ CASES: dict[str, Case] = {
     "needs-unknown-stage": Case(
         set_stage_key("deploy", "needs", ["registr"]), PIPELINE, "stages[3](deploy).needs[0]",
         "unknown stage 'registr'; expected one of ['train', 'evaluate', 'register', 'deploy', "
-        "'approve_qa', 'deploy_qa', 'approve_prod', 'deploy_prod']"),
+        "'approve_qa', 'deploy_qa', 'load_test', 'approve_prod', 'deploy_prod', 'monitor']"),
     "needs-itself": Case(
         set_stage_key("evaluate", "needs", ["train", "evaluate"]), PIPELINE,
         "stages[1](evaluate).needs[1]", "a stage cannot need itself"),
@@ -223,7 +225,7 @@ CASES: dict[str, Case] = {
         set_stage_key("train", "needs", ["deploy"]), PIPELINE, "stages",
         "dependency cycle: "),
     "duplicate-stage-name": Case(
-        edit_pipeline(duplicate_stage_name), PIPELINE, "stages[8].name",
+        edit_pipeline(duplicate_stage_name), PIPELINE, "stages[10].name",
         "duplicate stage name 'deploy'"),
     "stage-name-pattern": Case(
         edit_pipeline(lambda data: stage(data, "deploy").__setitem__("name", "Deploy")),
@@ -299,9 +301,9 @@ def test_bad_configuration_is_rejected_before_any_run(name: str,
 def test_real_project_is_valid(release_project: Workspace) -> None:
     result = release_project.cli("validate")
     assert result.returncode == 0, result.stderr
-    assert "configuration valid; pipeline 'release' (train, evaluate, register, deploy, " \
-           "approve_qa, deploy_qa, approve_prod, deploy_prod); environments dev, qa, prod" \
-           in result.stdout
+    assert ("configuration valid; pipeline 'release' (train, evaluate, register, deploy, "
+            "approve_qa, deploy_qa, load_test, approve_prod, deploy_prod, monitor); "
+            "environments dev, qa, prod") in result.stdout
     assert not (release_project.root / "reports" / "runs").exists()
 
 
@@ -412,7 +414,8 @@ def test_declared_parameters_errors(tmp_path: Path) -> None:
 def test_stage_order_and_ancestors_of_real_config() -> None:
     config = load_config(REPO / "configs")
     dev = ["train", "evaluate", "register", "deploy"]
-    promotion = ["approve_qa", "deploy_qa", "approve_prod", "deploy_prod"]
+    promotion = ["approve_qa", "deploy_qa", "load_test", "approve_prod", "deploy_prod",
+                 "monitor"]
     assert stage_order(config) == dev + promotion
     assert ancestors(config) == {
         "train": set(),
@@ -422,9 +425,10 @@ def test_stage_order_and_ancestors_of_real_config() -> None:
         **{name: set(dev + promotion[:i]) for i, name in enumerate(promotion)},
     }
     assert descendants(config, "evaluate") == {"register", "deploy", *promotion}
-    assert descendants(config, "deploy_prod") == set()
-    assert [config.stage(n).target_environment for n in promotion] == ["qa", "qa", "prod",
-                                                                        "prod"]
+    assert descendants(config, "deploy_prod") == {"monitor"}
+    assert descendants(config, "monitor") == set()
+    assert [config.stage(n).target_environment for n in promotion] == [
+        "qa", "qa", "qa", "prod", "prod", "prod"]
 
 
 def test_stage_order_follows_needs_not_file_order(tmp_path: Path) -> None:

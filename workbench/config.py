@@ -83,13 +83,40 @@ ParamValue = Ref | str | bool | int | float | list | dict | None
 _REFS = TypeAdapter(dict[str, Ref])  # errors located at the parameter: (name, "from")
 
 
+# How a stage attempt can fail; each class has its own retry count (see :class:`Retry`).
+FailureClass = Literal["startup", "kernel_died", "hang", "cell_timeout", "deadline", "error"]
+FAILURE_CLASSES: tuple[FailureClass, ...] = typing.get_args(FailureClass)
+RetryCount = Annotated[int, Field(strict=True, ge=0, le=10)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class Retry(Strict):
+    """How many more attempts a stage gets after each class of failure (unset: inherit)."""
+
+    startup: RetryCount | None = None  # the kernel did not start or answer in time
+    kernel_died: RetryCount | None = None  # the kernel process died mid-run (e.g. OOM-killed)
+    hang: RetryCount | None = None  # no output for ``hang_timeout`` seconds
+    cell_timeout: RetryCount | None = None  # one cell ran longer than ``cell_timeout``
+    deadline: RetryCount | None = None  # the whole stage ran longer than ``timeout``
+    error: RetryCount | None = None  # a cell raised, or an output is missing or mistyped
+
+    def merged(self, fallback: Retry) -> dict[str, int]:
+        """Retries per class: this policy's value, else ``fallback``'s, else 0."""
+        return {name: next((v for v in (getattr(self, name), getattr(fallback, name))
+                            if v is not None), 0) for name in FAILURE_CLASSES}
+
+
 class Stage(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     notebook: str
     needs: list[str] = []
     parameters: dict[str, ParamValue] = {}
     outputs: dict[str, OutputType] = {}
-    timeout: Annotated[float, Field(gt=0)] = 1800.0
+    timeout: Seconds = 1800.0  # deadline of the whole stage
+    startup_timeout: Seconds = 60.0  # the kernel must answer within this
+    cell_timeout: Seconds | None = None  # bound on each cell (default: none)
+    hang_timeout: Seconds | None = None  # no output for this long is a hang (default: off)
+    retry: Retry = Retry()  # per failure class; unset classes inherit the pipeline's
     environment: str | None = None  # env.* references resolve here (default: the run's)
     gate: str | None = None  # an approval gate for this environment (configs/gates.yaml)
 
@@ -117,13 +144,31 @@ class MlflowSettings(Strict):
 SecretName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
+NotifyEvent = Literal["run", "stage", "gate", "deploy", "rollback"]
+
+
+class Notification(Strict):
+    """A webhook told about release events; its URL comes from a secret, never a file."""
+
+    kind: Literal["slack", "webhook"]
+    url_secret: SecretName  # environment variable holding the webhook URL
+    events: list[NotifyEvent] = ["run", "gate", "deploy", "rollback"]
+    timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+
 class Pipeline(Strict):
     name: str = Field(min_length=1)
     mlflow: MlflowSettings = MlflowSettings()
     # names of environment variables holding secrets: kernels inherit them; they are never
     # parameters, and their values are redacted from everything archived or logged
     secrets: list[SecretName] = []
+    notifications: list[Notification] = []
+    retry: Retry = Retry()  # default retries per failure class, for every stage
     stages: list[Stage] = Field(min_length=1)
+
+    def retry_policy(self, stage: Stage) -> dict[str, int]:
+        """The retries ``stage`` gets per failure class (its own, else the pipeline's)."""
+        return stage.retry.merged(self.retry)
 
 
 class DeployTarget(Strict):
@@ -136,9 +181,49 @@ class Thresholds(Strict):
     max_regression: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
+Duration = Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*[smhd]\s*$")]
+Millis = Annotated[float, Field(gt=0)]
+
+
+class Slo(Strict):
+    """Service-level objectives a load test must meet before promotion past this environment."""
+
+    p50_ms: Millis | None = None
+    p95_ms: Millis | None = None
+    p99_ms: Millis | None = None
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    min_throughput_rps: Annotated[float, Field(ge=0)] | None = None
+    # candidate p95 / current production p95 under the same load; None: not compared
+    max_latency_ratio: Annotated[float, Field(gt=0)] | None = None
+
+
+class LoadProfile(Strict):
+    """How the load test drives the endpoint: a fixed ``rate`` (open model) or as fast as
+    ``concurrency`` clients go (closed model), for ``duration`` after ``warmup``."""
+
+    rate: Annotated[float, Field(gt=0)] | None = None
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 8
+    duration: Duration = "10s"
+    warmup: Duration = "1s"
+    rows: Annotated[int, Field(ge=1, le=10000)] = 5
+
+
+class MonitorPolicy(Strict):
+    """Post-deploy watch: a breach of either threshold rolls back when ``rollback`` is on."""
+
+    window: Duration = "60s"
+    interval: Duration = "1s"
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_p95_ms: Millis | None = None
+    rollback: bool = True
+
+
 class Environment(Strict):
     deploy: DeployTarget
     thresholds: Thresholds
+    slo: Slo = Slo()
+    load_test: LoadProfile = LoadProfile()
+    monitor: MonitorPolicy = MonitorPolicy()
 
 
 class Environments(Strict):

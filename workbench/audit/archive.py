@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from workbench.atomic import write_text
+from workbench.atomic import write_new
 from workbench.audit import ledger
 from workbench.audit.redact import Secrets, redact_notebook_text
 from workbench.pipeline import state
@@ -26,17 +26,25 @@ def staging_path(project: Project, run_id: str, notebook: str) -> Path:
     return path
 
 
-def archive_notebook(project: Project, run_id: str, staged: Path, secrets: Secrets) -> Path:
-    """Move a staged notebook into the run's folder with every secret redacted.
+def attempt_name(stage: str, number: int) -> str:
+    """The archived name of an attempt that did not count (retried, or cut short)."""
+    return f"{stage}.attempt-{number}.ipynb"
+
+
+def archive_notebook(project: Project, run_id: str, staged: Path, secrets: Secrets,
+                     name: str | None = None) -> Path:
+    """Move a staged notebook into the run's folder (as ``name``, default its own name) with
+    every secret redacted. An archived file is never replaced: a name already taken raises
+    :class:`FileExistsError`.
 
     Raises :class:`~workbench.audit.redact.SecretError` (and deletes the staged copy) if a secret
     would remain; nothing reaches the archive then.
     """
-    target = state.run_dir(project, run_id) / staged.name
+    target = state.run_dir(project, run_id) / (name or staged.name)
     try:
         text = redact_notebook_text(staged.read_text(encoding="utf-8"), secrets,
-                                    f"{run_id}/{staged.name}")
-        write_text(target, text)
+                                    f"{run_id}/{target.name}")
+        write_new(target, text.encode("utf-8"))
     finally:
         staged.unlink(missing_ok=True)
         _remove_if_empty(staged.parent)
@@ -55,10 +63,25 @@ def record_stage(project: Project, record: state.RunRecord, name: str,
     data = {"stage": name, "status": entry.status, "duration_s": entry.duration_s,
             "error": entry.error, "notebook": entry.notebook,
             "reused_from": entry.reused_from}
+    if entry.status != "reused":
+        data.update(failure=entry.failure, attempt=len(entry.attempts) + 1)
     event = "stage_reused" if entry.status == "reused" else "stage_executed"
     actor = entry.actor.model_dump() if entry.actor else None
     return ledger.append(project.reports, event, actor=actor, run_id=record.id, data=data,
                          files=[archived] if archived is not None else [])
+
+
+def record_attempt(project: Project, record: state.RunRecord, name: str,
+                   attempt: state.Attempt) -> dict[str, Any]:
+    """The ledger entry for an attempt that did not count, with its archived notebook."""
+    entry = record.stages[name]
+    archived = state.run_dir(project, record.id) / attempt.notebook if attempt.notebook \
+        else None
+    data = {"stage": name, "attempt": attempt.number, "failure": attempt.failure,
+            "error": attempt.error, "notebook": attempt.notebook}
+    actor = entry.actor.model_dump() if entry.actor else None
+    return ledger.append(project.reports, "stage_attempt", actor=actor, run_id=record.id,
+                         data=data, files=[archived] if archived is not None else [])
 
 
 def publish_stage(project: Project, record: state.RunRecord, name: str,

@@ -21,10 +21,12 @@ from typing import Any
 
 from filelock import FileLock
 
+from workbench.atomic import write_new
 from workbench.digests import canonical, file_sha256
 
 LEDGER_FILE = "ledger.jsonl"
 LOCK_FILE = ".ledger.lock"
+TORN_DIR = "ledger.torn"  # torn last entries set aside by :func:`repair`
 GENESIS = "0" * 64
 
 
@@ -56,8 +58,9 @@ def _last_line(path: Path) -> bytes | None:
             if tail.count(b"\n") >= 2 or position == 0:
                 break
         if not tail.endswith(b"\n"):
-            raise LedgerError(f"{path} ends with an incomplete entry (a torn write); run "
-                              f"`workbench audit verify`")
+            raise LedgerError(f"{path} ends with an incomplete entry (a torn write: a crash "
+                              f"during an append); `workbench resume RUN` of the interrupted "
+                              f"run sets it aside and repairs the ledger")
         return tail[:-1].rsplit(b"\n", 1)[-1]
 
 
@@ -68,23 +71,75 @@ def append(reports: Path, event: str, *, actor: dict[str, Any] | None, run_id: s
     reports.mkdir(parents=True, exist_ok=True)
     digests = {p.resolve().relative_to(reports.resolve()).as_posix(): file_sha256(p)
                for p in files or []}
+    with FileLock(reports / LOCK_FILE, timeout=120):
+        return _append_locked(ledger_path(reports), event, actor, run_id, data or {}, digests)
+
+
+def _append_locked(path: Path, event: str, actor: dict[str, Any] | None, run_id: str | None,
+                   data: dict[str, Any], digests: dict[str, str]) -> dict[str, Any]:
+    """Append one entry; the caller holds the ledger lock."""
+    last = _last_line(path) if path.exists() else None
+    head = json.loads(last) if last else {"seq": 0, "hash": GENESIS}
+    entry = {"seq": head["seq"] + 1,
+             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+             "actor": actor, "event": event, "run_id": run_id, "data": data,
+             "files": digests, "prev": head["hash"]}
+    entry["hash"] = entry_hash(entry)
+    line = canonical(entry) + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return entry
+
+
+def repair(reports: Path, actor: dict[str, Any] | None, run_id: str | None = None
+           ) -> dict[str, Any] | None:
+    """Set aside a torn last entry (left by a crash during an append) and record that.
+
+    The incomplete bytes are kept in ``reports/ledger.torn/`` and the ledger is cut back to its
+    last complete entry, then a ``ledger_repaired`` entry records where the cut was, how many
+    bytes were set aside and their digest. An append that never completed was never
+    acknowledged, so nothing that had been recorded is lost. Returns that entry, or None when
+    the ledger was intact.
+    """
     path = ledger_path(reports)
     with FileLock(reports / LOCK_FILE, timeout=120):
-        last = _last_line(path) if path.exists() else None
-        head = json.loads(last) if last else {"seq": 0, "hash": GENESIS}
-        entry = {"seq": head["seq"] + 1,
-                 "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                 "actor": actor, "event": event, "run_id": run_id, "data": data or {},
-                 "files": digests, "prev": head["hash"]}
-        entry["hash"] = entry_hash(entry)
-        line = canonical(entry) + b"\n"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return entry
+        if not path.exists():
+            return None
+        with path.open("rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            cut = _after_last_newline(handle, size)
+            if cut == size:
+                return None
+            handle.seek(cut)
+            fragment = handle.read()
+            digest = hashlib.sha256(fragment).hexdigest()
+            kept = reports / TORN_DIR / f"{cut:012d}-{digest[:16]}.bin"
+            if not kept.exists():
+                write_new(kept, fragment, mode=0o444)
+            handle.truncate(cut)
+            handle.flush()
+            os.fsync(handle.fileno())
+        data = {"offset": cut, "bytes": len(fragment), "sha256": digest}
+        files = {kept.relative_to(reports).as_posix(): digest}
+        return _append_locked(path, "ledger_repaired", actor, run_id, data, files)
+
+
+def _after_last_newline(handle: Any, size: int) -> int:
+    """Offset just after the file's last newline (0 if it has none)."""
+    position = size
+    while position > 0:
+        step = min(4096, position)
+        position -= step
+        handle.seek(position)
+        block = handle.read(step)
+        found = block.rfind(b"\n")
+        if found >= 0:
+            return position + found + 1
+    return 0
 
 
 def entries(reports: Path) -> Iterator[dict[str, Any]]:
@@ -94,7 +149,7 @@ def entries(reports: Path) -> Iterator[dict[str, Any]]:
         return
     with path.open("rb") as handle:
         for line in handle:
-            if line.strip():
+            if line.strip() and line.endswith(b"\n"):  # a torn last line is not an entry
                 yield json.loads(line)
 
 
@@ -146,10 +201,15 @@ def verify(reports: Path, anchor: dict[str, Any] | None = None,
             except ValueError:
                 result.problems.append(f"{where}: not valid JSON (edited)")
                 continue
+            if not isinstance(entry, dict):
+                result.problems.append(f"{where}: not a ledger entry (edited)")
+                continue
             seq = entry.get("seq")
             where = f"{where} (seq {seq})"
             if entry.get("hash") != entry_hash(entry):
                 result.problems.append(f"{where}: content does not match its hash (edited)")
+            elif raw != canonical(entry) + b"\n":  # same values, other bytes: still an edit
+                result.problems.append(f"{where}: not in canonical form (edited)")
             if seq != expected_seq:
                 result.problems.append(f"{where}: expected seq {expected_seq} (an entry was "
                                        f"removed, inserted or reordered)")
@@ -157,7 +217,8 @@ def verify(reports: Path, anchor: dict[str, Any] | None = None,
                 result.problems.append(f"{where}: does not link to the entry before it")
             previous = entry.get("hash", "")
             expected_seq = (seq if isinstance(seq, int) else expected_seq) + 1
-            seen[seq] = entry.get("hash")
+            if isinstance(seq, int):
+                seen[seq] = entry.get("hash")
             result.entries += 1
             if check_files:
                 _check_files(reports, entry, where, result, known)
@@ -169,7 +230,11 @@ def verify(reports: Path, anchor: dict[str, Any] | None = None,
 def _check_files(reports: Path, entry: dict[str, Any], where: str, result: Verification,
                  known: dict[tuple[str, str], bool]) -> None:
     root = reports.resolve()
-    for name, digest in (entry.get("files") or {}).items():
+    files = entry.get("files") or {}
+    if not isinstance(files, dict):
+        result.problems.append(f"{where}: files is not a mapping (edited)")
+        return
+    for name, digest in files.items():
         target = (reports / name).resolve()
         if root not in target.parents:
             result.problems.append(f"{where}: file {name} is outside reports/")

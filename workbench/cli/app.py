@@ -54,13 +54,21 @@ def _reporter(as_json: bool) -> Any:
 
 
 def _drive(execute: Any, as_json: bool) -> Any:
-    """Run ``execute(reporter)`` with progress output and CI-friendly signal handling."""
+    """Run ``execute(reporter)`` with progress output, notifications (``pipeline.yaml``'s
+    ``notifications``) and CI-friendly signal handling."""
+    from workbench.operations.notify import NotifyingReporter, notifier_for
     from workbench.progress import LiveReporter
 
     signal.signal(signal.SIGTERM, _terminated)  # CI cancels with SIGTERM: record, then exit
     reporter = _reporter(as_json)
-    with reporter if isinstance(reporter, LiveReporter) else nullcontext():
-        return execute(reporter)
+    notifier = notifier_for(_project(), warn=lambda text: typer.echo(f"warning: {text}",
+                                                                       err=True))
+    try:
+        with reporter if isinstance(reporter, LiveReporter) else nullcontext():
+            return execute(NotifyingReporter(reporter, notifier) if notifier else reporter)
+    finally:
+        if notifier:
+            notifier.close()
 
 
 JunitOption = Annotated[Path | None, typer.Option("--junit", metavar="PATH",

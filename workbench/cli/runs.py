@@ -129,7 +129,8 @@ def rerun(
 @app.command()
 def resume(run_id: RunArg, as_json: Annotated[bool, typer.Option("--json")] = False,
            junit: JunitOption = None, summary: SummaryOption = None) -> None:
-    """Continue a run that stopped at a gate, with the configuration it started with."""
+    """Continue a run that stopped at a gate, or whose process died (killed, out of memory),
+    with the configuration it started with; completed stages are not executed again."""
     from workbench.pipeline.runner import resume_run
 
     project = _project()
@@ -210,7 +211,11 @@ def status(
         took = f"{stage.duration_s:.1f} s" if stage.duration_s is not None else ""
         typer.echo(f"  - {name:<12} {stage.status:<9} {took:>8}  {stage.notebook or ''}")
         if stage.error:
-            typer.echo(f"      error: {stage.error}")
+            kind = f" ({stage.failure})" if stage.failure else ""
+            typer.echo(f"      error{kind}: {stage.error}")
+        for attempt in stage.attempts:
+            typer.echo(f"      attempt {attempt.number} ({attempt.failure}): "
+                       f"{attempt.error or ''} {attempt.notebook or ''}".rstrip())
         if stage.gate:
             gate = stage.gate
             who = ", ".join(gate["approved_by"]) or "nobody yet"

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.execution.engine import ENGINE, Activity, register_engine, write_atomically
+from workbench.execution.failures import annotate, classify, describe
 from workbench.execution.outputs import output_problems
 from workbench.scraps import read_scraps
 
@@ -22,12 +25,23 @@ CellCallback = Callable[[int, int, str], None]
 
 @dataclass
 class StageResult:
-    """What one stage execution produced."""
+    """What one stage execution produced; ``failure`` classes a failed one (see
+    :mod:`workbench.execution.failures`)."""
 
     succeeded: bool
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     duration_s: float = 0.0
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class KernelLimits:
+    """Bounds on one attempt besides the stage's whole deadline."""
+
+    startup_timeout: float = 60.0  # the kernel must start and answer within this
+    cell_timeout: float | None = None  # one cell (papermill's execution timeout)
+    hang_timeout: float | None = None  # no output for this long while a cell runs
 
 
 def _first_line(cell: Any) -> str:
@@ -48,9 +62,13 @@ KILL_AFTER = 10.0  # seconds an interrupted kernel gets before it is killed
 POLL = 0.2
 
 
+def _kernel_process(kernel: Any) -> Any:
+    return getattr(getattr(kernel, "provisioner", None), "process", None)
+
+
 def _signal_kernel(kernel: Any, signum: int) -> None:
     """Signal the kernel process (its whole group when it leads one); safe from any thread."""
-    process = getattr(getattr(kernel, "provisioner", None), "process", None)
+    process = _kernel_process(kernel)
     if process is None or process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
@@ -60,24 +78,33 @@ def _signal_kernel(kernel: Any, signum: int) -> None:
             os.kill(process.pid, signum)
 
 
-def _supervise(worker: threading.Thread, kernel: Any, timeout: float) -> bool:
-    """Wait for the stage's worker thread; enforce the stage timeout; return whether it fired.
+def _supervise(worker: threading.Thread, kernel: Any, timeout: float, activity: Activity,
+               hang_timeout: float | None) -> str | None:
+    """Wait for the stage's worker thread; enforce the stage deadline and the hang limit.
 
-    The main thread waits here in short steps, so Ctrl-C and SIGTERM reach it at once (a signal
-    delivered to one of nbclient's threads would otherwise leave it blocked in a zmq poll).
-    nbclient's own timeouts are per cell, and papermill records an interrupted cell without
-    raising, so the whole-stage timeout is enforced and detected here.
+    Returns what fired (``deadline`` or ``hang``), if anything. The kernel is interrupted
+    first and killed ``KILL_AFTER`` seconds later if it is still there. The main thread waits
+    here in short steps, so Ctrl-C and SIGTERM reach it at once (a signal delivered to one of
+    nbclient's threads would otherwise leave it blocked in a zmq poll). nbclient's own timeouts
+    are per cell, and papermill records an interrupted cell without raising, so the deadline and
+    hangs are detected here.
     """
     deadline = time.monotonic() + timeout
-    fired = False
+    fired: str | None = None
+    fired_at = 0.0
     try:
         while worker.is_alive():
             worker.join(POLL)
-            overdue = time.monotonic() - deadline
-            if overdue >= 0 and not fired:
-                fired = True
-                _signal_kernel(kernel, signal.SIGINT)
-            if overdue >= KILL_AFTER:  # repeated: also catches a kernel that started late
+            now = time.monotonic()
+            if fired is None:
+                if now >= deadline:
+                    fired = "deadline"
+                elif hang_timeout and activity.started and activity.quiet_for() >= hang_timeout:
+                    fired = "hang"
+                if fired is not None:
+                    fired_at = now
+                    _signal_kernel(kernel, signal.SIGINT)
+            elif now - fired_at >= KILL_AFTER:  # repeated: also catches a late kernel
                 _signal_kernel(kernel, signal.SIGKILL)
     except BaseException:
         _signal_kernel(kernel, signal.SIGKILL)
@@ -86,15 +113,23 @@ def _supervise(worker: threading.Thread, kernel: Any, timeout: float) -> bool:
     return fired
 
 
-def _describe_failure(exc: BaseException) -> str:
-    from nbclient.exceptions import DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
+def _stop_kernel(kernel: Any) -> None:
+    """Make sure the kernel is gone: every way out of a stage ends here."""
+    process = _kernel_process(kernel)
+    if process is not None and process.poll() is None:
+        _signal_kernel(kernel, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            process.wait(KILL_AFTER)
 
-    if isinstance(exc, PapermillExecutionError):
-        return f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
-    if isinstance(exc, DeadKernelError):
-        return f"kernel died: {exc}"
-    return f"{type(exc).__name__}: {exc}"
+
+def _skip_iri_format_checks() -> None:
+    """Keep jsonschema from importing ``rfc3987_syntax`` (when nothing imported it yet).
+
+    That optional package compiles 38 Lark grammars at import, 3-5 s of every process that
+    imports papermill or nbformat; it only serves jsonschema's ``iri`` format checks, which
+    notebook validation never uses. A failed import is what jsonschema expects without it.
+    """
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
 
 def execute_stage(
@@ -106,24 +141,34 @@ def execute_stage(
     cwd: Path,
     timeout: float,
     on_cell: CellCallback | None = None,
+    limits: KernelLimits | None = None,
 ) -> StageResult:
     """Execute ``notebook`` into ``output`` with papermill and check its declared outputs.
 
     ``parameters`` are Python values: papermill writes them as typed literals, so the string
-    ``"007"`` stays a string. ``timeout`` bounds the whole stage, not just one cell. The executed
-    notebook is written after every cell, so a failure leaves the partial notebook behind.
+    ``"007"`` stays a string. ``timeout`` bounds the whole stage, not just one cell; ``limits``
+    adds the kernel start-up, per-cell and hang limits. The executed notebook is replaced
+    atomically after every cell, so a failure (or a kill) leaves a complete partial notebook.
+    A failed result carries its failure class, also written into the notebook.
     """
     started = time.monotonic()
+    limits = limits or KernelLimits()
+    _skip_iri_format_checks()
     import papermill
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
+    activity = Activity()
+
     def cell_started(cell: Any, cell_index: int, **_: Any) -> None:
+        activity.cell_started(cell_index, _first_line(cell))
         if on_cell is not None:
             on_cell(cell_index, total, _first_line(cell))
 
     total = len(_read(notebook).get("cells", [])) + 1
     output.parent.mkdir(parents=True, exist_ok=True)
+    register_engine()
+    write_atomically(output)
     # IPC sockets in a private folder instead of unencrypted TCP on localhost.
     with tempfile.TemporaryDirectory(prefix="workbench-kernel-") as sockets:
         # Async, as nbclient creates it itself: a blocking manager's client blocks nbclient's
@@ -131,33 +176,48 @@ def execute_stage(
         kernel = AsyncKernelManager(kernel_name=_kernel_name(notebook), transport="ipc",
                                     ip=f"{sockets}/kernel")
         failure: list[BaseException] = []
+        exit_code: list[int | None] = []
 
         def work() -> None:
             try:
                 papermill.execute_notebook(
                     str(notebook), str(output), parameters=parameters, cwd=str(cwd),
                     progress_bar=False, request_save_on_cell_execute=True, km=kernel,
-                    on_cell_start=cell_started,
+                    on_cell_start=cell_started, engine_name=ENGINE, activity=activity,
+                    start_timeout=limits.startup_timeout,
+                    execution_timeout=limits.cell_timeout,
                 )
             except Exception as exc:  # every failure is reported, the notebook stays on disk
                 failure.append(exc)
             finally:
+                process = _kernel_process(kernel)
+                exit_code.append(process.poll() if process is not None else None)
                 with contextlib.suppress(Exception):
                     if kernel.has_kernel:  # nbclient leaves a manager it did not create running
-                        run_sync(kernel.shutdown_kernel)(now=False)
+                        run_sync(kernel.shutdown_kernel)(now=bool(failure))
 
         worker = threading.Thread(target=work, name=f"stage-{notebook.stem}", daemon=True)
         worker.start()
-        timed_out = _supervise(worker, kernel, timeout)
-    error = _describe_failure(failure[0]) if failure else None
+        try:
+            fired = _supervise(worker, kernel, timeout, activity, limits.hang_timeout)
+        finally:
+            _stop_kernel(kernel)
+    returncode = exit_code[0] if exit_code else None
     duration = time.monotonic() - started
-    if timed_out:
-        error = f"stage exceeded its timeout of {timeout:g} s"
-    if error is not None:
-        return StageResult(False, error=error, duration_s=duration)
+    exc = failure[0] if failure else None
+    if fired is not None or exc is not None:
+        kind = classify(fired, exc, activity)
+        error = describe(kind, exc, activity, timeout=timeout, returncode=returncode,
+                         cell_timeout=limits.cell_timeout, hang_timeout=limits.hang_timeout,
+                         startup_timeout=limits.startup_timeout)
+        if output.exists():
+            annotate(output, kind, error, activity)
+        return StageResult(False, error=error, duration_s=duration, failure=kind)
     scraps = read_scraps(_read(output))
     outputs = {name: scraps[name] for name in declared_outputs if name in scraps}
     problems = output_problems(scraps, declared_outputs)
     if problems:
-        return StageResult(False, outputs, "; ".join(problems), duration)
+        error = "; ".join(problems)
+        annotate(output, "error", error, activity)
+        return StageResult(False, outputs, error, duration, failure="error")
     return StageResult(True, outputs, None, duration)

@@ -3,47 +3,69 @@ into the staging folder, outputs and errors redacted, the notebook archived."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from workbench.audit import archive
 from workbench.audit.mlflow_guard import leaked_in_run
 from workbench.audit.redact import SecretError, Secrets
 from workbench.config import Stage
 from workbench.execution.executors import StageExecutor
-from workbench.execution.stage import CellCallback, StageResult, execute_stage
+from workbench.execution.stage import CellCallback, KernelLimits, StageResult, execute_stage
 from workbench.pipeline import state
 from workbench.project import Project
 
 
+def _limits_kwargs(executor: StageExecutor, stage: Stage) -> dict[str, Any]:
+    """``limits=`` for executors that take kernel limits (the local one does)."""
+    try:
+        accepts = "limits" in inspect.signature(executor).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    if not accepts:
+        return {}
+    return {"limits": KernelLimits(startup_timeout=stage.startup_timeout,
+                                   cell_timeout=stage.cell_timeout,
+                                   hang_timeout=stage.hang_timeout)}
+
+
 def run_archived_stage(project: Project, record: state.RunRecord, name: str, stage: Stage,
                        secrets: Secrets, on_cell: CellCallback | None = None,
-                       executor: StageExecutor = execute_stage
+                       executor: StageExecutor = execute_stage,
+                       archive_as: Callable[[StageResult], str] | None = None,
                        ) -> tuple[StageResult, Path | None]:
     """Execute ``name`` and archive its notebook; return the result and the archived path
-    (None when nothing could be archived)."""
+    (None when nothing could be archived). ``archive_as`` names the archived file after the
+    result is known (an attempt that will be retried keeps an attempt-numbered name)."""
     entry = record.stages[name]
     try:
         secrets.check_parameters(name, entry.parameters)
     except SecretError as exc:
         entry.parameters = secrets.redact(entry.parameters)  # never kept in run.json either
-        return StageResult(succeeded=False, error=str(exc)), None
+        return StageResult(succeeded=False, error=str(exc), failure="error"), None
     staged = archive.staging_path(project, record.id, entry.notebook or f"{name}.ipynb")
     result = executor(project.root / stage.notebook, staged, entry.parameters,
-                           stage.outputs, cwd=project.root, timeout=stage.timeout,
-                           on_cell=on_cell)
+                      stage.outputs, cwd=project.root, timeout=stage.timeout,
+                      on_cell=on_cell, **_limits_kwargs(executor, stage))
+    if not result.succeeded and result.failure is None:
+        result.failure = "error"  # an executor that does not classify its failures
     result.outputs = secrets.redact(result.outputs)
     result.error = secrets.redact_text(result.error) if result.error else result.error
-    if not staged.exists():
-        return result, None
-    try:
-        archived = archive.archive_notebook(project, record.id, staged, secrets)
-    except SecretError as exc:
-        return StageResult(succeeded=False, error=str(exc), duration_s=result.duration_s), None
     run_id = result.outputs.get("mlflow_run_id")
     if secrets and isinstance(run_id, str) and run_id:
         leaked = leaked_in_run(record.tracking_uri, run_id, secrets)
         if leaked:
-            result.succeeded = False
+            result.succeeded, result.failure = False, "error"
             result.error = (f"the value of secret {leaked[0]} reached MLflow run {run_id} "
                             f"(params or tags); delete that run")
+    if not staged.exists():
+        return result, None
+    try:
+        archived = archive.archive_notebook(project, record.id, staged, secrets,
+                                            archive_as(result) if archive_as else None)
+    except SecretError as exc:
+        return StageResult(succeeded=False, error=str(exc), duration_s=result.duration_s,
+                           failure="error"), None
     return result, archived

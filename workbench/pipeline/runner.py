@@ -1,7 +1,9 @@
 """Run a pipeline: plan, execute each stage through papermill, record and archive as we go.
 
 A run stops at a gate that lacks approvals ("awaiting approval") and is continued later by
-:func:`resume_run` with the configuration it was started with.
+:func:`resume_run` with the configuration it was started with; so is a run whose process died,
+after :mod:`workbench.pipeline.recover` has made its records consistent. A stage attempt that
+fails is retried as its failure class's retry policy allows.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
@@ -20,11 +23,12 @@ from workbench.audit.mlflow_guard import SECRET_NAMES_VAR
 from workbench.audit.redact import Secrets
 from workbench.config import Config
 from workbench.execution.executors import executor_for
+from workbench.execution.stage import StageResult
 from workbench.governance import identity
-from workbench.pipeline import state
+from workbench.pipeline import recover, state
 from workbench.pipeline.execute import run_archived_stage
 from workbench.pipeline.gates import record_alias_output, run_gate
-from workbench.pipeline.plan import resolve_parameters, stage_order
+from workbench.pipeline.plan import ancestors, resolve_parameters, stage_order
 from workbench.progress import Reporter, make_event
 from workbench.project import PROJECT_ENV_VAR, Project
 from workbench.registry import store as mlflow_store
@@ -143,6 +147,7 @@ def start_run(project: Project, config: Config, environment: str, report: Report
     """
     actor = identity.current()
     secrets = Secrets.from_environment(config.pipeline.secrets)  # refuses unusable values
+    ledger.head(project.reports)  # a ledger ending in a torn entry is refused before anything
     store = mlflow_store.resolve(project, config.pipeline.mlflow)
     mlflow_store.prepare(store)
     record = _new_record(project, config, environment, store.tracking_uri, actor)
@@ -153,45 +158,86 @@ def start_run(project: Project, config: Config, environment: str, report: Report
             raise ValueError("a partial run needs a run to reuse stages from")
         _reuse(record, config, chosen, base)
         record.trained_by = record.trained_by or base.trained_by
-    folder = state.run_dir(project, record.id)
-    folder.mkdir(parents=True, exist_ok=False)  # never write into an earlier run's folder
+    _claim_folder(project, record)
     with run_lock(project, record.id):
         state.save(project, record)
         ledger.append(project.reports, "run_started", actor=actor.model_dump(), run_id=record.id,
-                      data={"pipeline": record.pipeline, "environment": environment,
-                            "git_commit": record.git_commit, "config_hash": record.config_hash,
-                            "partial": sorted(chosen) if chosen is not None else None})
+                      data=_started_data(record))
         for name, entry in record.stages.items():
             if entry.status == "reused":
                 archive.record_stage(project, record, name, None)
         return _execute(project, config, record, report, actor, until=None)
 
 
+def _claim_folder(project: Project, record: state.RunRecord) -> None:
+    """Create the run's folder, never an earlier run's: a taken id gets a new one."""
+    for _ in range(100):
+        try:
+            state.run_dir(project, record.id).mkdir(parents=True, exist_ok=False)
+            return
+        except FileExistsError:
+            record.id = state.new_run_id()
+    raise ResumeError(f"could not create a new run folder under {project.runs}")
+
+
+def _started_data(record: state.RunRecord) -> dict[str, Any]:
+    """The ``run_started`` ledger entry's data."""
+    left_out = ("reused", "not_selected")
+    partial = None
+    if any(e.status in left_out for e in record.stages.values()):
+        partial = sorted(n for n, e in record.stages.items() if e.status not in left_out)
+    return {"pipeline": record.pipeline, "environment": record.environment,
+            "git_commit": record.git_commit, "config_hash": record.config_hash,
+            "partial": partial}
+
+
 def resume_run(project: Project, run_id: str, report: Reporter, until: str | None = None
                ) -> state.RunRecord:  # until: an environment; later ones are not entered
-    """Continue a run that stopped at a gate (or before ``until``'s later environments)."""
+    """Continue a run that stopped at a gate (or before ``until``'s later environments), or
+    one whose process died (see :mod:`workbench.pipeline.recover`)."""
     from workbench.governance.approvals import run_config
 
     actor = identity.current()
+    state.load(project, run_id)  # an unknown run is an error, not a folder for its lock
     with run_lock(project, run_id):
         record = state.load(project, run_id)
-        if record.status not in state.RESUMABLE:
+        dead = recover.is_dead(record)  # says running, yet we hold its lock: its process is gone
+        if not dead and record.status not in state.RESUMABLE:
             raise ResumeError(f"run {run_id} is {record.status}; only a run that is awaiting "
-                              f"approval or paused can be resumed")
+                              f"approval, paused, or interrupted (its process died) can be "
+                              f"resumed")
         config = run_config(record)
         if until is not None and until not in config.environments:
             raise ResumeError(f"unknown environment {until!r}; this run's configuration "
                               f"defines {', '.join(config.environments)}")
+        if dead:
+            _recover(project, config, record, actor, report)
         for entry in record.stages.values():
             if entry.status == "awaiting_approval":
                 entry.status = "pending"
         record.status, record.finished = "running", None
         state.save(project, record)
-        return _execute(project, config, record, report, actor, until=until)
+        return _execute(project, config, record, report, actor, until=until, recovered=dead)
+
+
+def _recover(project: Project, config: Config, record: state.RunRecord,
+             actor: identity.Identity, report: Reporter) -> None:
+    """Make a dead run's records consistent before it continues."""
+    secrets = Secrets.from_environment(config.pipeline.secrets)
+
+    def record_deploy(name: str) -> None:
+        _record_deploy(project, record, name, _stage_environment(config, record, name), actor,
+                       report)
+
+    notes = recover.recover(project, record, secrets, actor, record_deploy,
+                            _started_data(record))
+    for note in notes:
+        report(make_event("warning", stage=None, message=f"recovered run {record.id}: {note}"))
 
 
 def _execute(project: Project, config: Config, record: state.RunRecord, report: Reporter,
-             actor: identity.Identity, until: str | None) -> state.RunRecord:
+             actor: identity.Identity, until: str | None, recovered: bool = False
+             ) -> state.RunRecord:
     folder = state.run_dir(project, record.id)
     store = mlflow_store.Store(record.tracking_uri, record.experiment, None, embedded=False)
     started = time.monotonic()
@@ -210,17 +256,20 @@ def _execute(project: Project, config: Config, record: state.RunRecord, report: 
         for name, entry in record.stages.items():
             if entry.status == "running":
                 entry.status, entry.error, entry.finished = "failed", "interrupted", state.now()
+                entry.failure = "interrupted"
                 _archive_partial(project, record, name, secrets)
         record.status, record.finished = "failed", state.now()
         state.save(project, record)
         raise
     record.status = _final_status(record)
     record.finished = state.now() if record.status in ("succeeded", "failed") else None
+    # the ledger first: a run.json that says finished implies the ledger says so too
+    if not (recovered and _last_event(project, record.id) == "run_" + record.status):
+        ledger.append(project.reports, "run_" + record.status, actor=actor.model_dump(),
+                      run_id=record.id, data={"status": record.status,
+                                              "model_version": record.model_version and
+                                              record.model_version.model_dump()})
     state.save(project, record)
-    ledger.append(project.reports, "run_" + record.status, actor=actor.model_dump(),
-                  run_id=record.id, data={"status": record.status,
-                                          "model_version": record.model_version and
-                                          record.model_version.model_dump()})
     try:
         from workbench.reports.site import build as build_site
 
@@ -230,6 +279,16 @@ def _execute(project: Project, config: Config, record: state.RunRecord, report: 
     report(make_event("run_finished", run_id=record.id, status=record.status,
                       duration_s=time.monotonic() - started, folder=str(folder)))
     return record
+
+
+def _last_event(project: Project, run_id: str) -> str | None:
+    """The run's latest ledger event besides the recovery's own (after a recovery: was the run
+    already finished?)."""
+    last = None
+    for entry in ledger.entries(project.reports):
+        if entry.get("run_id") == run_id and entry.get("event") not in recover.BOOKKEEPING:
+            last = entry.get("event")
+    return last
 
 
 def _archive_partial(project: Project, record: state.RunRecord, name: str,
@@ -269,13 +328,17 @@ def _run_stages(project: Project, config: Config, record: state.RunRecord,
                 "config_hash": record.config_hash, "environment": record.environment}
     outputs = {name: dict(entry.outputs) for name, entry in record.stages.items()
                if entry.status in state.DONE}
+    upstream_gates = {name: {up for up in ups if config.stage(up).gate}
+                      for name, ups in ancestors(config).items()}
     for name in record.stages:
         stage = config.stage(name)
         entry = record.stages[name]
         if entry.status != "pending":
             continue
         upstream = {up: record.stages[up].status for up in stage.needs}
-        broken = [up for up, status in upstream.items() if status in ("failed", "skipped")]
+        gates = {up: record.stages[up].status for up in upstream_gates[name]}
+        broken = [up for up, status in {**upstream, **gates}.items()
+                  if status in ("failed", "skipped")]
         if broken:
             entry.status = "skipped"
             entry.error = f"upstream stage {broken[0]!r} did not succeed"
@@ -284,6 +347,8 @@ def _run_stages(project: Project, config: Config, record: state.RunRecord,
             continue
         if any(status not in state.DONE for status in upstream.values()):
             continue  # waits for a gate upstream
+        if any(status not in state.DONE for status in gates.values()):
+            continue  # a reused stage in between does not open a gate that is still waiting
         environment = _stage_environment(config, record, name)
         if until is not None and config.environment_rank(environment) > \
                 config.environment_rank(until):
@@ -296,13 +361,10 @@ def _run_stages(project: Project, config: Config, record: state.RunRecord,
             outputs[name] = dict(entry.outputs)
             continue
         entry.notebook = f"{name}.ipynb"
-        entry.status, entry.started = "running", state.now()
-        state.save(project, record)
-        report(make_event("stage_started", stage=name, notebook=stage.notebook))
-        result, archived = run_archived_stage(
-            project, record, name, stage, secrets, on_cell=cell_reporter(report, name),
-            executor=executor_for(record.executor, project, config, environment))
+        result, archived = _attempts(project, config, record, name, secrets, report,
+                                     executor_for(record.executor, project, config, environment))
         entry.status = "succeeded" if result.succeeded else "failed"
+        entry.failure = None if result.succeeded else result.failure
         entry.outputs, entry.error = result.outputs, result.error
         entry.finished, entry.duration_s = state.now(), round(result.duration_s, 3)
         outputs[name] = result.outputs
@@ -312,13 +374,53 @@ def _run_stages(project: Project, config: Config, record: state.RunRecord,
             report(make_event("warning", stage=name, message=warning))
         if result.succeeded:
             record_alias_output(project, record, name, actor)
-            _record_deploy(project, record, name, environment, actor)
+            _record_deploy(project, record, name, environment, actor, report)
         report(make_event("stage_finished", stage=name, status=entry.status,
                           duration_s=result.duration_s, error=result.error))
 
 
+def _attempts(project: Project, config: Config, record: state.RunRecord, name: str,
+              secrets: Secrets, report: Reporter, executor: Any
+              ) -> tuple[StageResult, Path | None]:
+    """Execute a stage until an attempt counts: it succeeds, or fails in a way its retry
+    policy does not retry. Each retried attempt is archived as ``<stage>.attempt-<n>.ipynb``
+    and recorded (``run.json`` first, then the ledger); the last keeps ``<stage>.ipynb``."""
+    stage = config.stage(name)
+    entry = record.stages[name]
+    policy = config.pipeline.retry_policy(stage)
+
+    def retried(result: StageResult) -> bool:
+        if result.succeeded or result.failure not in policy:
+            return False
+        used = sum(1 for a in entry.attempts if a.failure == result.failure)
+        return used < policy[result.failure]
+
+    while True:
+        number = len(entry.attempts) + 1
+        entry.status, entry.started, entry.failure = "running", state.now(), None
+        state.save(project, record)
+        report(make_event("stage_started", stage=name, notebook=stage.notebook))
+        result, archived = run_archived_stage(
+            project, record, name, stage, secrets, on_cell=cell_reporter(report, name),
+            executor=executor, archive_as=lambda r, n=number: archive.attempt_name(name, n)
+            if retried(r) else f"{name}.ipynb")
+        if not retried(result):
+            return result, archived
+        attempt = state.Attempt(number=number, failure=result.failure, error=result.error,
+                                notebook=archived.name if archived else None,
+                                started=entry.started, finished=state.now(),
+                                duration_s=round(result.duration_s, 3))
+        entry.attempts.append(attempt)
+        state.save(project, record)
+        archive.record_attempt(project, record, name, attempt)
+        used = sum(1 for a in entry.attempts if a.failure == attempt.failure)
+        report(make_event("warning", stage=name, message=f"stage {name} attempt {number} "
+                          f"failed ({attempt.failure}): {attempt.error}; retry {used} of "
+                          f"{policy[attempt.failure]} for {attempt.failure}"))
+
+
 def _record_deploy(project: Project, record: state.RunRecord, name: str, environment: str,
-                   actor: identity.Identity) -> None:
+                   actor: identity.Identity, report: Reporter) -> None:
     """A stage that served a model (``served_version`` output) is a deploy in the ledger."""
     outputs = record.stages[name].outputs
     if "served_version" not in outputs:
@@ -328,6 +430,9 @@ def _record_deploy(project: Project, record: state.RunRecord, name: str, environ
                   data={"stage": name, "environment": environment, "model": model,
                         "version": str(outputs["served_version"]),
                         "endpoint": outputs.get("endpoint")})
+    report(make_event("deployed", stage=name, run_id=record.id, environment=environment,
+                      model=model, version=str(outputs["served_version"]),
+                      endpoint=outputs.get("endpoint")))
 
 
 def cell_reporter(report: Reporter, stage: str) -> Any:

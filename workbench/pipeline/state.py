@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from workbench.atomic import write_json
+from workbench.config import FailureClass
 from workbench.governance.identity import Identity
 from workbench.project import Project
 
@@ -36,8 +37,27 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
+# a kernel failure class, or "interrupted": Ctrl-C, SIGTERM or a crash of the workbench
+Failure = FailureClass | Literal["interrupted"]
+
+
+class Attempt(BaseModel):
+    """An earlier attempt of a stage that did not count: retried after a failure, or cut
+    short by a crash and resumed. Its partial notebook is archived as ``notebook``."""
+
+    number: int
+    failure: Failure
+    error: str | None = None
+    notebook: str | None = None  # <stage>.attempt-<number>.ipynb; None if nothing was written
+    started: str | None = None
+    finished: str | None = None
+    duration_s: float | None = None
+
+
 class StageRecord(BaseModel):
     status: StageStatus = "pending"
+    failure: Failure | None = None  # why the (last) attempt failed
+    attempts: list[Attempt] = []  # earlier attempts, oldest first; this one is number len+1
     notebook: str | None = None
     parameters: dict[str, Any] = {}
     outputs: dict[str, Any] = {}

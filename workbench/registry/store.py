@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
-from workbench.config import MlflowSettings
+from workbench.atomic import fsync_dir
+from workbench.config import ConfigError, MlflowSettings, Problem
 from workbench.project import Project
 
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -53,21 +56,73 @@ def resolve(project: Project, settings: MlflowSettings) -> Store:
     )
 
 
+class StoreUnreachable(ConfigError):
+    """The configured tracking server does not accept connections (exit 2, nothing ran)."""
+
+
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for any other store)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def prepare(store: Store) -> str:
     """Create the database schema and the experiment once, in this process; return its id.
 
-    Concurrent first creation of an MLflow SQLite store can corrupt it, so the runner calls this
-    before any kernel starts; later callers find everything in place.
+    A SQLite store is created under a lock (runs starting at once) and under a temporary name,
+    renamed into place once complete: MLflow's schema migrations are not one transaction, so a
+    kill during them would otherwise leave a database no later run can open. A tracking server
+    that refuses connections is reported at once instead of after MLflow's minutes of retries.
     """
     os.environ.update(TELEMETRY_OFF)
-    if not store.embedded:
+    db = sqlite_file(store.tracking_uri)
+    if db is None:
+        check_reachable(store.tracking_uri)
         return _ensure_experiment(store)
-    db = Path(store.tracking_uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     from filelock import FileLock
 
     with FileLock(db.parent / ".create.lock", timeout=300):  # two runs starting at once
+        if not db.exists():
+            _create_database(db, store)
         return _ensure_experiment(store)
+
+
+def _create_database(db: Path, store: Store) -> None:
+    """Build a new SQLite store beside ``db`` and move it into place complete."""
+    for stale in db.parent.glob(f".{db.name}.*.creating*"):  # left by a killed creation
+        stale.unlink()
+    building = db.parent / f".{db.name}.{os.getpid()}.creating"
+    _ensure_experiment(Store(f"sqlite:///{building}", store.experiment,
+                             store.artifact_location, store.embedded))
+    fd = os.open(building, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(building, db)
+    fsync_dir(db.parent)
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Raise :class:`StoreUnreachable` if an http(s) tracking URI refuses connections."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        source = "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") \
+            else "configs/pipeline.yaml"
+        where = "" if source.startswith("$") else "mlflow.tracking_uri"
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise StoreUnreachable([Problem(source, where, f"the MLflow tracking server "
+                                        f"{tracking_uri} is unreachable ({reason}); start it, "
+                                        f"correct the URI, or remove it to use the embedded "
+                                        f"store")]) from None
 
 
 def _ensure_experiment(store: Store) -> str:

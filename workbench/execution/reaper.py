@@ -1,0 +1,62 @@
+"""Kernels left behind by a run whose process died.
+
+A kernel exits on its own shortly after its parent dies (ipykernel polls its parent), but one
+stuck in C code may not. Kernels of a run carry ``WORKBENCH_RUN_ID`` and ``WORKBENCH_PROJECT``
+in their environment (the runner sets them), so a resumed run can find and stop them by pid.
+Model servers inherit the same variables but are meant to outlive the run: only processes whose
+command line is an IPython kernel are stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def _environment(pid: int) -> dict[str, str]:
+    try:
+        raw = (PROC / str(pid) / "environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
+def _is_kernel(pid: int) -> bool:
+    try:
+        cmdline = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"ipykernel" in cmdline
+
+
+def run_kernels(project_root: Path, run_id: str) -> list[int]:
+    """Pids of live kernels started for ``run_id`` of the project at ``project_root``."""
+    if not PROC.is_dir():
+        return []
+    found = []
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        env = _environment(pid)
+        if env.get("WORKBENCH_RUN_ID") == run_id and \
+                env.get("WORKBENCH_PROJECT") == str(project_root) and _is_kernel(pid):
+            found.append(pid)
+    return found
+
+
+def stop_run_kernels(project_root: Path, run_id: str) -> list[int]:
+    """Kill the kernels (with their process groups) a dead run left; return their pids."""
+    pids = run_kernels(project_root, run_id)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+    return pids

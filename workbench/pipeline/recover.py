@@ -1,0 +1,225 @@
+"""Bringing a run whose process died (SIGKILL, out of memory, a lost machine) back to a state
+``workbench resume`` can continue from.
+
+A run is dead when its ``run.json`` says ``running`` but nobody holds its run lock (the OS
+releases it with the process). What the runner writes, in order, for each stage attempt:
+``run.json`` (stage running), the staged notebook (replaced atomically after every cell), the
+archived notebook (a new file, never replaced), ``run.json`` (the outcome), then the ledger
+entry. So ``run.json`` is never behind the archive's recorded files, and the ledger never ahead
+of ``run.json``. Recovery, repeated safely if it is itself killed:
+
+- a torn last ledger line is set aside and recorded (:func:`workbench.audit.ledger.repair`);
+- kernels the dead process left are stopped; temporary files of interrupted writes removed;
+- a stage left ``running`` did not complete, whatever it had done: its partial notebook (the
+  staged copy, or one archived but not yet recorded) is archived as
+  ``<stage>.attempt-<n>.ipynb`` with a ``stage_attempt`` ledger entry (failure
+  ``interrupted``, or the class the notebook itself records), and the stage runs again. A
+  staged notebook that is not valid JSON is discarded, and the attempt says so;
+- an outcome ``run.json`` holds but the ledger lacks (killed between the two) is appended now,
+  as are the deploy and alias-move records a succeeded stage implies. Completed stages are
+  never executed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workbench.atomic import fsync_dir
+from workbench.audit import archive, ledger
+from workbench.audit.redact import SecretError, Secrets
+from workbench.config import FAILURE_CLASSES
+from workbench.execution.reaper import stop_run_kernels
+from workbench.governance.identity import Identity
+from workbench.pipeline import state
+from workbench.project import Project
+
+INTERRUPTED = "the run's process ended during this attempt (killed or crashed); resumed"
+BOOKKEEPING = ("run_recovered", "ledger_repaired")  # entries the recovery itself appends
+
+
+def is_dead(record: state.RunRecord) -> bool:
+    """True for a run that says ``running``; call it holding the run lock."""
+    return record.status == "running"
+
+
+class _Ledger:
+    """What the ledger already holds: this run's entries and every recorded file."""
+
+    def __init__(self, reports: Path, run_id: str):
+        self.entries: list[dict[str, Any]] = []
+        self.files: set[str] = set()
+        for entry in ledger.entries(reports):
+            self.files.update(entry.get("files") or {})
+            if entry.get("run_id") == run_id:
+                self.entries.append(entry)
+
+    def has(self, event: str, stage: str | None = None, **data: Any) -> bool:
+        for entry in self.entries:
+            found = entry.get("data") or {}
+            if entry.get("event") == event and (stage is None or found.get("stage") == stage) \
+                    and all(found.get(k, v) == v for k, v in data.items()):
+                return True
+        return False
+
+
+def recover(project: Project, record: state.RunRecord, secrets: Secrets, actor: Identity,
+            record_deploy: Callable[[str], None], started_data: dict[str, Any]) -> list[str]:
+    """Make the dead run's records consistent and its interrupted stages pending again;
+    return what was done, one line each (also recorded as a ``run_recovered`` entry).
+    ``record.stages`` is updated in place; the caller saves the record."""
+    who = actor.model_dump()
+    notes: list[str] = []
+    torn = ledger.repair(project.reports, who, record.id)
+    if torn:
+        kept = next(iter(torn["files"]))
+        notes.append(f"the ledger ended in a torn entry ({torn['data']['bytes']} bytes): set "
+                     f"aside as reports/{kept}, recorded as seq {torn['seq']}")
+    killed = stop_run_kernels(project.root, record.id)
+    if killed:
+        notes.append(f"stopped kernels left running: pid {', '.join(map(str, killed))}")
+    _remove_temporary_files(project, record)
+    known = _Ledger(project.reports, record.id)
+    if not known.has("run_started"):
+        ledger.append(project.reports, "run_started", actor=who, run_id=record.id,
+                      data=started_data)
+        notes.append("run_started was missing from the ledger: recorded")
+    for name, entry in record.stages.items():
+        if entry.status == "running":
+            notes.append(_interrupted(project, record, name, secrets, known))
+        else:
+            notes += _reconcile(project, record, name, known, actor, record_deploy)
+    ledger.append(project.reports, "run_recovered", actor=who, run_id=record.id,
+                  data={"notes": notes})
+    return notes
+
+
+def _remove_temporary_files(project: Project, record: state.RunRecord) -> None:
+    """Temporary files of the run's own writes that a kill interrupted: ``.run.json.*`` and
+    ``.<stage>.*`` beside the archive, anything in its staging folder (complete files are
+    never dot-named; other writers' temporary files are left alone)."""
+    prefixes = (f".{state.RUN_FILE}.", *(f".{name}." for name in record.stages))
+    for path in _files(state.run_dir(project, record.id)):
+        if path.name.startswith(prefixes):
+            path.unlink(missing_ok=True)
+    for path in _files(project.state / archive.STAGING / record.id):
+        if path.name.startswith("."):
+            path.unlink(missing_ok=True)
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+
+
+def _relative(project: Project, path: Path) -> str:
+    return path.relative_to(project.reports).as_posix()
+
+
+def _interrupted(project: Project, record: state.RunRecord, name: str, secrets: Secrets,
+                 known: _Ledger) -> str:
+    """Archive what the interrupted attempt left, record it, and make the stage pending."""
+    entry = record.stages[name]
+    number = len(entry.attempts) + 1
+    folder = state.run_dir(project, record.id)
+    target = folder / archive.attempt_name(name, number)
+    final = folder / (entry.notebook or f"{name}.ipynb")
+    staged = project.state / archive.STAGING / record.id / f"{name}.ipynb"
+    note = f"stage {name}: attempt {number} was interrupted"
+    failure, error = "interrupted", INTERRUPTED
+    if not target.exists() and final.is_file() and _relative(project, final) not in known.files:
+        os.replace(final, target)  # archived, never recorded: it is this attempt's notebook
+        fsync_dir(folder)
+    if target.exists():
+        staged.unlink(missing_ok=True)
+    elif staged.is_file():
+        if _is_json(staged):
+            try:
+                archive.archive_notebook(project, record.id, staged, secrets, target.name)
+            except SecretError as exc:
+                error = f"{INTERRUPTED}; its notebook was not archived: {exc}"
+        else:
+            staged.unlink()
+            error = f"{INTERRUPTED}; its partial notebook was incomplete and was discarded"
+    if target.exists():
+        failure, error = _recorded_failure(target) or (failure, error)
+        note += f"; its notebook is archived as {target.name}"
+    attempt = state.Attempt(number=number, failure=failure, error=error,
+                            notebook=target.name if target.exists() else None,
+                            started=entry.started, finished=state.now())
+    if not known.has("stage_attempt", name, attempt=number):
+        archive.record_attempt(project, record, name, attempt)
+    entry.attempts.append(attempt)
+    entry.status, entry.notebook, entry.started, entry.finished = "pending", None, None, None
+    entry.duration_s, entry.error, entry.failure, entry.outputs = None, None, None, {}
+    return note + "; it runs again"
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def _recorded_failure(path: Path) -> tuple[str, str] | None:
+    """The failure class and message the attempt's notebook records (see ``annotate``)."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    info = found.get("workbench") if isinstance(found, dict) else None
+    if isinstance(info, dict) and info.get("failure") in FAILURE_CLASSES:
+        return info["failure"], str(info.get("message") or info["failure"])
+    return None
+
+
+def _reconcile(project: Project, record: state.RunRecord, name: str, known: _Ledger,
+               actor: Identity, record_deploy: Callable[[str], None]) -> list[str]:
+    """Append what ``run.json`` records for a finished stage but the ledger lacks."""
+    entry = record.stages[name]
+    notes: list[str] = []
+    folder = state.run_dir(project, record.id)
+    for attempt in entry.attempts:
+        if not known.has("stage_attempt", name, attempt=attempt.number):
+            archive.record_attempt(project, record, name, attempt)
+            notes.append(f"stage {name}: attempt {attempt.number} recorded in the ledger")
+    if entry.status == "reused" and not known.has("stage_reused", name):
+        archive.record_stage(project, record, name, None)
+        notes.append(f"stage {name}: reuse recorded in the ledger")
+    if entry.status not in ("succeeded", "failed"):
+        return notes
+    archived = folder / entry.notebook if entry.notebook else None
+    archived = archived if archived is not None and archived.is_file() else None
+    if not known.has("stage_executed", name, status=entry.status,
+                     attempt=len(entry.attempts) + 1):
+        archive.publish_stage(project, record, name, archived)
+        notes.append(f"stage {name}: its {entry.status} outcome recorded in the ledger")
+    elif archived is not None and not archived.with_suffix(".html").exists():
+        try:
+            archive.render_stage(project, record, name, archived)
+        except Exception as exc:  # noqa: BLE001 - the record is complete; HTML is a view
+            notes.append(f"stage {name}: HTML rendering failed: {exc}")
+    if entry.status == "succeeded":
+        notes += _side_effects(project, record, name, known, actor, record_deploy)
+    return notes
+
+
+def _side_effects(project: Project, record: state.RunRecord, name: str, known: _Ledger,
+                  actor: Identity, record_deploy: Callable[[str], None]) -> list[str]:
+    """The alias-move and deploy records a succeeded stage's outputs imply."""
+    from workbench.governance.promotion import read_moves
+    from workbench.pipeline.gates import record_alias_output
+
+    notes = []
+    outputs = record.stages[name].outputs
+    if isinstance(outputs.get("alias_move"), dict) and record.model_version is not None and \
+            not any(m.get("via") == f"stage {name}" for m in read_moves(project, record.id)):
+        record_alias_output(project, record, name, actor)
+        notes.append(f"stage {name}: its alias move recorded")
+    if "served_version" in outputs and not known.has("deploy", name):
+        record_deploy(name)
+        notes.append(f"stage {name}: its deploy recorded in the ledger")
+    return notes
