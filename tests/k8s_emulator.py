@@ -412,3 +412,26 @@ def running(*controllers: Controller) -> Iterator[None]:
     finally:
         for controller in controllers:
             controller.stop()
+
+
+def use_kubernetes(ws: Any, emulator: Emulator, **serving: Any) -> None:
+    """Make a mini project's dev environment deploy to the emulator (``kubernetes.yaml``, a
+    kubeconfig for it, ``target: kubernetes``), with ``serving`` settings added."""
+    ws.write_yaml("pipeline.yaml", {"name": "mini", "stages": [
+        {"name": "noop", "notebook": "notebooks/noop.ipynb"}]})
+    environments = ws.read_yaml("environments.yaml")
+    environments["environments"]["dev"]["deploy"]["target"] = "kubernetes"
+    ws.write_yaml("environments.yaml", environments)
+    write_settings(ws, emulator, **serving)
+
+
+def write_settings(ws: Any, emulator: Emulator, **serving: Any) -> None:
+    """``configs/kubernetes.yaml`` for dev on the emulator, fast polling and timeouts."""
+    kubeconfig = emulator.kubeconfig(ws.root / "kubeconfig.yaml")
+    ws.write_yaml("kubernetes.yaml", {
+        "defaults": {"kubeconfig": str(kubeconfig), "context": "emulator",
+                     "poll_interval_s": 0.02},
+        "environments": {"dev": {"namespace": NAMESPACE, "serving": {
+            "image": "registry.example.test/serve:1", "rollout_timeout_s": 20,
+            "health_timeout_s": 5, **serving}}},
+    })

@@ -19,6 +19,8 @@ from k8s_emulator import (
     Emulator,
     controller_client,
     running,
+    use_kubernetes,
+    write_settings,
 )
 
 from workbench.config import load_config
@@ -39,27 +41,10 @@ def emulator() -> Any:
         yield emu
 
 
-def write_settings(ws: Workspace, emulator: Emulator, **serving: Any) -> None:
-    kubeconfig = emulator.kubeconfig(ws.root / "kubeconfig.yaml")
-    ws.write_yaml("kubernetes.yaml", {
-        "defaults": {"kubeconfig": str(kubeconfig), "context": "emulator",
-                     "poll_interval_s": 0.02},
-        "environments": {"dev": {"namespace": NAMESPACE, "serving": {
-            "image": "registry.example.test/serve:1", "rollout_timeout_s": 20,
-            "health_timeout_s": 5, **serving}}},
-    })
-
-
 @pytest.fixture
 def project(mini_project: Workspace, emulator: Emulator) -> tuple[Project, Any]:
-    ws = mini_project
-    ws.write_yaml("pipeline.yaml", {"name": "mini", "stages": [
-        {"name": "noop", "notebook": "notebooks/noop.ipynb"}]})
-    environments = ws.read_yaml("environments.yaml")
-    environments["environments"]["dev"]["deploy"]["target"] = "kubernetes"
-    ws.write_yaml("environments.yaml", environments)
-    write_settings(ws, emulator)
-    return Project(ws.root), load_config(ws.root / "configs")
+    use_kubernetes(mini_project, emulator)
+    return Project(mini_project.root), load_config(mini_project.root / "configs")
 
 
 def body(request: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import REPO, Workspace, clean_environment
-from k8s_emulator import NAMESPACE, DeploymentController, Emulator, running
+from k8s_emulator import NAMESPACE, DeploymentController, Emulator, running, use_kubernetes
 
 from workbench.audit import ledger
 from workbench.config import load_config
@@ -34,17 +34,7 @@ def emulator() -> Any:
 def test_rollback_on_kubernetes_undoes_the_rollout_and_is_recorded(mini_project: Workspace,
                                                                     emulator: Emulator) -> None:
     ws = mini_project
-    ws.write_yaml("pipeline.yaml", {"name": "mini", "stages": [
-        {"name": "noop", "notebook": "notebooks/noop.ipynb"}]})
-    environments = ws.read_yaml("environments.yaml")
-    environments["environments"]["dev"]["deploy"]["target"] = "kubernetes"
-    ws.write_yaml("environments.yaml", environments)
-    ws.write_yaml("kubernetes.yaml", {
-        "defaults": {"kubeconfig": str(emulator.kubeconfig(ws.root / "kubeconfig.yaml")),
-                     "context": "emulator", "poll_interval_s": 0.02},
-        "environments": {"dev": {"namespace": NAMESPACE, "serving": {
-            "image": "registry.example.test/serve:1", "tracking_uri": TRACKING,
-            "rollout_timeout_s": 20, "health_timeout_s": 5}}}})
+    use_kubernetes(ws, emulator, tracking_uri=TRACKING)
     registered = subprocess.run([sys.executable, str(REPO / "tests/tools/register_versions.py"),
                                  str(ws.root), "2"], capture_output=True, text=True,
                                 env=clean_environment(), timeout=300)

@@ -123,7 +123,27 @@ class Service(Strict):
     external_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")] | None = None
 
 
-class Serving(Strict):
+class PodAccess(Strict):
+    """What a pod runs as and may read: service account, image pull secrets, a Secret."""
+
+    service_account: str | None = None
+    image_pull_secrets: list[str] = []
+    # serving: a Secret whose keys become environment variables (envFrom); executor: the
+    # Secret holding the pipeline's secrets, one key per name
+    secret: str | None = None
+
+    @field_validator("service_account", "secret")
+    @classmethod
+    def _object_names(cls, value: str | None) -> str | None:
+        return value if value is None else _dns_subdomain(value)
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _pull_secrets(cls, value: list[str]) -> list[str]:
+        return [_dns_subdomain(name) for name in value]
+
+
+class Serving(PodAccess):
     """The model server: MLflow's scoring server with ``/model``
     (``python -m workbench.deploy.model_server``) in the serving image."""
 
@@ -142,9 +162,6 @@ class Serving(Strict):
     health_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     pdb: Pdb | None = None
     hpa: Hpa | None = None
-    service_account: str | None = None
-    image_pull_secrets: list[str] = []
-    secret: str | None = None  # a Secret whose keys become environment variables (envFrom)
     tracking_uri: str | None = None  # MLflow as the pods reach it (default: the run's)
 
     @field_validator("name")
@@ -152,45 +169,22 @@ class Serving(Strict):
     def _name(cls, value: str | None) -> str | None:
         return value if value is None else _dns_label(value)
 
-    @field_validator("service_account", "secret")
-    @classmethod
-    def _object_names(cls, value: str | None) -> str | None:
-        return value if value is None else _dns_subdomain(value)
 
-    @field_validator("image_pull_secrets")
-    @classmethod
-    def _pull_secrets(cls, value: list[str]) -> list[str]:
-        return [_dns_subdomain(name) for name in value]
-
-
-class Executor(Strict):
+class Executor(PodAccess):
     """Stages as Jobs: papermill in the runner image, notebooks through a shared store."""
 
     image: str = Field(min_length=1)
     # where Jobs write executed notebooks: an fsspec URL (s3://bucket/prefix), a file:// URL or
     # an absolute path that the pods and this machine share
     store: str = Field(pattern=r"^(/|[a-z][a-z0-9+.-]*://)\S*$")
-    secret: str | None = None  # the Secret holding the pipeline's secrets, one key per name
     workdir: str = Field(default="/workspace", pattern=r"^/")  # the project inside the image
     resources: Resources = Resources(requests={"cpu": "500m", "memory": "1Gi"},
                                      limits={"memory": "2Gi"})
-    service_account: str | None = None
-    image_pull_secrets: list[str] = []
     tracking_uri: str | None = None  # MLflow as the Jobs reach it (default: the run's)
     backoff_limit: Annotated[int, Field(ge=0)] = 0
     ttl_after_finished_s: Annotated[int, Field(ge=0)] = 86400
     poll_interval_s: Annotated[float, Field(gt=0)] = 2.0
     keep_in_store: bool = False  # keep executed notebooks in the store (they are not redacted)
-
-    @field_validator("service_account", "secret")
-    @classmethod
-    def _object_names(cls, value: str | None) -> str | None:
-        return value if value is None else _dns_subdomain(value)
-
-    @field_validator("image_pull_secrets")
-    @classmethod
-    def _pull_secrets(cls, value: list[str]) -> list[str]:
-        return [_dns_subdomain(name) for name in value]
 
 
 class Cluster(Strict):
