@@ -194,6 +194,8 @@ def run_baseline(root: Path, scratch: Path) -> VariantResult:
     with kernel_environment(kernel_env):
         for name in stage_order(config):
             stage = config.stage(name)
+            if stage.gate:
+                break  # `workbench run` stops at the first gate too (awaiting approval)
             parameters = resolve_parameters(stage, config, ENVIRONMENT, run, outputs)
             executed = scratch / f"{name}.ipynb"
             stage_started = time.perf_counter()

@@ -38,6 +38,9 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
 REF_ROOTS = ("model", "env", "run")
 RUN_FIELDS = ("id", "git_commit", "config_hash", "environment")
+MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+# outputs by which a stage reports a side effect: serving a model, moving a registry alias
+SIDE_EFFECT_OUTPUTS = frozenset({"served_version", "endpoint", "alias_move"})
 
 
 @dataclass(frozen=True)
@@ -119,11 +122,34 @@ class Stage(Strict):
     retry: Retry = Retry()  # per failure class; unset classes inherit the pipeline's
     environment: str | None = None  # env.* references resolve here (default: the run's)
     gate: str | None = None  # an approval gate for this environment (configs/gates.yaml)
+    # reuse an earlier identical execution (README: stage cache); unset: yes, unless the stage
+    # has a side effect (then true is an error: such a stage is never reused)
+    cache: bool | None = None
+    # modules a pre-warmed kernel imports before the stage runs (README: speed)
+    preload: list[Annotated[str, Field(pattern=MODULE_PATTERN)]] = []
 
     @property
     def target_environment(self) -> str | None:
         """The environment this stage acts on, when it is not simply the run's."""
         return self.gate or self.environment
+
+    @property
+    def side_effect(self) -> str | None:
+        """Why the stage acts on the world (and so is never reused from the cache), if it does:
+        an approval gate, a stage acting on an environment (deploys, load tests, monitors), or
+        one declaring a deploy or alias-move output."""
+        if self.gate:
+            return "it is an approval gate"
+        if self.environment:
+            return f"it acts on environment {self.environment!r}"
+        found = sorted(SIDE_EFFECT_OUTPUTS & set(self.outputs))
+        if found:
+            return f"it declares output {found[0]!r} (a deploy or a registry change)"
+        return None
+
+    @property
+    def cacheable(self) -> bool:
+        return self.cache is not False and self.side_effect is None
 
     @field_validator("parameters", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from typing import Any
 from workbench.atomic import write_new
 from workbench.audit import ledger
 from workbench.audit.redact import Secrets, redact_notebook_text
+from workbench.digests import file_sha256
 from workbench.pipeline import state
 from workbench.project import Project
 
@@ -63,6 +64,14 @@ def record_stage(project: Project, record: state.RunRecord, name: str,
     data = {"stage": name, "status": entry.status, "duration_s": entry.duration_s,
             "error": entry.error, "notebook": entry.notebook,
             "reused_from": entry.reused_from}
+    if entry.cache_key:
+        data["cache_key"] = entry.cache_key
+    if entry.reuse:
+        data["reuse"] = entry.reuse
+    if entry.status == "reused":  # the pointer to the original, with the digest it has now
+        original = state.notebook_path(project, record, name)
+        if original is not None and original.is_file():
+            data["notebook_sha256"] = file_sha256(original)
     if entry.status != "reused":
         data.update(failure=entry.failure, attempt=len(entry.attempts) + 1)
     event = "stage_reused" if entry.status == "reused" else "stage_executed"
@@ -92,6 +101,13 @@ def publish_stage(project: Project, record: state.RunRecord, name: str,
     entry = record_stage(project, record, name, archived)
     if archived is None:
         return []
+    return publish_views(project, record, name, archived, entry["seq"])
+
+
+def publish_views(project: Project, record: state.RunRecord, name: str, archived: Path,
+                  seq: int) -> list[str]:
+    """The HTML rendering and the MLflow artifacts of a stage already in the ledger (entry
+    ``seq``); returns warnings instead of raising. Safe to run beside the next stage."""
     warnings: list[str] = []
     files = [archived]
     try:
@@ -101,7 +117,7 @@ def publish_stage(project: Project, record: state.RunRecord, name: str,
     try:
         from workbench.audit.mlflow_log import log_stage
 
-        log_stage(record, name, files, entry["seq"])
+        log_stage(record, name, files, seq)
     except Exception as exc:  # noqa: BLE001 - reported, the archive is already complete
         warnings.append(f"stage {name}: logging to MLflow failed: {exc}")
     return warnings

@@ -75,6 +75,20 @@ JunitOption = Annotated[Path | None, typer.Option("--junit", metavar="PATH",
                         help="Write JUnit XML: one test case per stage and gate.")]
 SummaryOption = Annotated[Path | None, typer.Option("--summary", metavar="PATH", help="Append "
                           "a Markdown summary (also to $GITHUB_STEP_SUMMARY when set).")]
+JobsOption = Annotated[int | None, typer.Option("--jobs", "-j", min=1, metavar="N", help="At most "
+                       "N stages at once (default: the cores this process may use).")]
+NoWarmOption = Annotated[bool, typer.Option("--no-warm", help="Do not pre-start the kernels of "
+                         "the stages that come next.")]
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Execute every stage, even one "
+                          "the stage cache has an identical execution of.")]
+
+
+def run_options(jobs: int | None, no_warm: bool, no_cache: bool) -> Any:
+    """The run's :class:`~workbench.pipeline.state.RunOptions` from the command line."""
+    from workbench.pipeline.runner import default_jobs
+    from workbench.pipeline.state import RunOptions
+
+    return RunOptions(jobs=jobs or default_jobs(), warm=not no_warm, cache=not no_cache)
 
 
 def _report_ci(record: Any, junit: Path | None, summary: Path | None) -> None:

@@ -8,7 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from workbench.cli.app import (
+    JobsOption,
     JunitOption,
+    NoCacheOption,
+    NoWarmOption,
     RunArg,
     SummaryOption,
     UsageError,
@@ -17,6 +20,7 @@ from workbench.cli.app import (
     _project,
     _run_id,
     app,
+    run_options,
 )
 
 
@@ -47,12 +51,17 @@ def run(
     summary: SummaryOption = None,
     executor: Annotated[str, typer.Option("--executor", help="Where stages run: local "
                         "(papermill here) or kubernetes (a Job per stage).")] = "local",
+    jobs: JobsOption = None,
+    no_warm: NoWarmOption = False,
+    no_cache: NoCacheOption = False,
 ) -> None:
     """Run the pipeline: every stage through papermill, archived under reports/runs/.
 
     The run stops at a gate without enough approvals (exit 3); `workbench resume` goes on.
     A partial run (--stage, --from, --until) reuses the other stages it needs from an
-    earlier run, recorded as reused with a pointer to the original.
+    earlier run, recorded as reused with a pointer to the original. Independent stages run
+    side by side (--jobs); a stage whose inputs are unchanged since an earlier execution is
+    reused from the stage cache unless --no-cache (never a deploy, gate, load test or monitor).
     """
     from workbench.pipeline.plan import SelectionError, needed_upstream, select
     from workbench.pipeline.runner import find_base, start_run
@@ -78,9 +87,9 @@ def run(
             raise UsageError(str(exc)) from None
         needed = needed_upstream(config, chosen)
         base_run = find_base(project, config, needed, _run_id(project, base) if base else None)
+    options = run_options(jobs, no_warm, no_cache)
     record = _drive(lambda report: start_run(project, config, env, report, chosen, base_run,
-                                                   executor),
-                    as_json)
+                                             executor, options), as_json)
     _finish_run(record, junit=junit, summary=summary)
 
 
@@ -92,6 +101,9 @@ def rerun(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     junit: JunitOption = None,
     summary: SummaryOption = None,
+    jobs: JobsOption = None,
+    no_warm: NoWarmOption = False,
+    no_cache: NoCacheOption = False,
 ) -> None:
     """Run again as a new run; with --failed, reuse every stage that succeeded in RUN."""
     from workbench.pipeline import state as run_state
@@ -121,8 +133,9 @@ def rerun(
             redo.add(name)  # never started: part of the rerun too
     upstream = ancestors(config)
     redo |= {up for name in redo for up in upstream[name] if config.stage(up).gate}
+    options = run_options(jobs, no_warm, no_cache)
     record = _drive(lambda report: start_run(project, config, earlier.environment, report,
-                                             redo, earlier), as_json)
+                                             redo, earlier, earlier.executor, options), as_json)
     _finish_run(record, junit=junit, summary=summary)
 
 

@@ -70,6 +70,8 @@ def describe(failure: str, exc: BaseException | None, activity: Activity, *,
     where = _where(activity)
     if failure == "deadline":
         return f"stage exceeded its timeout of {timeout:g} s"
+    if failure == "interrupted":
+        return f"interrupted{where}: the run was stopped"
     if failure == "hang":
         return f"hang: no output for {hang_timeout:g} s{where}; the kernel was stopped"
     if failure == "cell_timeout":

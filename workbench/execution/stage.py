@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 from workbench.execution.engine import ENGINE, Activity, register_engine, write_atomically
 from workbench.execution.failures import annotate, classify, describe
 from workbench.execution.outputs import output_problems
+from workbench.execution.warm import StageKernel, launch, new_kernel
 from workbench.scraps import read_scraps
 
 CellCallback = Callable[[int, int, str], None]
@@ -79,10 +79,12 @@ def _signal_kernel(kernel: Any, signum: int) -> None:
 
 
 def _supervise(worker: threading.Thread, kernel: Any, timeout: float, activity: Activity,
-               hang_timeout: float | None) -> str | None:
+               hang_timeout: float | None, cancel: threading.Event | None = None
+               ) -> str | None:
     """Wait for the stage's worker thread; enforce the stage deadline and the hang limit.
 
-    Returns what fired (``deadline`` or ``hang``), if anything. The kernel is interrupted
+    Returns what fired (``deadline``, ``hang``, or ``interrupted`` when ``cancel`` is set:
+    the kernel is killed at once then), if anything. The kernel is interrupted
     first and killed ``KILL_AFTER`` seconds later if it is still there. The main thread waits
     here in short steps, so Ctrl-C and SIGTERM reach it at once (a signal delivered to one of
     nbclient's threads would otherwise leave it blocked in a zmq poll). nbclient's own timeouts
@@ -97,13 +99,16 @@ def _supervise(worker: threading.Thread, kernel: Any, timeout: float, activity: 
             worker.join(POLL)
             now = time.monotonic()
             if fired is None:
-                if now >= deadline:
+                if cancel is not None and cancel.is_set():
+                    fired = "interrupted"
+                elif now >= deadline:
                     fired = "deadline"
                 elif hang_timeout and activity.started and activity.quiet_for() >= hang_timeout:
                     fired = "hang"
                 if fired is not None:
                     fired_at = now
-                    _signal_kernel(kernel, signal.SIGINT)
+                    _signal_kernel(kernel, signal.SIGKILL if fired == "interrupted"
+                                   else signal.SIGINT)
             elif now - fired_at >= KILL_AFTER:  # repeated: also catches a late kernel
                 _signal_kernel(kernel, signal.SIGKILL)
     except BaseException:
@@ -142,6 +147,8 @@ def execute_stage(
     timeout: float,
     on_cell: CellCallback | None = None,
     limits: KernelLimits | None = None,
+    kernel: StageKernel | None = None,
+    cancel: threading.Event | None = None,
 ) -> StageResult:
     """Execute ``notebook`` into ``output`` with papermill and check its declared outputs.
 
@@ -149,13 +156,14 @@ def execute_stage(
     ``"007"`` stays a string. ``timeout`` bounds the whole stage, not just one cell; ``limits``
     adds the kernel start-up, per-cell and hang limits. The executed notebook is replaced
     atomically after every cell, so a failure (or a kill) leaves a complete partial notebook.
-    A failed result carries its failure class, also written into the notebook.
+    A failed result carries its failure class, also written into the notebook. ``kernel`` is
+    a pre-warmed kernel to execute on (one is started otherwise); either way it is stopped
+    before this returns. ``cancel`` set by another thread interrupts the stage.
     """
     started = time.monotonic()
     limits = limits or KernelLimits()
     _skip_iri_format_checks()
     import papermill
-    from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
     activity = Activity()
@@ -169,39 +177,43 @@ def execute_stage(
     output.parent.mkdir(parents=True, exist_ok=True)
     register_engine()
     write_atomically(output)
-    # IPC sockets in a private folder instead of unencrypted TCP on localhost.
-    with tempfile.TemporaryDirectory(prefix="workbench-kernel-") as sockets:
-        # Async, as nbclient creates it itself: a blocking manager's client blocks nbclient's
-        # event loop in iopub reads, so a dead kernel or a timeout is never noticed.
-        kernel = AsyncKernelManager(kernel_name=_kernel_name(notebook), transport="ipc",
-                                    ip=f"{sockets}/kernel")
-        failure: list[BaseException] = []
-        exit_code: list[int | None] = []
+    kernel_name = _kernel_name(notebook)
+    if kernel is None or kernel.kernel_name != kernel_name:
+        kernel = new_kernel(kernel_name)
+    manager = kernel.manager
+    failure: list[BaseException] = []
+    exit_code: list[int | None] = []
 
-        def work() -> None:
-            try:
-                papermill.execute_notebook(
-                    str(notebook), str(output), parameters=parameters, cwd=str(cwd),
-                    progress_bar=False, request_save_on_cell_execute=True, km=kernel,
-                    on_cell_start=cell_started, engine_name=ENGINE, activity=activity,
-                    start_timeout=limits.startup_timeout,
-                    execution_timeout=limits.cell_timeout,
-                )
-            except Exception as exc:  # every failure is reported, the notebook stays on disk
-                failure.append(exc)
-            finally:
-                process = _kernel_process(kernel)
-                exit_code.append(process.poll() if process is not None else None)
-                with contextlib.suppress(Exception):
-                    if kernel.has_kernel:  # nbclient leaves a manager it did not create running
-                        run_sync(kernel.shutdown_kernel)(now=bool(failure))
-
-        worker = threading.Thread(target=work, name=f"stage-{notebook.stem}", daemon=True)
-        worker.start()
+    def work() -> None:
         try:
-            fired = _supervise(worker, kernel, timeout, activity, limits.hang_timeout)
+            if not manager.has_kernel:
+                launch(kernel, cwd)
+            # papermill's own ``cwd`` would chdir this whole process, which stages running in
+            # parallel threads cannot share; the kernel was started in ``cwd`` instead.
+            papermill.execute_notebook(
+                str(notebook), str(output), parameters=parameters, cwd=None,
+                progress_bar=False, request_save_on_cell_execute=True, km=manager,
+                on_cell_start=cell_started, engine_name=ENGINE, activity=activity,
+                start_timeout=limits.startup_timeout,
+                execution_timeout=limits.cell_timeout,
+            )
+        except Exception as exc:  # every failure is reported, the notebook stays on disk
+            failure.append(exc)
         finally:
-            _stop_kernel(kernel)
+            process = _kernel_process(manager)
+            exit_code.append(process.poll() if process is not None else None)
+            with contextlib.suppress(Exception):
+                if manager.has_kernel:  # nbclient leaves a manager it did not create running
+                    run_sync(manager.shutdown_kernel)(now=bool(failure))
+
+    worker = threading.Thread(target=work, name=f"stage-{notebook.stem}-{id(kernel):x}",
+                              daemon=True)
+    worker.start()
+    try:
+        fired = _supervise(worker, manager, timeout, activity, limits.hang_timeout, cancel)
+    finally:
+        _stop_kernel(manager)
+        kernel.close()
     returncode = exit_code[0] if exit_code else None
     duration = time.monotonic() - started
     exc = failure[0] if failure else None

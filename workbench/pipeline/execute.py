@@ -4,6 +4,7 @@ into the staging folder, outputs and errors redacted, the notebook archived."""
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,31 +15,38 @@ from workbench.audit.redact import SecretError, Secrets
 from workbench.config import Stage
 from workbench.execution.executors import StageExecutor
 from workbench.execution.stage import CellCallback, KernelLimits, StageResult, execute_stage
+from workbench.execution.warm import StageKernel
 from workbench.pipeline import state
 from workbench.project import Project
 
 
-def _limits_kwargs(executor: StageExecutor, stage: Stage) -> dict[str, Any]:
-    """``limits=`` for executors that take kernel limits (the local one does)."""
+def _executor_kwargs(executor: StageExecutor, stage: Stage, kernel: StageKernel | None,
+                     cancel: threading.Event | None) -> dict[str, Any]:
+    """Kernel limits, a pre-warmed kernel and the cancel event, for executors that take them
+    (the local one does)."""
     try:
-        accepts = "limits" in inspect.signature(executor).parameters
+        accepted = set(inspect.signature(executor).parameters)
     except (TypeError, ValueError):
-        accepts = False
-    if not accepts:
-        return {}
-    return {"limits": KernelLimits(startup_timeout=stage.startup_timeout,
-                                   cell_timeout=stage.cell_timeout,
-                                   hang_timeout=stage.hang_timeout)}
+        accepted = set()
+    offered = {"limits": KernelLimits(startup_timeout=stage.startup_timeout,
+                                      cell_timeout=stage.cell_timeout,
+                                      hang_timeout=stage.hang_timeout),
+               "kernel": kernel, "cancel": cancel}
+    return {key: value for key, value in offered.items() if key in accepted}
 
 
 def run_archived_stage(project: Project, record: state.RunRecord, name: str, stage: Stage,
                        secrets: Secrets, on_cell: CellCallback | None = None,
                        executor: StageExecutor = execute_stage,
                        archive_as: Callable[[StageResult], str] | None = None,
+                       kernel: StageKernel | None = None,
+                       cancel: threading.Event | None = None,
                        ) -> tuple[StageResult, Path | None]:
     """Execute ``name`` and archive its notebook; return the result and the archived path
     (None when nothing could be archived). ``archive_as`` names the archived file after the
-    result is known (an attempt that will be retried keeps an attempt-numbered name)."""
+    result is known (an attempt that will be retried keeps an attempt-numbered name).
+    ``kernel`` is a pre-warmed kernel to execute on; once ``cancel`` is set the stage is
+    stopped and its staged notebook left for the interrupted run's bookkeeping."""
     entry = record.stages[name]
     try:
         secrets.check_parameters(name, entry.parameters)
@@ -48,7 +56,9 @@ def run_archived_stage(project: Project, record: state.RunRecord, name: str, sta
     staged = archive.staging_path(project, record.id, entry.notebook or f"{name}.ipynb")
     result = executor(project.root / stage.notebook, staged, entry.parameters,
                       stage.outputs, cwd=project.root, timeout=stage.timeout,
-                      on_cell=on_cell, **_limits_kwargs(executor, stage))
+                      on_cell=on_cell, **_executor_kwargs(executor, stage, kernel, cancel))
+    if kernel is not None and "kernel" not in _executor_kwargs(executor, stage, None, None):
+        kernel.close()  # an executor that runs elsewhere has no use for it
     if not result.succeeded and result.failure is None:
         result.failure = "error"  # an executor that does not classify its failures
     result.outputs = secrets.redact(result.outputs)
@@ -60,7 +70,7 @@ def run_archived_stage(project: Project, record: state.RunRecord, name: str, sta
             result.succeeded, result.failure = False, "error"
             result.error = (f"the value of secret {leaked[0]} reached MLflow run {run_id} "
                             f"(params or tags); delete that run")
-    if not staged.exists():
+    if not staged.exists() or (cancel is not None and cancel.is_set()):
         return result, None
     try:
         archived = archive.archive_notebook(project, record.id, staged, secrets,

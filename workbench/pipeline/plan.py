@@ -109,6 +109,17 @@ def gate_problems(config: Config) -> list[Problem]:
     return problems
 
 
+def cache_problems(config: Config) -> list[Problem]:
+    """``cache: true`` on a stage that acts on the world: such a stage is never reused."""
+    problems: list[Problem] = []
+    for index, stage in enumerate(config.pipeline.stages):
+        if stage.cache and stage.side_effect:
+            problems.append(Problem(PIPELINE_LABEL, _where(index, stage, "cache"),
+                                    f"stage {stage.name!r} is never reused from the cache: "
+                                    f"{stage.side_effect}; remove 'cache: true'"))
+    return problems
+
+
 class SelectionError(ValueError):
     """A partial run names an unknown stage or selects nothing."""
 

@@ -9,10 +9,10 @@ fails is retried as its failure class's retry policy allows.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
@@ -22,13 +22,10 @@ from workbench.audit import archive, ledger
 from workbench.audit.mlflow_guard import SECRET_NAMES_VAR
 from workbench.audit.redact import Secrets
 from workbench.config import Config
-from workbench.execution.executors import executor_for
-from workbench.execution.stage import StageResult
 from workbench.governance import identity
 from workbench.pipeline import recover, state
-from workbench.pipeline.execute import run_archived_stage
-from workbench.pipeline.gates import record_alias_output, run_gate
-from workbench.pipeline.plan import ancestors, resolve_parameters, stage_order
+from workbench.pipeline.plan import stage_order
+from workbench.pipeline.schedule import note_mlflow, record_deploy, run_stages, stage_environment
 from workbench.progress import Reporter, make_event
 from workbench.project import PROJECT_ENV_VAR, Project
 from workbench.registry import store as mlflow_store
@@ -53,6 +50,25 @@ def kernel_environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = old
+
+
+def default_jobs() -> int:
+    """Stages at most at once by default: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def serialized(report: Reporter) -> Reporter:
+    """``report`` callable from several threads, one event at a time."""
+    lock = threading.Lock()
+
+    def locked(event: dict[str, Any]) -> None:
+        with lock:
+            report(event)
+
+    return locked
 
 
 @contextmanager
@@ -86,18 +102,6 @@ def _new_record(project: Project, config: Config, environment: str, tracking_uri
         stages={name: state.StageRecord() for name in stage_order(config)},
         requested_by=actor,
     )
-
-
-def _note_mlflow(record: state.RunRecord, outputs: dict[str, Any], model_name: str,
-                 actor: identity.Identity) -> None:
-    """Pick up MLflow run ids and the registered version from conventional output names."""
-    run_id = outputs.get("mlflow_run_id")
-    if isinstance(run_id, str) and run_id and run_id not in record.mlflow_run_ids:
-        record.mlflow_run_ids.append(run_id)
-        record.trained_by = record.trained_by or actor
-    version = outputs.get("model_version")
-    if version not in (None, "", 0):
-        record.model_version = state.ModelVersion(name=model_name, version=str(version))
 
 
 def find_base(project: Project, config: Config, needed: set[str], explicit: str | None = None
@@ -134,13 +138,15 @@ def _reuse(record: state.RunRecord, config: Config, chosen: set[str], base: stat
             continue
         old = base.stages[name]
         record.stages[name] = old.model_copy(update={
-            "status": "reused", "reused_from": old.reused_from or base.id})
-        _note_mlflow(record, old.outputs, config.model.name, base.trained_by or base.requested_by)
+            "status": "reused", "reused_from": old.reused_from or base.id,
+            "reuse": "selection"})
+        note_mlflow(record, old.outputs, config.model.name, base.trained_by or base.requested_by)
 
 
 def start_run(project: Project, config: Config, environment: str, report: Reporter,
               chosen: set[str] | None = None, base: state.RunRecord | None = None,
-              executor: str = "local") -> state.RunRecord:
+              executor: str = "local", options: state.RunOptions | None = None
+              ) -> state.RunRecord:
     """Create a run for ``environment`` and execute it as far as its gates allow.
 
     A partial run executes only ``chosen`` and reuses what they need from ``base``.
@@ -152,6 +158,7 @@ def start_run(project: Project, config: Config, environment: str, report: Report
     mlflow_store.prepare(store)
     record = _new_record(project, config, environment, store.tracking_uri, actor)
     record.executor = executor
+    record.options = options or state.RunOptions(jobs=default_jobs())
     record.config = secrets.redact(record.config)  # a secret pasted into a config file
     if chosen is not None:
         if base is None:
@@ -225,11 +232,11 @@ def _recover(project: Project, config: Config, record: state.RunRecord,
     """Make a dead run's records consistent before it continues."""
     secrets = Secrets.from_environment(config.pipeline.secrets)
 
-    def record_deploy(name: str) -> None:
-        _record_deploy(project, record, name, _stage_environment(config, record, name), actor,
-                       report)
+    def deploy_recorded(name: str) -> None:
+        record_deploy(project, record, name, stage_environment(config, record, name), actor,
+                      report)
 
-    notes = recover.recover(project, record, secrets, actor, record_deploy,
+    notes = recover.recover(project, record, secrets, actor, deploy_recorded,
                             _started_data(record))
     for note in notes:
         report(make_event("warning", stage=None, message=f"recovered run {record.id}: {note}"))
@@ -249,9 +256,10 @@ def _execute(project: Project, config: Config, record: state.RunRecord, report: 
                   "WORKBENCH_RUN_ID": record.id, "WORKBENCH_ENVIRONMENT": record.environment,
                   SECRET_NAMES_VAR: ",".join(config.pipeline.secrets)}
     secrets = Secrets.from_environment(config.pipeline.secrets)
+    report = serialized(report)  # stages in parallel threads report too
     try:
         with kernel_environment(kernel_env):
-            _run_stages(project, config, record, report, actor, until, secrets)
+            run_stages(project, config, record, report, actor, until, secrets)
     except BaseException:  # Ctrl-C or a crash of ours: the record must not say "running"
         for name, entry in record.stages.items():
             if entry.status == "running":
@@ -313,131 +321,3 @@ def _final_status(record: state.RunRecord) -> state.RunStatus:
     if "pending" in statuses:
         return "paused"
     return "succeeded"
-
-
-def _stage_environment(config: Config, record: state.RunRecord, name: str) -> str:
-    return config.stage(name).target_environment or record.environment
-
-
-def _run_stages(project: Project, config: Config, record: state.RunRecord,
-                report: Reporter, actor: identity.Identity, until: str | None,
-                secrets: Secrets) -> None:
-    """Execute the stages still to do, in order; skip dependants of failures, hold back
-    dependants of gates that are waiting, and stages of environments after ``until``."""
-    run_info = {"id": record.id, "git_commit": record.git_commit,
-                "config_hash": record.config_hash, "environment": record.environment}
-    outputs = {name: dict(entry.outputs) for name, entry in record.stages.items()
-               if entry.status in state.DONE}
-    upstream_gates = {name: {up for up in ups if config.stage(up).gate}
-                      for name, ups in ancestors(config).items()}
-    for name in record.stages:
-        stage = config.stage(name)
-        entry = record.stages[name]
-        if entry.status != "pending":
-            continue
-        upstream = {up: record.stages[up].status for up in stage.needs}
-        gates = {up: record.stages[up].status for up in upstream_gates[name]}
-        broken = [up for up, status in {**upstream, **gates}.items()
-                  if status in ("failed", "skipped")]
-        if broken:
-            entry.status = "skipped"
-            entry.error = f"upstream stage {broken[0]!r} did not succeed"
-            report(make_event("stage_skipped", stage=name, reason=entry.error))
-            state.save(project, record)
-            continue
-        if any(status not in state.DONE for status in upstream.values()):
-            continue  # waits for a gate upstream
-        if any(status not in state.DONE for status in gates.values()):
-            continue  # a reused stage in between does not open a gate that is still waiting
-        environment = _stage_environment(config, record, name)
-        if until is not None and config.environment_rank(environment) > \
-                config.environment_rank(until):
-            continue
-        entry.parameters = resolve_parameters(stage, config, record.environment, run_info,
-                                              outputs)
-        entry.actor = actor
-        if stage.gate:
-            run_gate(project, config, record, name, actor, report, secrets)
-            outputs[name] = dict(entry.outputs)
-            continue
-        entry.notebook = f"{name}.ipynb"
-        result, archived = _attempts(project, config, record, name, secrets, report,
-                                     executor_for(record.executor, project, config, environment))
-        entry.status = "succeeded" if result.succeeded else "failed"
-        entry.failure = None if result.succeeded else result.failure
-        entry.outputs, entry.error = result.outputs, result.error
-        entry.finished, entry.duration_s = state.now(), round(result.duration_s, 3)
-        outputs[name] = result.outputs
-        _note_mlflow(record, result.outputs, config.model.name, actor)
-        state.save(project, record)
-        for warning in archive.publish_stage(project, record, name, archived):
-            report(make_event("warning", stage=name, message=warning))
-        if result.succeeded:
-            record_alias_output(project, record, name, actor)
-            _record_deploy(project, record, name, environment, actor, report)
-        report(make_event("stage_finished", stage=name, status=entry.status,
-                          duration_s=result.duration_s, error=result.error))
-
-
-def _attempts(project: Project, config: Config, record: state.RunRecord, name: str,
-              secrets: Secrets, report: Reporter, executor: Any
-              ) -> tuple[StageResult, Path | None]:
-    """Execute a stage until an attempt counts: it succeeds, or fails in a way its retry
-    policy does not retry. Each retried attempt is archived as ``<stage>.attempt-<n>.ipynb``
-    and recorded (``run.json`` first, then the ledger); the last keeps ``<stage>.ipynb``."""
-    stage = config.stage(name)
-    entry = record.stages[name]
-    policy = config.pipeline.retry_policy(stage)
-
-    def retried(result: StageResult) -> bool:
-        if result.succeeded or result.failure not in policy:
-            return False
-        used = sum(1 for a in entry.attempts if a.failure == result.failure)
-        return used < policy[result.failure]
-
-    while True:
-        number = len(entry.attempts) + 1
-        entry.status, entry.started, entry.failure = "running", state.now(), None
-        state.save(project, record)
-        report(make_event("stage_started", stage=name, notebook=stage.notebook))
-        result, archived = run_archived_stage(
-            project, record, name, stage, secrets, on_cell=cell_reporter(report, name),
-            executor=executor, archive_as=lambda r, n=number: archive.attempt_name(name, n)
-            if retried(r) else f"{name}.ipynb")
-        if not retried(result):
-            return result, archived
-        attempt = state.Attempt(number=number, failure=result.failure, error=result.error,
-                                notebook=archived.name if archived else None,
-                                started=entry.started, finished=state.now(),
-                                duration_s=round(result.duration_s, 3))
-        entry.attempts.append(attempt)
-        state.save(project, record)
-        archive.record_attempt(project, record, name, attempt)
-        used = sum(1 for a in entry.attempts if a.failure == attempt.failure)
-        report(make_event("warning", stage=name, message=f"stage {name} attempt {number} "
-                          f"failed ({attempt.failure}): {attempt.error}; retry {used} of "
-                          f"{policy[attempt.failure]} for {attempt.failure}"))
-
-
-def _record_deploy(project: Project, record: state.RunRecord, name: str, environment: str,
-                   actor: identity.Identity, report: Reporter) -> None:
-    """A stage that served a model (``served_version`` output) is a deploy in the ledger."""
-    outputs = record.stages[name].outputs
-    if "served_version" not in outputs:
-        return
-    model = record.model_version.name if record.model_version else None
-    ledger.append(project.reports, "deploy", actor=actor.model_dump(), run_id=record.id,
-                  data={"stage": name, "environment": environment, "model": model,
-                        "version": str(outputs["served_version"]),
-                        "endpoint": outputs.get("endpoint")})
-    report(make_event("deployed", stage=name, run_id=record.id, environment=environment,
-                      model=model, version=str(outputs["served_version"]),
-                      endpoint=outputs.get("endpoint")))
-
-
-def cell_reporter(report: Reporter, stage: str) -> Any:
-    def on_cell(index: int, total: int, source: str) -> None:
-        report(make_event("cell", stage=stage, index=index, total=total, source=source))
-
-    return on_cell
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -67,12 +68,24 @@ class StageRecord(BaseModel):
     error: str | None = None
     actor: Identity | None = None
     reused_from: str | None = None  # the run whose archived notebook and outputs are reused
+    reuse: Literal["selection", "cache"] | None = None  # why: left out of a partial run, or
+    # the stage cache had an identical execution (same ``cache_key``)
+    cache_key: str | None = None  # content address of a cacheable stage's inputs
+    kernel: Literal["warm", "cold"] | None = None  # pre-started (and preloaded) kernel or not
     gate: dict[str, Any] | None = None  # a gate stage's verdict: state, bundle, approvals
 
 
 class ModelVersion(BaseModel):
     name: str
     version: str
+
+
+class RunOptions(BaseModel):
+    """How a run executes (kept so that ``resume`` goes on the same way)."""
+
+    jobs: int = 1  # stages at most at once
+    warm: bool = True  # pre-start kernels of the stages that come next
+    cache: bool = True  # reuse identical earlier executions of cacheable stages
 
 
 class RunRecord(BaseModel):
@@ -94,6 +107,7 @@ class RunRecord(BaseModel):
     requested_by: Identity | None = None
     trained_by: Identity | None = None
     executor: str = "local"
+    options: RunOptions = RunOptions()
 
 
 def run_dir(project: Project, run_id: str) -> Path:
@@ -108,9 +122,13 @@ def notebook_path(project: Project, record: RunRecord, name: str) -> Path | None
     return run_dir(project, entry.reused_from or record.id) / entry.notebook
 
 
+_saving = threading.Lock()  # stages finishing in parallel threads save one at a time
+
+
 def save(project: Project, record: RunRecord) -> Path:
     path = run_dir(project, record.id) / RUN_FILE
-    write_json(path, record.model_dump(mode="json"))
+    with _saving:
+        write_json(path, record.model_dump(mode="json"))
     return path
 
 

@@ -9,6 +9,7 @@ from workbench.execution.parameters import Declared, NotebookError, declared_par
 from workbench.k8s.config import kubernetes_problems
 from workbench.pipeline.plan import (
     PIPELINE_LABEL,
+    cache_problems,
     gate_problems,
     graph_problems,
     lookup,
@@ -27,6 +28,7 @@ def load_and_validate(project: Project) -> Config:
     problems = graph_problems(config)
     if not problems:
         problems = gate_problems(config) or reference_problems(config)
+        problems += cache_problems(config)
     problems += notebook_problems(project, config)
     problems += kubernetes_problems(project, config)  # configs/kubernetes.yaml, when used
     if problems:

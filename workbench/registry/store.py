@@ -87,7 +87,65 @@ def prepare(store: Store) -> str:
     with FileLock(db.parent / ".create.lock", timeout=300):  # two runs starting at once
         if not db.exists():
             _create_database(db, store)
-        return _ensure_experiment(store)
+        known = _prepared_before(db, store)
+        if known is not None:
+            return known
+        experiment_id = _ensure_experiment(store)
+        _remember_prepared(db, store)
+        return experiment_id
+
+
+PREPARED = ".prepared.json"
+
+
+def _mlflow_version() -> str:
+    from importlib.metadata import version
+
+    return version("mlflow")
+
+
+def _schema_and_experiment(db: Path, name: str) -> tuple[str | None, str | None]:
+    """The store's schema revision and the active experiment called ``name``, read directly."""
+    import sqlite3
+
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        revision = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+        row = connection.execute("SELECT experiment_id FROM experiments WHERE name = ? AND "
+                                 "lifecycle_stage = 'active'", (name,)).fetchone()
+    finally:
+        connection.close()
+    return (revision[0] if revision else None), (str(row[0]) if row else None)
+
+
+def _prepared_before(db: Path, store: Store) -> str | None:
+    """The experiment id, when this MLflow version already prepared this store (schema
+    revision unchanged) and the experiment exists: then MLflow, 3-7 s to import and open the
+    store, is not needed before the first stage."""
+    import json
+    import sqlite3
+
+    try:
+        remembered = json.loads((db.parent / PREPARED).read_text(encoding="utf-8"))
+        revision, experiment_id = _schema_and_experiment(db, store.experiment)
+    except (OSError, ValueError, sqlite3.Error):
+        return None
+    if experiment_id is None or remembered.get("revision") != revision or \
+            remembered.get("mlflow") != _mlflow_version():
+        return None
+    return experiment_id
+
+
+def _remember_prepared(db: Path, store: Store) -> None:
+    import sqlite3
+
+    from workbench.atomic import write_json
+
+    try:
+        revision, _ = _schema_and_experiment(db, store.experiment)
+    except sqlite3.Error:
+        return
+    write_json(db.parent / PREPARED, {"mlflow": _mlflow_version(), "revision": revision})
 
 
 def _create_database(db: Path, store: Store) -> None:

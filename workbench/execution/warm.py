@@ -1,0 +1,213 @@
+"""Kernels for stages: started cold when a stage begins, or pre-warmed while earlier stages run.
+
+Every kernel gets its own folder of IPC sockets (no TCP ports, so kernels started in parallel
+cannot race for a port: papermill issue 511) and is started the way nbclient starts one (in
+the project folder, with an in-memory IPython history). A warm kernel has also imported the
+stage's declared ``preload`` modules in a silent request that stores no history and binds no
+names, so the notebook executes exactly as on a cold kernel (execution counts start at 1, the
+namespace is empty); it just finds those modules already in ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HISTORY = ["--HistoryManager.hist_file=:memory:"]  # as nbclient starts its kernels
+# In every IPython kernel of ours, cold or warm: keep jsonschema from importing the optional
+# ``rfc3987_syntax`` (38 Lark grammars compiled at import, 2-3 s of every kernel that imports
+# scrapbook, papermill or nbformat) for ``iri`` format checks notebooks never use. It binds no
+# name and stores no history, so execution counts and the namespace are as without it.
+SKIP_IRI_CHECKS = ("--IPKernelApp.exec_lines="
+                   "[\"__import__('sys').modules.setdefault('rfc3987_syntax', None)\"]")
+
+
+@dataclass
+class StageKernel:
+    """A started kernel and the socket folder it owns."""
+
+    manager: Any  # jupyter_client AsyncKernelManager
+    sockets: tempfile.TemporaryDirectory[str]
+    kernel_name: str
+    preloaded: tuple[str, ...] = ()
+    problems: list[str] = field(default_factory=list)  # preload imports that failed
+
+    def alive(self) -> bool:
+        process = getattr(getattr(self.manager, "provisioner", None), "process", None)
+        return process is not None and process.poll() is None
+
+    def close(self) -> None:
+        """Stop the kernel (kill) and remove its sockets; safe to call more than once."""
+        from jupyter_core.utils import run_sync
+
+        with contextlib.suppress(Exception):
+            if self.manager.has_kernel:
+                run_sync(self.manager.shutdown_kernel)(now=True)
+        with contextlib.suppress(Exception):
+            run_sync(self.manager.cleanup_resources)()
+        self.sockets.cleanup()
+
+
+def preload_code(modules: Iterable[str]) -> str:
+    """Import ``modules`` without binding a name; a missing one is reported, not raised."""
+    names = ", ".join(repr(m) for m in modules)
+    return ("def _workbench_preload():\n"
+            "    import importlib\n"
+            "    failed = []\n"
+            f"    for name in ({names},):\n"
+            "        try:\n"
+            "            importlib.import_module(name)\n"
+            "        except Exception as exc:\n"
+            "            failed.append(f'{name}: {type(exc).__name__}: {exc}')\n"
+            "    return failed\n"
+            "_workbench_failed = _workbench_preload()\n"
+            "del _workbench_preload\n"
+            "if _workbench_failed:\n"
+            "    import sys\n"
+            "    print('\\n'.join(_workbench_failed), file=sys.stderr)\n"
+            "del _workbench_failed\n")
+
+
+def new_kernel(kernel_name: str, preload: Iterable[str] = ()) -> StageKernel:
+    """A kernel manager with its own IPC socket folder, not started yet."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    sockets = tempfile.TemporaryDirectory(prefix="workbench-kernel-")
+    # Async, as nbclient creates it itself: a blocking manager's client blocks nbclient's
+    # event loop in iopub reads, so a dead kernel or a timeout is never noticed.
+    manager = AsyncKernelManager(kernel_name=kernel_name, transport="ipc",
+                                 ip=f"{sockets.name}/kernel")
+    return StageKernel(manager, sockets, kernel_name, tuple(preload))
+
+
+def launch(kernel: StageKernel, cwd: Path) -> None:
+    """Start the kernel process in ``cwd``, as nbclient would."""
+    from jupyter_core.utils import run_sync
+
+    extra = [*HISTORY, SKIP_IRI_CHECKS] if kernel.manager.ipykernel else list(HISTORY)
+    run_sync(kernel.manager.start_kernel)(cwd=str(cwd), extra_arguments=extra)
+
+
+def start_kernel(kernel_name: str, cwd: Path, startup_timeout: float,
+                 preload: Iterable[str] = ()) -> StageKernel:
+    """Start a kernel (IPC transport, private socket folder) and run the preload imports."""
+    from jupyter_core.utils import run_sync
+
+    kernel = new_kernel(kernel_name, preload)
+    try:
+        launch(kernel, cwd)
+        if kernel.preloaded:
+            kernel.problems = run_sync(_preload)(kernel.manager, kernel.preloaded,
+                                                 startup_timeout)
+    except BaseException:
+        kernel.close()
+        raise
+    return kernel
+
+
+async def _preload(manager: Any, modules: tuple[str, ...], timeout: float) -> list[str]:
+    """Run the silent preload request and wait for its reply; return what failed."""
+    client = manager.client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=timeout)
+        msg_id = client.execute(preload_code(modules), silent=True, store_history=False,
+                                allow_stdin=False)
+        problems: list[str] = []
+        while True:
+            message = await client.get_iopub_msg(timeout=timeout)
+            if message["parent_header"].get("msg_id") != msg_id:
+                continue
+            if message["msg_type"] == "stream":
+                problems.extend(message["content"]["text"].splitlines())
+            if message["msg_type"] == "status" and \
+                    message["content"]["execution_state"] == "idle":
+                break
+        while True:  # the reply, so nothing of ours is left on the shell channel
+            reply = await client.get_shell_msg(timeout=timeout)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
+        return problems
+    finally:
+        client.stop_channels()
+
+
+class KernelPool:
+    """Kernels being warmed for stages that are about to run.
+
+    ``warm(stage, ...)`` starts one in the background; ``take(stage)`` hands it over (waiting
+    for it to finish warming) or returns None, and the caller then owns it. ``close()`` stops
+    every kernel nobody took.
+    """
+
+    def __init__(self, limit: int, on_problem: Callable[[str, str], None] | None = None):
+        self.limit = max(1, limit)
+        self._threads = ThreadPoolExecutor(max_workers=self.limit,
+                                           thread_name_prefix="warm-kernel")
+        self._kernels: dict[str, Future[StageKernel]] = {}
+        self._lock = threading.Lock()
+        self._on_problem = on_problem
+
+    def warming(self) -> set[str]:
+        with self._lock:
+            return set(self._kernels)
+
+    def warm(self, stage: str, kernel_name: str, cwd: Path, startup_timeout: float,
+             preload: Iterable[str]) -> bool:
+        """Start warming a kernel for ``stage`` unless one is already warming or the pool is
+        full; return whether one is (now) warming."""
+        with self._lock:
+            if stage in self._kernels:
+                return True
+            if len(self._kernels) >= self.limit:
+                return False
+            self._kernels[stage] = self._threads.submit(
+                start_kernel, kernel_name, cwd, startup_timeout, tuple(preload))
+            return True
+
+    def take(self, stage: str, kernel_name: str) -> StageKernel | None:
+        """The warm kernel of ``stage``, if it started, is alive and runs ``kernel_name``."""
+        with self._lock:
+            future = self._kernels.pop(stage, None)
+        if future is None:
+            return None
+        try:
+            kernel = future.result()
+        except Exception as exc:  # noqa: BLE001 - the stage starts its own kernel instead
+            self._problem(stage, f"pre-warming its kernel failed ({exc}); starting one now")
+            return None
+        if kernel.kernel_name != kernel_name or not kernel.alive():
+            kernel.close()
+            return None
+        for problem in kernel.problems:
+            self._problem(stage, f"preload: {problem}")
+        return kernel
+
+    def discard(self, stage: str) -> None:
+        """Stop the kernel warmed for ``stage`` (it will not run here after all)."""
+        with self._lock:
+            future = self._kernels.pop(stage, None)
+        if future is not None:
+            future.add_done_callback(_close_result)
+
+    def close(self) -> None:
+        with self._lock:
+            futures, self._kernels = list(self._kernels.values()), {}
+        for future in futures:
+            future.add_done_callback(_close_result)
+        self._threads.shutdown(wait=True)
+
+    def _problem(self, stage: str, message: str) -> None:
+        if self._on_problem is not None:
+            self._on_problem(stage, message)
+
+
+def _close_result(future: Future[StageKernel]) -> None:
+    with contextlib.suppress(Exception):
+        future.result().close()
