@@ -309,12 +309,12 @@ class FakeExecutor:
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A project whose one run finished (with the fake executor, so without kernels)."""
     from workbench.config import load_config
-    from workbench.pipeline import runner
+    from workbench.pipeline import runner, schedule
     from workbench.project import Project
 
     ws = make_project(tmp_path_factory.mktemp("windows") / "project")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runner, "executor_for", lambda *_: FakeExecutor())
+        patch.setattr(schedule, "executor_for", lambda *_: FakeExecutor())
         record = runner.start_run(Project(ws.root), load_config(ws.root / "configs"), "dev",
                                   lambda _: None)
     assert record.status == "succeeded"
@@ -395,7 +395,7 @@ WINDOWS: dict[str, tuple[Callable[[Path, Path], None], list[str], str | None]] =
 def test_every_crash_window_resumes_consistently(window: str, finished: tuple[Path, str],
                                                  tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from workbench.pipeline import runner
+    from workbench.pipeline import runner, schedule
     from workbench.project import Project
 
     make_state, again, attempt_file = WINDOWS[window]
@@ -405,7 +405,7 @@ def test_every_crash_window_resumes_consistently(window: str, finished: tuple[Pa
     run = root / "reports" / "runs" / run_id
     make_state(root, run)
     executor = FakeExecutor()
-    monkeypatch.setattr(runner, "executor_for", lambda *_: executor)
+    monkeypatch.setattr(schedule, "executor_for", lambda *_: executor)
     record = runner.resume_run(Project(root), run_id, lambda _: None)
 
     assert record.status == "succeeded" and executor.calls == again
@@ -447,7 +447,8 @@ def test_a_killed_mlflow_store_creation_is_started_over(tmp_path: Path) -> None:
     (folder / ".mlflow.db.4242.creating-journal").write_bytes(b"journal")
     resolved = store.resolve(project, MlflowSettings())
     assert store.prepare(resolved)
-    assert sorted(p.name for p in folder.iterdir()) == [".create.lock", "mlflow.db"]
+    assert sorted(p.name for p in folder.iterdir()) == [".create.lock", ".prepared.json",
+                                                        "mlflow.db"]
     from mlflow import MlflowClient
 
     assert MlflowClient(resolved.tracking_uri).get_experiment_by_name("workbench") is not None

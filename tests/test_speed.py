@@ -153,8 +153,7 @@ def test_parallel_warm_and_cached_runs_match_a_cold_sequential_run(speed_project
     assert fast["options"] == {"jobs": 2, "warm": True, "cache": False}
     assert overlap(fast["stages"]["left"], fast["stages"]["right"])
     kernels = {n: e["kernel"] for n, e in fast["stages"].items()}
-    assert kernels == {"prep": "cold", "left": "warm", "right": "warm", "join": "warm",
-                       "publish": "warm"}
+    assert kernels == dict.fromkeys(fast["stages"], "warm")  # prep's while the run set up
     warnings = [e["message"] for e in fast["events"] if e["event"] == "warning"]
     assert any("preload: no_such_module_here: ModuleNotFoundError" in w for w in warnings)
 
@@ -304,3 +303,30 @@ def test_a_failed_branch_does_not_stop_the_other_and_ctrl_c_stops_both(
     assert kernels == []
     assert os.path.isdir(speed_project.root / "reports")
     assert speed_project.cli("audit", "verify").returncode == 0
+
+
+def test_a_prepared_store_skips_mlflow_only_while_it_is_unchanged(tmp_path: Path):
+    from mlflow import MlflowClient
+
+    from workbench.config import MlflowSettings
+    from workbench.project import Project
+    from workbench.registry import store
+
+    resolved = store.resolve(Project(tmp_path), MlflowSettings())
+    first = store.prepare(resolved)
+    remembered = tmp_path / ".workbench" / "mlflow" / store.PREPARED
+    assert json.loads(remembered.read_text())["revision"]
+    assert store.prepare(resolved) == first  # read from SQLite, the same experiment
+
+    # a deleted experiment is created again by MLflow, not taken from the remembered state
+    client = MlflowClient(resolved.tracking_uri)
+    client.delete_experiment(first)
+    again = store.prepare(resolved)
+    assert again != first
+    assert client.get_experiment(again).lifecycle_stage == "active"
+
+    # a schema revision other than the remembered one goes through MLflow again
+    saved = json.loads(remembered.read_text())
+    remembered.write_text(json.dumps({**saved, "revision": "older"}))
+    assert store.prepare(resolved) == again
+    assert json.loads(remembered.read_text()) == saved

@@ -11,6 +11,7 @@ namespace is empty); it just finds those modules already in ``sys.modules``.
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
@@ -86,22 +87,27 @@ def new_kernel(kernel_name: str, preload: Iterable[str] = ()) -> StageKernel:
     return StageKernel(manager, sockets, kernel_name, tuple(preload))
 
 
-def launch(kernel: StageKernel, cwd: Path) -> None:
-    """Start the kernel process in ``cwd``, as nbclient would."""
+def launch(kernel: StageKernel, cwd: Path, env: dict[str, str] | None = None) -> None:
+    """Start the kernel process in ``cwd``, as nbclient would; with ``env`` added to this
+    process's environment (default: this process's environment as it is now)."""
     from jupyter_core.utils import run_sync
 
     extra = [*HISTORY, SKIP_IRI_CHECKS] if kernel.manager.ipykernel else list(HISTORY)
-    run_sync(kernel.manager.start_kernel)(cwd=str(cwd), extra_arguments=extra)
+    options: dict[str, Any] = {"cwd": str(cwd), "extra_arguments": extra}
+    if env is not None:
+        options["env"] = {**os.environ, **env}
+    run_sync(kernel.manager.start_kernel)(**options)
 
 
 def start_kernel(kernel_name: str, cwd: Path, startup_timeout: float,
-                 preload: Iterable[str] = ()) -> StageKernel:
+                 preload: Iterable[str] = (), env: dict[str, str] | None = None
+                 ) -> StageKernel:
     """Start a kernel (IPC transport, private socket folder) and run the preload imports."""
     from jupyter_core.utils import run_sync
 
     kernel = new_kernel(kernel_name, preload)
     try:
-        launch(kernel, cwd)
+        launch(kernel, cwd, env)
         if kernel.preloaded:
             kernel.problems = run_sync(_preload)(kernel.manager, kernel.preloaded,
                                                  startup_timeout)
@@ -146,8 +152,10 @@ class KernelPool:
     every kernel nobody took.
     """
 
-    def __init__(self, limit: int, on_problem: Callable[[str, str], None] | None = None):
+    def __init__(self, limit: int, on_problem: Callable[[str, str], None] | None = None,
+                 env: dict[str, str] | None = None):
         self.limit = max(1, limit)
+        self.env = env  # added to the environment of every kernel started here
         self._threads = ThreadPoolExecutor(max_workers=self.limit,
                                            thread_name_prefix="warm-kernel")
         self._kernels: dict[str, Future[StageKernel]] = {}
@@ -168,7 +176,7 @@ class KernelPool:
             if len(self._kernels) >= self.limit:
                 return False
             self._kernels[stage] = self._threads.submit(
-                start_kernel, kernel_name, cwd, startup_timeout, tuple(preload))
+                start_kernel, kernel_name, cwd, startup_timeout, tuple(preload), self.env)
             return True
 
     def take(self, stage: str, kernel_name: str) -> StageKernel | None:

@@ -8,6 +8,7 @@ fails is retried as its failure class's retry policy allows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -25,7 +26,13 @@ from workbench.config import Config
 from workbench.governance import identity
 from workbench.pipeline import recover, state
 from workbench.pipeline.plan import stage_order
-from workbench.pipeline.schedule import note_mlflow, record_deploy, run_stages, stage_environment
+from workbench.pipeline.schedule import (
+    Scheduler,
+    note_mlflow,
+    record_deploy,
+    run_stages,
+    stage_environment,
+)
 from workbench.progress import Reporter, make_event
 from workbench.project import PROJECT_ENV_VAR, Project
 from workbench.registry import store as mlflow_store
@@ -155,7 +162,6 @@ def start_run(project: Project, config: Config, environment: str, report: Report
     secrets = Secrets.from_environment(config.pipeline.secrets)  # refuses unusable values
     ledger.head(project.reports)  # a ledger ending in a torn entry is refused before anything
     store = mlflow_store.resolve(project, config.pipeline.mlflow)
-    mlflow_store.prepare(store)
     record = _new_record(project, config, environment, store.tracking_uri, actor)
     record.executor = executor
     record.options = options or state.RunOptions(jobs=default_jobs())
@@ -166,14 +172,38 @@ def start_run(project: Project, config: Config, environment: str, report: Report
         _reuse(record, config, chosen, base)
         record.trained_by = record.trained_by or base.trained_by
     _claim_folder(project, record)
-    with run_lock(project, record.id):
-        state.save(project, record)
-        ledger.append(project.reports, "run_started", actor=actor.model_dump(), run_id=record.id,
-                      data=_started_data(record))
-        for name, entry in record.stages.items():
-            if entry.status == "reused":
-                archive.record_stage(project, record, name, None)
-        return _execute(project, config, record, report, actor, until=None)
+    # the first stages' kernels start (and import) while the store is prepared
+    scheduler = Scheduler(project, config, record, report, actor, None, secrets,
+                          _kernel_env(project, config, record))
+    try:
+        scheduler.warm_ahead()
+        mlflow_store.prepare(store)
+    except BaseException:
+        scheduler.close()
+        with contextlib.suppress(OSError):
+            state.run_dir(project, record.id).rmdir()  # still empty: nothing was recorded
+        raise
+    try:
+        with run_lock(project, record.id):
+            state.save(project, record)
+            ledger.append(project.reports, "run_started", actor=actor.model_dump(),
+                          run_id=record.id, data=_started_data(record))
+            for name, entry in record.stages.items():
+                if entry.status == "reused":
+                    archive.record_stage(project, record, name, None)
+            return _execute(project, config, record, report, actor, until=None,
+                            scheduler=scheduler)
+    finally:
+        scheduler.close()  # kernels warmed for stages that never started
+
+
+def _kernel_env(project: Project, config: Config, record: state.RunRecord) -> dict[str, str]:
+    """Variables every kernel of the run gets: the store, the project, the run, the names (never
+    the values) of the secrets."""
+    store = mlflow_store.Store(record.tracking_uri, record.experiment, None, embedded=False)
+    return {**store.environment, PROJECT_ENV_VAR: str(project.root),
+            "WORKBENCH_RUN_ID": record.id, "WORKBENCH_ENVIRONMENT": record.environment,
+            SECRET_NAMES_VAR: ",".join(config.pipeline.secrets)}
 
 
 def _claim_folder(project: Project, record: state.RunRecord) -> None:
@@ -243,23 +273,20 @@ def _recover(project: Project, config: Config, record: state.RunRecord,
 
 
 def _execute(project: Project, config: Config, record: state.RunRecord, report: Reporter,
-             actor: identity.Identity, until: str | None, recovered: bool = False
-             ) -> state.RunRecord:
+             actor: identity.Identity, until: str | None, recovered: bool = False,
+             scheduler: Scheduler | None = None) -> state.RunRecord:
     folder = state.run_dir(project, record.id)
-    store = mlflow_store.Store(record.tracking_uri, record.experiment, None, embedded=False)
     started = time.monotonic()
     report(make_event("run_started", run_id=record.id, pipeline=record.pipeline,
                       environment=record.environment, stages=list(record.stages),
                       statuses={n: e.status for n, e in record.stages.items()},
                       folder=str(folder)))
-    kernel_env = {**store.environment, PROJECT_ENV_VAR: str(project.root),
-                  "WORKBENCH_RUN_ID": record.id, "WORKBENCH_ENVIRONMENT": record.environment,
-                  SECRET_NAMES_VAR: ",".join(config.pipeline.secrets)}
+    kernel_env = _kernel_env(project, config, record)
     secrets = Secrets.from_environment(config.pipeline.secrets)
     report = serialized(report)  # stages in parallel threads report too
     try:
         with kernel_environment(kernel_env):
-            run_stages(project, config, record, report, actor, until, secrets)
+            run_stages(project, config, record, report, actor, until, secrets, scheduler)
     except BaseException:  # Ctrl-C or a crash of ours: the record must not say "running"
         for name, entry in record.stages.items():
             if entry.status == "running":

@@ -89,7 +89,7 @@ class Scheduler:
 
     def __init__(self, project: Project, config: Config, record: state.RunRecord,
                  report: Reporter, actor: identity.Identity, until: str | None,
-                 secrets: Secrets):
+                 secrets: Secrets, kernel_env: dict[str, str] | None = None):
         self.project, self.config, self.record = project, config, record
         self.report, self.actor, self.until, self.secrets = report, actor, until, secrets
         self.options = record.options
@@ -104,6 +104,8 @@ class Scheduler:
                                for name, ups in self.upstream.items()}
         self.local = record.executor == "local"
         self.kernels: KernelPool | None = None
+        if self.options.warm and self.local:
+            self.kernels = KernelPool(self.jobs, on_problem=self._warn, env=kernel_env)
         self.published: list[Future[list[str]]] = []
         self.looked_up: set[str] = set()  # stages whose cache key was computed and looked up
 
@@ -112,8 +114,6 @@ class Scheduler:
     def run(self) -> None:
         workers = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="stage")
         publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
-        if self.options.warm and self.local:
-            self.kernels = KernelPool(self.jobs, on_problem=self._warn)
         running: dict[Future[tuple[StageResult, Path | None]], str] = {}
         try:
             while True:
@@ -360,13 +360,45 @@ class Scheduler:
                                      stage.startup_timeout, stage.preload):
                 return  # as many kernels warming as there are workers
 
+    def warm_ahead(self) -> None:
+        """Before the run's own setup (MLflow store, run record): start kernels for the
+        stages that can start at once, unless the stage cache has them."""
+        if self.kernels is None:
+            return
+        for name, entry in self.record.stages.items():
+            stage = self.config.stage(name)
+            if entry.status != "pending" or stage.gate or \
+                    any(self.record.stages[up].status not in state.DONE for up in stage.needs):
+                continue
+            try:
+                self._prepare(name)
+                key = self._cache_key(name) if self.options.cache else None
+            except Exception:  # noqa: BLE001 - reported when the stage itself is prepared
+                continue
+            if key is not None and cache.lookup(self.project, key) is not None:
+                continue
+            path = self.project.root / stage.notebook
+            if path.is_file() and not self.kernels.warm(
+                    name, _kernel_name(path), self.project.root, stage.startup_timeout,
+                    stage.preload):
+                return
+
+    def close(self) -> None:
+        """Stop kernels warmed for stages that will not run here."""
+        if self.kernels is not None:
+            self.kernels.close()
+
     def _warn(self, stage: str | None, message: str) -> None:
         self.report(make_event("warning", stage=stage, message=message))
 
 
 def run_stages(project: Project, config: Config, record: state.RunRecord, report: Reporter,
-               actor: identity.Identity, until: str | None, secrets: Secrets) -> None:
+               actor: identity.Identity, until: str | None, secrets: Secrets,
+               scheduler: Scheduler | None = None) -> None:
     """Execute the stages still to do; skip dependants of failures, hold back dependants of
     gates that are waiting, and stages of environments after ``until``."""
-    Scheduler(project, config, record, report, actor, until, secrets).run()
+    if scheduler is None:
+        scheduler = Scheduler(project, config, record, report, actor, until, secrets)
+    scheduler.report = report
+    scheduler.run()
 
