@@ -210,7 +210,7 @@ class Trial:
         self.run_id = None
         while self.run_id is None:  # again if killed before the run was created
             self.known = self.recorded_runs()
-            code = self.kill_at(self.kill_point(), "run")
+            code = self.kill_at(self.kill_point(), "run", "--no-cache")  # every run executes
             assert code in (None, 0), (self.ws.root / "cli.log").read_text()[-3000:]
             created = sorted(self.recorded_runs() - self.known)
             self.run_id = self.run_id or (created[-1] if created else None)

@@ -470,7 +470,14 @@ def load_config(configs_dir: Path) -> Config:
     for file in (*CONFIG_FILES, *OPTIONAL_FILES):
         path = configs_dir / file
         texts[file] = path.read_text(encoding="utf-8") if path.is_file() else None
-    return parse_config(texts)
+    key = tuple(texts.items())
+    if key not in _parsed:  # a command reads the same files more than once
+        _parsed.clear()
+        _parsed[key] = parse_config(texts)
+    return _parsed[key]
+
+
+_parsed: dict[tuple[tuple[str, str | None], ...], Config] = {}  # the configs last parsed
 
 
 def parse_config(texts: dict[str, str | None]) -> Config:

@@ -33,6 +33,7 @@ from workbench.progress import Reporter, make_event
 from workbench.project import Project
 
 WAIT_STEP = 0.5  # seconds between checks of a Ctrl-C while stages run
+LOOKAHEAD = 2  # warm the kernels of the next stages and of the ones after those
 
 
 def note_mlflow(record: state.RunRecord, outputs: dict[str, Any], model_name: str,
@@ -335,30 +336,43 @@ class Scheduler:
     # ---------------------------------------------------------------- warming
 
     def _warm_next(self, running: dict[Future[tuple[StageResult, Path | None]], str]) -> None:
-        """Start kernels for pending stages that can start once the running ones finish (or
-        a worker is free): every stage they need is done or running, no gate is waiting."""
+        """Start kernels for the pending stages that come next: first those that can start
+        once the running ones finish (every stage they need is done or running), then the
+        stages after those; never past a gate that is not decided. At most ``jobs`` kernels
+        are warming at a time."""
         if self.kernels is None:
             return
-        active = set(running.values())
+        ahead = {*running.values()}
+        for _ in range(LOOKAHEAD):
+            level = [name for name in self._candidates(ahead) if name not in ahead]
+            for name in level:
+                stage = self.config.stage(name)
+                path = self.project.root / stage.notebook
+                if path.is_file() and not self.kernels.warm(
+                        name, _kernel_name(path), self.project.root, stage.startup_timeout,
+                        stage.preload):
+                    return  # as many kernels warming as there are workers
+            ahead.update(level)
+
+    def _candidates(self, ahead: set[str]) -> list[str]:
+        """Pending stages whose needs are all done or in ``ahead``, in pipeline order."""
+        found = []
         for name, entry in self.record.stages.items():
             stage = self.config.stage(name)
-            if entry.status != "pending" or stage.gate or name in active:
+            if entry.status != "pending" or stage.gate or name in ahead:
                 continue
-            needs = [self.record.stages[up].status for up in stage.needs]
-            gates = [self.record.stages[up].status for up in self.upstream_gates[name]]
-            if any(s not in (*state.DONE, "running") for s in needs) or \
-                    any(s not in state.DONE for s in gates):
+            if any(self.record.stages[up].status not in state.DONE and up not in ahead
+                   for up in stage.needs):
+                continue
+            if any(self.record.stages[up].status not in state.DONE
+                   for up in self.upstream_gates[name]):
                 continue
             if self.until is not None and self.config.environment_rank(
                     stage_environment(self.config, self.record, name)) > \
                     self.config.environment_rank(self.until):
                 continue
-            path = self.project.root / stage.notebook
-            if not path.is_file():
-                continue
-            if not self.kernels.warm(name, _kernel_name(path), self.project.root,
-                                     stage.startup_timeout, stage.preload):
-                return  # as many kernels warming as there are workers
+            found.append(name)
+        return found
 
     def warm_ahead(self) -> None:
         """Before the run's own setup (MLflow store, run record): start kernels for the

@@ -6,7 +6,6 @@ from typing import Any
 
 from workbench.config import Config, ConfigError, Problem, Ref, load_config
 from workbench.execution.parameters import Declared, NotebookError, declared_parameters
-from workbench.k8s.config import kubernetes_problems
 from workbench.pipeline.plan import (
     PIPELINE_LABEL,
     cache_problems,
@@ -30,10 +29,21 @@ def load_and_validate(project: Project) -> Config:
         problems = gate_problems(config) or reference_problems(config)
         problems += cache_problems(config)
     problems += notebook_problems(project, config)
-    problems += kubernetes_problems(project, config)  # configs/kubernetes.yaml, when used
+    problems += _kubernetes_problems(project, config)  # configs/kubernetes.yaml, when used
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _kubernetes_problems(project: Project, config: Config) -> list[Problem]:
+    """The Kubernetes settings' problems, when a Kubernetes target or the file exists (the
+    check's module is not imported otherwise: every command validates)."""
+    wanted = any(env.deploy.target == "kubernetes" for env in config.environments.values())
+    if not wanted and not (project.configs / "kubernetes.yaml").is_file():
+        return []
+    from workbench.k8s.config import kubernetes_problems
+
+    return kubernetes_problems(project, config)
 
 
 def _candidate_values(config: Config, value: Any) -> list[Any]:
