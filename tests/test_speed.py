@@ -318,11 +318,11 @@ def test_a_prepared_store_skips_mlflow_only_while_it_is_unchanged(tmp_path: Path
     assert json.loads(remembered.read_text())["revision"]
     assert store.prepare(resolved) == first  # read from SQLite, the same experiment
 
-    # a deleted experiment is created again by MLflow, not taken from the remembered state
+    # a deleted experiment is not taken as prepared: MLflow restores it
     client = MlflowClient(resolved.tracking_uri)
     client.delete_experiment(first)
     again = store.prepare(resolved)
-    assert again != first
+    assert again == first
     assert client.get_experiment(again).lifecycle_stage == "active"
 
     # a schema revision other than the remembered one goes through MLflow again

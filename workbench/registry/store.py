@@ -190,6 +190,8 @@ def _ensure_experiment(store: Store) -> str:
     client = MlflowClient(tracking_uri=store.tracking_uri)
     experiment = client.get_experiment_by_name(store.experiment)
     if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":  # its runs must be loggable again
+            client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
     return client.create_experiment(store.experiment, artifact_location=store.artifact_location)
 
