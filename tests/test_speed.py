@@ -305,16 +305,28 @@ def test_a_failed_branch_does_not_stop_the_other_and_ctrl_c_stops_both(
     assert speed_project.cli("audit", "verify").returncode == 0
 
 
-def test_a_prepared_store_skips_mlflow_only_while_it_is_unchanged(tmp_path: Path):
+def test_a_prepared_store_skips_mlflow_only_while_it_is_unchanged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from mlflow import MlflowClient
 
     from workbench.config import MlflowSettings
     from workbench.project import Project
     from workbench.registry import store
 
-    resolved = store.resolve(Project(tmp_path), MlflowSettings())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    resolved = store.resolve(Project(tmp_path / "one"), MlflowSettings())
     first = store.prepare(resolved)
-    remembered = tmp_path / ".workbench" / "mlflow" / store.PREPARED
+    template = store._template_path()
+    assert template.parent == tmp_path / "cache" / "workbench" and template.is_file()
+
+    # a second project's store starts as a copy of the empty schema MLflow made for the first
+    other = store.resolve(Project(tmp_path / "two"), MlflowSettings(experiment="other"))
+    created = store.prepare(other)
+    assert MlflowClient(other.tracking_uri).get_experiment(created).name == "other"
+    assert store._schema_and_experiment(store.sqlite_file(other.tracking_uri), "other") == \
+        (store._schema_and_experiment(template, "")[0], created)
+    assert MlflowClient(other.tracking_uri).get_experiment_by_name("workbench") is None
+    remembered = tmp_path / "one" / ".workbench" / "mlflow" / store.PREPARED
     assert json.loads(remembered.read_text())["revision"]
     assert store.prepare(resolved) == first  # read from SQLite, the same experiment
 

@@ -17,7 +17,7 @@ from typing import Any
 from workbench.execution.engine import ENGINE, Activity, register_engine, write_atomically
 from workbench.execution.failures import annotate, classify, describe
 from workbench.execution.outputs import output_problems
-from workbench.execution.warm import StageKernel, launch, new_kernel
+from workbench.execution.warm import StageKernel, launch, new_kernel, retire
 from workbench.scraps import read_scraps
 
 CellCallback = Callable[[int, int, str], None]
@@ -202,18 +202,22 @@ def execute_stage(
         finally:
             process = _kernel_process(manager)
             exit_code.append(process.poll() if process is not None else None)
-            with contextlib.suppress(Exception):
-                if manager.has_kernel:  # nbclient leaves a manager it did not create running
-                    run_sync(manager.shutdown_kernel)(now=bool(failure))
+            if failure:  # nbclient leaves a manager it did not create running
+                with contextlib.suppress(Exception):
+                    run_sync(manager.shutdown_kernel)(now=True)
 
     worker = threading.Thread(target=work, name=f"stage-{notebook.stem}-{id(kernel):x}",
                               daemon=True)
     worker.start()
+    fired: str | None = "interrupted"  # unless the supervisor returns
     try:
         fired = _supervise(worker, manager, timeout, activity, limits.hang_timeout, cancel)
     finally:
-        _stop_kernel(manager)
-        kernel.close()
+        if fired is None and not failure:
+            retire(kernel)  # done: shut down gracefully (atexit handlers run) off the clock
+        else:
+            _stop_kernel(manager)
+            kernel.close()
     returncode = exit_code[0] if exit_code else None
     duration = time.monotonic() - started
     exc = failure[0] if failure else None

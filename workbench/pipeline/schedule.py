@@ -23,7 +23,7 @@ from workbench.config import Config
 from workbench.execution import cache
 from workbench.execution.executors import executor_for
 from workbench.execution.stage import KILL_AFTER, StageResult
-from workbench.execution.warm import KernelPool, StageKernel
+from workbench.execution.warm import KernelPool, StageKernel, wait_retired
 from workbench.governance import identity
 from workbench.pipeline import state
 from workbench.pipeline.execute import run_archived_stage
@@ -135,6 +135,7 @@ class Scheduler:
             if self.kernels is not None:
                 self.kernels.close()
             publisher.shutdown(wait=True)
+            wait_retired(timeout=KILL_AFTER + 30)  # no kernel of the run outlives it
             for future in self.published:
                 for warning in future.result():
                     self._warn(None, warning)
@@ -339,7 +340,7 @@ class Scheduler:
         """Start kernels for the pending stages that come next: first those that can start
         once the running ones finish (every stage they need is done or running), then the
         stages after those; never past a gate that is not decided. At most ``jobs`` kernels
-        are warming at a time."""
+        are kept (measured on 2 cores: warming more at once only slows the running stage)."""
         if self.kernels is None:
             return
         ahead = {*running.values()}
@@ -351,7 +352,7 @@ class Scheduler:
                 if path.is_file() and not self.kernels.warm(
                         name, _kernel_name(path), self.project.root, stage.startup_timeout,
                         stage.preload):
-                    return  # as many kernels warming as there are workers
+                    return  # as many kernels kept or starting as allowed
             ahead.update(level)
 
     def _candidates(self, ahead: set[str]) -> list[str]:
@@ -387,7 +388,7 @@ class Scheduler:
             try:
                 self._prepare(name)
                 key = self._cache_key(name) if self.options.cache else None
-            except Exception:  # noqa: BLE001 - reported when the stage itself is prepared
+            except (LookupError, TypeError, ValueError):  # reported when the stage is prepared
                 continue
             if key is not None and cache.lookup(self.project, key) is not None:
                 continue
