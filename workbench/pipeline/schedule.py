@@ -250,7 +250,8 @@ class Scheduler:
         entry = self.record.stages[name]
         stage = self.config.stage(name)
         if stage.environment:  # load tests and monitors measure: none of our background work
-            wait(self.published)  # (HTML, MLflow artifacts) may run beside them
+            wait(self.published)  # (HTML, MLflow artifacts, kernels shutting down) may run
+            wait_retired(timeout=KILL_AFTER + 30)  # beside them
         entry.notebook = f"{name}.ipynb"
         entry.status, entry.started = "running", state.now()  # the scheduler's view at once
         kernel = None
