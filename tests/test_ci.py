@@ -274,17 +274,22 @@ def test_partial_runs_and_rerun_failed(mini_project: Workspace) -> None:
     assert (ws.runs()[0] / "c.ipynb").is_file(), "the failed attempt stays archived"
     assert ws.cli("rerun", second["id"], "--failed").returncode == 2  # nothing failed
 
-    # --stage: only b, a reused from the newest run that has it; c left out
-    only_b = ws.cli("run", "--stage", "b")
+    # --stage: only b (executed with --no-cache), a reused from the newest run that has it
+    only_b = ws.cli("run", "--stage", "b", "--no-cache")
     assert only_b.returncode == 0, only_b.stderr
     record = ws.run_record()
     assert stage_statuses(record) == {"a": "reused", "b": "succeeded", "c": "not_selected"}
     assert record["stages"]["a"]["reused_from"] == failed["id"], "points at the original"
+    assert record["stages"]["a"]["reuse"] == "selection"
+    # without --no-cache the selected b is unchanged, so the stage cache has it
+    assert ws.cli("run", "--stage", "b").returncode == 0
+    cached = ws.run_record()["stages"]["b"]
+    assert (cached["status"], cached["reuse"]) == ("reused", "cache")
     # --from b: b and c; --until b: a and b
-    assert stage_statuses((ws.cli("run", "--from", "b"), ws.run_record())[1]) == {
-        "a": "reused", "b": "succeeded", "c": "succeeded"}
-    assert stage_statuses((ws.cli("run", "--until", "b"), ws.run_record())[1]) == {
-        "a": "succeeded", "b": "succeeded", "c": "not_selected"}
+    assert stage_statuses((ws.cli("run", "--from", "b", "--no-cache"), ws.run_record())[1]) \
+        == {"a": "reused", "b": "succeeded", "c": "succeeded"}
+    assert stage_statuses((ws.cli("run", "--until", "b", "--no-cache"), ws.run_record())[1]) \
+        == {"a": "succeeded", "b": "succeeded", "c": "not_selected"}
     bad = ws.cli("run", "--stage", "nosuch")
     assert bad.returncode == 2 and "--stage nosuch: no such stage" in bad.stderr
     both = ws.cli("run", "--stage", "b", "--from", "a")

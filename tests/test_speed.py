@@ -314,6 +314,7 @@ def test_a_prepared_store_skips_mlflow_only_while_it_is_unchanged(
     from workbench.registry import store
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the embedded store, here
     resolved = store.resolve(Project(tmp_path / "one"), MlflowSettings())
     first = store.prepare(resolved)
     template = store._template_path()
