@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,14 +46,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline import (  # benchmarks/ is on sys.path
+    ISOLATED_VARIABLES,
+    _events,
+    cli_environment,
+    free_port,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 ENVIRONMENT = "dev"
 CLI_TIMEOUT_S = 3600.0
 STOP_TIMEOUT_S = 120.0
 SAMPLE_INTERVAL_S = 0.1
 CHAIN_LENGTH = 6
-ISOLATED_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WORKBENCH_PROJECT",
-                      "WORKBENCH_RUN_ID", "WORKBENCH_ENVIRONMENT")
 SERVER_MODULES = ("workbench.deploy.proxy", "workbench.deploy.model_server")
 NEEDED_OPTIONS = ("--no-cache",)
 CHOICES = ("papermill", "plain", "rerun", "overhead", "memory")
@@ -80,13 +84,6 @@ class BenchmarkError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------
 # Projects, ports, environment
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (as tests/conftest.py picks them)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _assign_ports(root: Path) -> None:
@@ -158,13 +155,6 @@ def make_chain_project(parent: Path) -> Path:
     data["stages"] = stages
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return root
-
-
-def cli_environment() -> dict[str, str]:
-    """This process's environment without anything that would redirect MLflow or the project."""
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_VARIABLES}
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    return env
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,21 +355,6 @@ def run_options_missing() -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # workbench run
-
-
-def _events(stdout: str) -> list[dict[str, Any]]:
-    events = []
-    for line in stdout.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and "event" in event:
-            events.append(event)
-    return events
 
 
 def _run_record(root: Path, events: list[dict[str, Any]]) -> dict[str, Any]:
