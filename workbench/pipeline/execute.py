@@ -52,13 +52,16 @@ def run_archived_stage(project: Project, record: state.RunRecord, name: str, sta
         secrets.check_parameters(name, entry.parameters)
     except SecretError as exc:
         entry.parameters = secrets.redact(entry.parameters)  # never kept in run.json either
+        if kernel is not None:
+            kernel.close()
         return StageResult(succeeded=False, error=str(exc), failure="error"), None
     staged = archive.staging_path(project, record.id, entry.notebook or f"{name}.ipynb")
+    options = _executor_kwargs(executor, stage, kernel, cancel)
+    if kernel is not None and "kernel" not in options:
+        kernel.close()  # an executor that runs elsewhere has no use for it
     result = executor(project.root / stage.notebook, staged, entry.parameters,
                       stage.outputs, cwd=project.root, timeout=stage.timeout,
-                      on_cell=on_cell, **_executor_kwargs(executor, stage, kernel, cancel))
-    if kernel is not None and "kernel" not in _executor_kwargs(executor, stage, None, None):
-        kernel.close()  # an executor that runs elsewhere has no use for it
+                      on_cell=on_cell, **options)
     if not result.succeeded and result.failure is None:
         result.failure = "error"  # an executor that does not classify its failures
     result.outputs = secrets.redact(result.outputs)

@@ -109,6 +109,7 @@ class Scheduler:
             self.kernels = KernelPool(self.jobs, on_problem=self._warn, env=kernel_env)
         self.published: list[Future[list[str]]] = []
         self.looked_up: set[str] = set()  # stages whose cache key was computed and looked up
+        self._kernel_names: dict[str, str | None] = {}  # per stage; None: no notebook file
 
     # ---------------------------------------------------------------- the loop
 
@@ -256,7 +257,7 @@ class Scheduler:
         entry.status, entry.started = "running", state.now()  # the scheduler's view at once
         kernel = None
         if self.kernels is not None:
-            kernel = self.kernels.take(name, _kernel_name(self.project.root / stage.notebook))
+            kernel = self.kernels.take(name, self._kernel_of(name) or "")
         if self.local:
             entry.kernel = "warm" if kernel is not None else "cold"
         executor = executor_for(self.record.executor, self.project, self.config,
@@ -348,11 +349,7 @@ class Scheduler:
         for _ in range(LOOKAHEAD):
             level = [name for name in self._candidates(ahead) if name not in ahead]
             for name in level:
-                stage = self.config.stage(name)
-                path = self.project.root / stage.notebook
-                if path.is_file() and not self.kernels.warm(
-                        name, _kernel_name(path), self.project.root, stage.startup_timeout,
-                        stage.preload):
+                if not self._warm(name):
                     return  # as many kernels kept or starting as allowed
             ahead.update(level)
 
@@ -393,11 +390,26 @@ class Scheduler:
                 continue
             if key is not None and cache.lookup(self.project, key) is not None:
                 continue
-            path = self.project.root / stage.notebook
-            if path.is_file() and not self.kernels.warm(
-                    name, _kernel_name(path), self.project.root, stage.startup_timeout,
-                    stage.preload):
+            if not self._warm(name):
                 return
+
+    def _kernel_of(self, name: str) -> str | None:
+        """The kernel the stage's notebook asks for (read once per run), None without one."""
+        if name not in self._kernel_names:
+            path = self.project.root / self.config.stage(name).notebook
+            self._kernel_names[name] = _kernel_name(path) if path.is_file() else None
+        return self._kernel_names[name]
+
+    def _warm(self, name: str) -> bool:
+        """Warm a kernel for ``name`` (a stage without a notebook file is passed over); False
+        when the pool is full."""
+        assert self.kernels is not None
+        kernel_name = self._kernel_of(name)
+        if kernel_name is None:
+            return True
+        stage = self.config.stage(name)
+        return self.kernels.warm(name, kernel_name, self.project.root, stage.startup_timeout,
+                                 stage.preload)
 
     def close(self) -> None:
         """Stop kernels warmed for stages that will not run here."""
