@@ -403,9 +403,8 @@ class Scheduler:
     def _warm(self, name: str) -> bool:
         """Warm a kernel for ``name`` (a stage without a notebook file is passed over); False
         when the pool is full."""
-        assert self.kernels is not None
         kernel_name = self._kernel_of(name)
-        if kernel_name is None:
+        if kernel_name is None or self.kernels is None:
             return True
         stage = self.config.stage(name)
         return self.kernels.warm(name, kernel_name, self.project.root, stage.startup_timeout,
