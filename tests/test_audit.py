@@ -262,3 +262,29 @@ def test_redaction_covers_keys_and_refuses_encoded_leftovers() -> None:
             Secrets.from_environment(["WB_TEST_SHORT"])
         finally:
             del os.environ["WB_TEST_SHORT"]
+
+
+def test_archiving_one_stage_keeps_the_staging_folder_of_a_stage_about_to_write(
+        tmp_path: Path) -> None:
+    """Parallel stages share the run's staging folder: archiving the one that finished must not
+    remove it from under one whose kernel is still starting (its first save would fail)."""
+    from workbench.audit import archive
+    from workbench.audit.redact import Secrets
+    from workbench.execution.engine import AtomicHandler
+    from workbench.project import Project
+
+    project = Project(tmp_path)
+    run_id = "20260101T000000Z-abcdef"
+    (project.runs / run_id).mkdir(parents=True)
+    waiting = archive.staging_path(project, run_id, "starting.ipynb")  # nothing written yet
+    finished = archive.staging_path(project, run_id, "finished.ipynb")
+    finished.write_text(json.dumps(notebook("print(1)")), encoding="utf-8")
+
+    archived = archive.archive_notebook(project, run_id, finished, Secrets({}))
+
+    assert archived.is_file() and not finished.exists()
+    AtomicHandler().write(json.dumps(notebook("print(2)")), str(waiting))
+    assert json.loads(waiting.read_text(encoding="utf-8"))["cells"]
+    waiting.unlink()
+    archive.remove_staging(project, run_id)  # the run's end: an empty folder goes
+    assert not waiting.parent.exists()

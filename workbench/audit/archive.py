@@ -48,11 +48,15 @@ def archive_notebook(project: Project, run_id: str, staged: Path, secrets: Secre
         write_new(target, text.encode("utf-8"))
     finally:
         staged.unlink(missing_ok=True)
-        _remove_if_empty(staged.parent)
     return target
 
 
-def _remove_if_empty(folder: Path) -> None:
+def remove_staging(project: Project, run_id: str) -> None:
+    """Remove the run's staging folder once the run is over, if nothing is left in it.
+
+    Never done while stages run: with stages in parallel, one stage archiving would otherwise
+    remove the folder that another is about to write its first save into."""
+    folder = project.state / STAGING / run_id
     if folder.is_dir() and not any(folder.iterdir()):
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -295,7 +295,9 @@ def _execute(project: Project, config: Config, record: state.RunRecord, report: 
                 _archive_partial(project, record, name, secrets)
         record.status, record.finished = "failed", state.now()
         state.save(project, record)
+        archive.remove_staging(project, record.id)
         raise
+    archive.remove_staging(project, record.id)
     record.status = _final_status(record)
     record.finished = state.now() if record.status in ("succeeded", "failed") else None
     # the ledger first: a run.json that says finished implies the ledger says so too
