@@ -18,7 +18,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workbench.execution.forkserver import ForkServer
 
 HISTORY = ["--HistoryManager.hist_file=:memory:"]  # as nbclient starts its kernels
 # In every IPython kernel of ours, cold or warm: keep jsonschema from importing the optional
@@ -38,6 +41,11 @@ class StageKernel:
     kernel_name: str
     preloaded: tuple[str, ...] = ()
     problems: list[str] = field(default_factory=list)  # preload imports that failed
+
+    @property
+    def forked(self) -> bool:
+        """Whether the kernel was forked from the run's fork server."""
+        return bool(getattr(getattr(self.manager, "provisioner", None), "forked", False))
 
     def alive(self) -> bool:
         process = getattr(getattr(self.manager, "provisioner", None), "process", None)
@@ -106,15 +114,24 @@ def preload_code(modules: Iterable[str]) -> str:
             "del _workbench_failed\n")
 
 
-def new_kernel(kernel_name: str, preload: Iterable[str] = ()) -> StageKernel:
-    """A kernel manager with its own IPC socket folder, not started yet."""
-    from jupyter_client.manager import AsyncKernelManager
-
+def new_kernel(kernel_name: str, preload: Iterable[str] = (),
+               fork_server: ForkServer | None = None, ready_timeout: float = 60.0
+               ) -> StageKernel:
+    """A kernel manager with its own IPC socket folder, not started yet; with a
+    ``fork_server``, its kernel is forked from it when it can be."""
     sockets = tempfile.TemporaryDirectory(prefix="workbench-kernel-")
     # Async, as nbclient creates it itself: a blocking manager's client blocks nbclient's
     # event loop in iopub reads, so a dead kernel or a timeout is never noticed.
-    manager = AsyncKernelManager(kernel_name=kernel_name, transport="ipc",
-                                 ip=f"{sockets.name}/kernel")
+    options = {"kernel_name": kernel_name, "transport": "ipc", "ip": f"{sockets.name}/kernel"}
+    if fork_server is not None:
+        from workbench.execution.forkserver import ForkingKernelManager
+
+        manager = ForkingKernelManager(**options)
+        manager.fork_server, manager.ready_timeout = fork_server, ready_timeout
+    else:
+        from jupyter_client.manager import AsyncKernelManager
+
+        manager = AsyncKernelManager(**options)
     return StageKernel(manager, sockets, kernel_name, tuple(preload))
 
 
@@ -131,12 +148,13 @@ def launch(kernel: StageKernel, cwd: Path, env: dict[str, str] | None = None) ->
 
 
 def start_kernel(kernel_name: str, cwd: Path, startup_timeout: float,
-                 preload: Iterable[str] = (), env: dict[str, str] | None = None
-                 ) -> StageKernel:
-    """Start a kernel (IPC transport, private socket folder) and run the preload imports."""
+                 preload: Iterable[str] = (), env: dict[str, str] | None = None,
+                 fork_server: ForkServer | None = None) -> StageKernel:
+    """Start a kernel (IPC transport, private socket folder) and run the preload imports
+    (next to nothing left to import in a kernel forked from ``fork_server``)."""
     from jupyter_core.utils import run_sync
 
-    kernel = new_kernel(kernel_name, preload)
+    kernel = new_kernel(kernel_name, preload, fork_server, startup_timeout)
     try:
         launch(kernel, cwd, env)
         if kernel.preloaded:
@@ -184,9 +202,11 @@ class KernelPool:
     """
 
     def __init__(self, limit: int, on_problem: Callable[[str, str], None] | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, fork_preload: Iterable[str] = (),
+                 cwd: Path | None = None):
         self.limit = max(1, limit)
         self.env = env  # added to the environment of every kernel started here
+        self.fork_server = _fork_server(tuple(fork_preload), cwd, env)
         self._threads = ThreadPoolExecutor(max_workers=self.limit,
                                            thread_name_prefix="warm-kernel")
         self._kernels: dict[str, Future[StageKernel]] = {}
@@ -207,7 +227,8 @@ class KernelPool:
             if len(self._kernels) >= self.limit:
                 return False
             self._kernels[stage] = self._threads.submit(
-                start_kernel, kernel_name, cwd, startup_timeout, tuple(preload), self.env)
+                start_kernel, kernel_name, cwd, startup_timeout, tuple(preload), self.env,
+                self.fork_server)
             return True
 
     def take(self, stage: str, kernel_name: str) -> StageKernel | None:
@@ -235,16 +256,34 @@ class KernelPool:
         if future is not None:
             future.add_done_callback(_close_result)
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> None:
+        """Stop every kernel nobody took; no more kernels are forked. The fork server exits
+        once the kernels it forked are gone; ``wait`` seconds are given to that."""
         with self._lock:
             futures, self._kernels = list(self._kernels.values()), {}
         for future in futures:
             future.add_done_callback(_close_result)
         self._threads.shutdown(wait=True)
+        if self.fork_server is not None:
+            self.fork_server.close(timeout=wait)
 
     def _problem(self, stage: str, message: str) -> None:
         if self._on_problem is not None:
             self._on_problem(stage, message)
+
+
+def _fork_server(preload: tuple[str, ...], cwd: Path | None,
+                 env: dict[str, str] | None) -> ForkServer | None:
+    """A fork server that imports ``preload``, when there is anything to preload (and it
+    starts: stages fall back to kernels of their own otherwise)."""
+    if not preload or cwd is None:
+        return None
+    from workbench.execution.forkserver import ForkServer
+
+    try:
+        return ForkServer(preload, cwd, env)
+    except OSError:
+        return None
 
 
 def _close_result(future: Future[StageKernel]) -> None:

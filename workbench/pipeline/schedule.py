@@ -106,7 +106,8 @@ class Scheduler:
         self.local = record.executor == "local"
         self.kernels: KernelPool | None = None
         if self.options.warm and self.local:
-            self.kernels = KernelPool(self.jobs, on_problem=self._warn, env=kernel_env)
+            self.kernels = KernelPool(self.jobs, on_problem=self._warn, env=kernel_env,
+                                      fork_preload=self._preloads(), cwd=project.root)
         self.published: list[Future[list[str]]] = []
         self.looked_up: set[str] = set()  # stages whose cache key was computed and looked up
         self._kernel_names: dict[str, str | None] = {}  # per stage; None: no notebook file
@@ -137,6 +138,8 @@ class Scheduler:
                 self.kernels.close()
             publisher.shutdown(wait=True)
             wait_retired(timeout=KILL_AFTER + 30)  # no kernel of the run outlives it
+            if self.kernels is not None:
+                self.kernels.close(wait=KILL_AFTER)  # nor does the fork server
             for future in self.published:
                 for warning in future.result():
                     self._warn(None, warning)
@@ -259,7 +262,7 @@ class Scheduler:
         if self.kernels is not None:
             kernel = self.kernels.take(name, self._kernel_of(name) or "")
         if self.local:
-            entry.kernel = "warm" if kernel is not None else "cold"
+            entry.kernel = "cold" if kernel is None else "forked" if kernel.forked else "warm"
         executor = executor_for(self.record.executor, self.project, self.config,
                                 stage_environment(self.config, self.record, name))
         running[workers.submit(self._attempts, name, executor, kernel)] = name
@@ -410,10 +413,20 @@ class Scheduler:
         return self.kernels.warm(name, kernel_name, self.project.root, stage.startup_timeout,
                                  stage.preload)
 
+    def _preloads(self) -> list[str]:
+        """What the fork server imports: every ``preload`` module of the stages still to run,
+        once, in pipeline order."""
+        found: dict[str, None] = {}
+        for name, entry in self.record.stages.items():
+            stage = self.config.stage(name)
+            if entry.status == "pending" and not stage.gate:
+                found.update(dict.fromkeys(stage.preload))
+        return list(found)
+
     def close(self) -> None:
-        """Stop kernels warmed for stages that will not run here."""
+        """Stop kernels warmed for stages that will not run here, and the fork server."""
         if self.kernels is not None:
-            self.kernels.close()
+            self.kernels.close(wait=KILL_AFTER)
 
     def _warn(self, stage: str | None, message: str) -> None:
         self.report(make_event("warning", stage=stage, message=message))

@@ -71,7 +71,8 @@ class StageRecord(BaseModel):
     reuse: Literal["selection", "cache"] | None = None  # why: left out of a partial run, or
     # the stage cache had an identical execution (same ``cache_key``)
     cache_key: str | None = None  # content address of a cacheable stage's inputs
-    kernel: Literal["warm", "cold"] | None = None  # pre-started (and preloaded) kernel or not
+    # pre-started (and preloaded) kernel, one forked from the run's fork server, or neither
+    kernel: Literal["warm", "forked", "cold"] | None = None
     gate: dict[str, Any] | None = None  # a gate stage's verdict: state, bundle, approvals
 
 
