@@ -19,6 +19,7 @@ to exit (they are being shut down) and exits; if the workbench process itself is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -40,10 +41,8 @@ def preload(modules: list[str]) -> None:
     if not os.environ.get("MPLBACKEND"):
         os.environ["MPLBACKEND"] = INLINE_BACKEND
     for name in modules:
-        try:
+        with contextlib.suppress(Exception):  # the kernel's preload request reports it
             importlib.import_module(name)
-        except Exception:  # noqa: BLE001, S112 - reported by the kernel's preload request
-            continue
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -125,10 +124,8 @@ class Server:
             if pid == 0:
                 return
             self.children.discard(pid)
-            try:
+            with contextlib.suppress(OSError):  # else the workbench process is gone
                 _send(self.sock, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})
-            except OSError:
-                pass  # the workbench process is gone; nobody needs the status
 
 
 def _reseed() -> None:
