@@ -18,8 +18,10 @@ invocation):
   stage is reused from the stage cache (the cold run is reported too);
 * ``per_stage_overhead_s``: (``workbench run --no-cache`` of that chain - the same 6 notebooks
   through papermill in a fresh process) / 6;
-* ``peak_memory_mb``: peak summed RSS of the workbench process tree during the default
-  pipeline (kernels, model servers included), beside the papermill baseline's tree.
+* ``peak_memory_mb``: peak summed PSS (proportional set size: a page shared by N processes
+  counts 1/N in each, so forked kernels are not counted N times) of the workbench process tree
+  during the default pipeline (kernels, model servers included), beside the papermill
+  baseline's tree; the peak summed RSS is printed too.
 
 The model servers started by the deploy stage are stopped after each variant. The figures go to
 a table on stdout and, as JSON, to the last line of stdout (and ``--json-out`` if given). The
@@ -184,8 +186,24 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
+def _pss_bytes(pid: int) -> int:
+    """The process's proportional set size (its share of every page it maps)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
+PSS_EVERY = 5  # smaps_rollup costs ~2 ms per large process: PSS every 5th sample (0.5 s)
+
+
 class TreeMemory(threading.Thread):
-    """Samples the summed RSS of a process and all its descendants every SAMPLE_INTERVAL_S.
+    """Samples the summed RSS of a process and all its descendants every SAMPLE_INTERVAL_S,
+    and their summed PSS every PSS_EVERY samples.
 
     A process once seen in the tree keeps counting while it lives (same pid and start time),
     so model servers still count after the kernel that started them exits and they are
@@ -196,6 +214,7 @@ class TreeMemory(threading.Thread):
         super().__init__(daemon=True)
         self.pid = pid
         self.peak_bytes = 0
+        self.peak_pss_bytes = 0
         self.samples = 0
         self._members: dict[int, int] = {}  # pid -> start time
         self._done = threading.Event()
@@ -220,6 +239,9 @@ class TreeMemory(threading.Thread):
                 members[pid] = table[pid][1]
             stack.extend(child for child in children.get(pid, []) if child not in members)
         self._members = members
+        if self.samples % PSS_EVERY == 0:
+            self.peak_pss_bytes = max(self.peak_pss_bytes,
+                                      sum(_pss_bytes(pid) for pid in members))
         return sum(_rss_bytes(pid) for pid in members)
 
     def run(self) -> None:
@@ -227,6 +249,10 @@ class TreeMemory(threading.Thread):
             self.peak_bytes = max(self.peak_bytes, self.sample())
             self.samples += 1
             self._done.wait(SAMPLE_INTERVAL_S)
+
+    @property
+    def peak_pss_mb(self) -> float | None:
+        return self.peak_pss_bytes / 2**20 if self.peak_pss_bytes else None
 
     def finish(self) -> float:
         """Stop sampling; return the peak in MB (2**20 bytes)."""
@@ -315,7 +341,8 @@ class Timed:
     stderr: str
     launched: float  # epoch seconds
     exited: float
-    peak_mb: float | None = None
+    peak_mb: float | None = None  # summed RSS
+    pss_mb: float | None = None  # summed PSS
 
 
 def timed(command: list[str], env: dict[str, str], cwd: Path, logs: Path,
@@ -341,7 +368,8 @@ def timed(command: list[str], env: dict[str, str], cwd: Path, logs: Path,
             peak = sampler.finish() if sampler is not None else None
         wall, exited = time.perf_counter() - started, time.time()
     return Timed(wall, returncode, out.read_text(encoding="utf-8", errors="replace"),
-                 err.read_text(encoding="utf-8", errors="replace"), launched, exited, peak)
+                 err.read_text(encoding="utf-8", errors="replace"), launched, exited, peak,
+                 sampler.peak_pss_mb if sampler is not None else None)
 
 
 def run_options_missing() -> list[str]:
@@ -418,7 +446,8 @@ def workbench_default(parent: Path) -> dict[str, Any]:
             raise BenchmarkError(f"workbench run did not execute and deploy: {statuses}")
         stages = {e["stage"]: float(e["duration_s"]) for e in _events(result.stdout)
                   if e["event"] == "stage_finished" and e.get("duration_s") is not None}
-        return {"wall_s": result.wall_s, "peak_mb": result.peak_mb, "stages": stages,
+        return {"wall_s": result.wall_s, "peak_mb": result.peak_mb, "pss_mb": result.pss_mb,
+                "stages": stages,
                 "status": record.get("status"), "breakdown": breakdown(result, record)}
     finally:
         stop_server(root)
@@ -521,7 +550,8 @@ def baseline_default(kind: str, parent: Path) -> dict[str, Any]:
         result, data = run_baseline(kind, plan, parent, memory=True)
         if data["outputs"].get("deploy", {}).get("smoke_passed") is not True:
             raise BenchmarkError(f"{kind} baseline did not deploy: {data['outputs']}")
-        return {"wall_s": result.wall_s, "peak_mb": result.peak_mb, "stages": data["stages"],
+        return {"wall_s": result.wall_s, "peak_mb": result.peak_mb, "pss_mb": result.pss_mb,
+                "stages": data["stages"],
                 "imports_s": data["imports_s"]}
     finally:
         stop_server(root)
@@ -728,8 +758,8 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], errors: list[dict[str, st
     def med(variant: str, key: str) -> float | None:
         return _median([r[variant] for r in rounds if variant in r], key)
 
-    totals = {variant: {key: med(variant, key) for key in ("wall_s", "peak_mb", "imports_s",
-                                                            "cold_s", "rerun_s")
+    totals = {variant: {key: med(variant, key) for key in ("wall_s", "peak_mb", "pss_mb",
+                                                            "imports_s", "cold_s", "rerun_s")
                         if med(variant, key) is not None}
               for variant in VARIANT_ORDER if variant in wanted}
     wb_chain, pm_chain = med("wb_chain", "wall_s"), med("papermill_chain", "wall_s")
@@ -741,7 +771,7 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], errors: list[dict[str, st
         "unchanged_rerun_s": med("rerun_chain", "rerun_s"),
         "per_stage_overhead_s": (wb_chain - pm_chain) / CHAIN_LENGTH
         if wb_chain is not None and pm_chain is not None else None,
-        "peak_memory_mb": med("wb_default", "peak_mb"),
+        "peak_memory_mb": med("wb_default", "pss_mb"),
     }
     verdicts = {}
     for name, value in figures.items():
@@ -769,8 +799,10 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], errors: list[dict[str, st
         "goals": GOALS,
         "met": verdicts,
         "totals": totals,
-        "memory_ratio_vs_papermill": _div(med("wb_default", "peak_mb"),
-                                          med("papermill_default", "peak_mb")),
+        "memory_ratio_vs_papermill": _div(med("wb_default", "pss_mb"),
+                                          med("papermill_default", "pss_mb")),
+        "rss_ratio_vs_papermill": _div(med("wb_default", "peak_mb"),
+                                       med("papermill_default", "peak_mb")),
         "default_pipeline_stages_s": stages,
         "workbench_breakdown_s": breakdowns,
         "per_round": rounds,
@@ -792,8 +824,8 @@ def print_table(summary: dict[str, Any], chosen: list[str], wanted: list[str]) -
               "wb_chain": f"workbench run --no-cache ({CHAIN_LENGTH}-stage chain)",
               "rerun_chain": f"workbench run cold/unchanged ({CHAIN_LENGTH}-stage chain)"}
     print(f"\nworkbench speed: {summary['rounds']} round(s), {summary['statistic']}; "
-          f"seconds of wall clock, MB = 2**20 bytes of summed RSS")
-    row = "{:<50} {:>9} {:>9}"
+          f"seconds of wall clock, MB = 2**20 bytes of the tree's summed RSS / PSS")
+    row = "{:<50} {:>9} {:>11}"
     print(row.format("variant", "wall s", "peak MB"))
     print("-" * 70)
     for variant in VARIANT_ORDER:
@@ -804,8 +836,9 @@ def print_table(summary: dict[str, Any], chosen: list[str], wanted: list[str]) -
             wall = f"{_num(figures.get('cold_s'))}/{_num(figures.get('rerun_s'))}"
         else:
             wall = _num(figures.get("wall_s"))
-        print(row.format(labels[variant], wall, _num(figures.get("peak_mb"), 0)
-                         if "peak_mb" in figures else ""))
+        memory = f"{_num(figures.get('peak_mb'), 0)}/{_num(figures.get('pss_mb'), 0)}" \
+            if "peak_mb" in figures else ""
+        print(row.format(labels[variant], wall, memory))
     stages = summary["default_pipeline_stages_s"]
     if stages:
         print(f"\n{'default pipeline stage':<26} {'workbench':>10} {'papermill':>10} "
@@ -823,9 +856,10 @@ def print_table(summary: dict[str, Any], chosen: list[str], wanted: list[str]) -
         goal_text = "(no goal)" if goal is None else f"(goal <= {goal:g})"
         extra = ""
         if name == "peak_memory_mb":
-            extra = (f"   papermill baseline "
-                     f"{_num(totals.get('papermill_default', {}).get('peak_mb'), 0)} MB, ratio "
-                     f"{_num(summary['memory_ratio_vs_papermill'])}")
+            extra = (f"   PSS; papermill baseline "
+                     f"{_num(totals.get('papermill_default', {}).get('pss_mb'), 0)} MB, ratio "
+                     f"{_num(summary['memory_ratio_vs_papermill'])} (RSS ratio "
+                     f"{_num(summary['rss_ratio_vs_papermill'])})")
         digits = 0 if name == "peak_memory_mb" else 2
         print(f"{name:<26} {_num(value, digits):>7}   {goal_text:<16} {verdict}{extra}")
     for variant, parts in summary["workbench_breakdown_s"].items():

@@ -187,13 +187,17 @@ class ForkServer:
                 process._exited(int(message["code"]))
 
     def close(self, timeout: float = 0.0) -> None:
-        """No more kernels: the server exits once the kernels it forked have exited. Waits
-        up to ``timeout`` seconds for that; safe to call more than once."""
+        """No more kernels: the server exits once the kernels it forked have exited (at once
+        if it forked none, even in the middle of its imports). Waits up to ``timeout`` seconds
+        for that; safe to call more than once."""
         with self._lock:
             if not self._closed:
                 self._closed = True
                 with contextlib.suppress(OSError):
-                    self._sock.shutdown(socket.SHUT_WR)
+                    if self._next_id:
+                        self._sock.shutdown(socket.SHUT_WR)
+                    else:
+                        self.process.kill()
         if timeout > 0:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)

@@ -206,7 +206,8 @@ class KernelPool:
                  cwd: Path | None = None):
         self.limit = max(1, limit)
         self.env = env  # added to the environment of every kernel started here
-        self.fork_server = _fork_server(tuple(fork_preload), cwd, env)
+        self.fork_preload, self.cwd = tuple(fork_preload), cwd
+        self.fork_server: ForkServer | None = None  # started with the first kernel warmed
         self._threads = ThreadPoolExecutor(max_workers=self.limit,
                                            thread_name_prefix="warm-kernel")
         self._kernels: dict[str, Future[StageKernel]] = {}
@@ -226,6 +227,9 @@ class KernelPool:
                 return True
             if len(self._kernels) >= self.limit:
                 return False
+            if self.fork_server is None and self.fork_preload:
+                self.fork_server = _fork_server(self.fork_preload, self.cwd, self.env)
+                self.fork_preload = ()  # one attempt
             self._kernels[stage] = self._threads.submit(
                 start_kernel, kernel_name, cwd, startup_timeout, tuple(preload), self.env,
                 self.fork_server)
@@ -264,6 +268,8 @@ class KernelPool:
         for future in futures:
             future.add_done_callback(_close_result)
         self._threads.shutdown(wait=True)
+        with self._lock:
+            self.fork_preload = ()  # none is started after this
         if self.fork_server is not None:
             self.fork_server.close(timeout=wait)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -141,6 +142,7 @@ def run_kernel(request: dict[str, Any]) -> int:
     import runpy
 
     os.setsid()  # its own process group, as jupyter_client starts kernels
+    gc.enable()
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -166,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preload", default="[]", help="JSON list of modules to import")
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
+    # as the gc docs advise for fork without exec: no collection leaves holes in the imported
+    # modules' pages, and none in a kernel touches (and so copies) every page it inherited
+    gc.disable()
     preload(json.loads(args.preload))
+    gc.freeze()
     _send(sock, {"ready": True})
     child = Server(sock).serve()
     return 0 if child is None else child()
