@@ -5,7 +5,9 @@ cannot race for a port: papermill issue 511) and is started the way nbclient sta
 the project folder, with an in-memory IPython history). A warm kernel has also imported the
 stage's declared ``preload`` modules in a silent request that stores no history and binds no
 names, so the notebook executes exactly as on a cold kernel (execution counts start at 1, the
-namespace is empty); it just finds those modules already in ``sys.modules``.
+namespace is empty); it just finds those modules already in ``sys.modules``. A pool with
+``fork_preload`` forks its kernels from a :class:`~workbench.execution.forkserver.ForkServer`
+that imported those modules once, so that request has next to nothing left to do.
 """
 
 from __future__ import annotations
