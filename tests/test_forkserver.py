@@ -144,3 +144,21 @@ def test_a_server_that_forked_nothing_stops_at_once(tmp_path: Path) -> None:
     server.close(timeout=10)  # in the middle of its imports
     assert server.process.returncode is not None and time.monotonic() - started < 10
     assert _gone(server.process.pid)
+
+
+@pytest.mark.slow
+def test_a_preload_that_starts_a_thread_is_not_forked_from(tmp_path: Path) -> None:
+    (tmp_path / "starts_a_thread.py").write_text(
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(60,), name='poller', daemon=True).start()\n")
+    server = ForkServer(["starts_a_thread"], tmp_path, {"PYTHONPATH": str(tmp_path)})
+    try:
+        kernel = start_kernel("python3", tmp_path, 60, (), None, server)
+        try:
+            assert not kernel.forked and run(kernel, PROBE)["ppid"] == os.getpid()
+        finally:
+            kernel.close()
+        assert server.problem == "importing the preload modules started threads (poller)"
+        assert server.process.wait(15) == 0  # it said so and exited
+    finally:
+        server.kill()

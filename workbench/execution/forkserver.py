@@ -115,6 +115,7 @@ class ForkServer:
         self._gone = threading.Event()
         self._closed = False
         self._next_id = 0
+        self.problem: str | None = None  # why it does not fork, once it said so
         self._pending: dict[int, Future[ForkedProcess]] = {}
         self._processes: dict[int, ForkedProcess] = {}
         self._reader = threading.Thread(target=self._read, name="fork-server", daemon=True)
@@ -126,7 +127,8 @@ class ForkServer:
 
     def usable_for(self, command: Sequence[str]) -> bool:
         """Whether ``command`` is an ipykernel of this interpreter (what the server forks)."""
-        if self.gone or len(command) < 3 or list(command[1:3]) != ["-m", LAUNCHER]:
+        if self.gone or self.problem or len(command) < 3 or \
+                list(command[1:3]) != ["-m", LAUNCHER]:
             return False
         try:
             return os.path.samefile(command[0], sys.executable)
@@ -136,8 +138,8 @@ class ForkServer:
     def spawn(self, command: Sequence[str], env: dict[str, str], cwd: str,
               ready_timeout: float) -> ForkedProcess:
         """Fork a kernel running ``command``; waits up to ``ready_timeout`` for the imports."""
-        if not self._ready.wait(ready_timeout) or self.gone:
-            raise ForkServerError("the kernel fork server is not ready")
+        if not self._ready.wait(ready_timeout) or self.gone or self.problem:
+            raise ForkServerError(self.problem or "the kernel fork server is not ready")
         future: Future[ForkedProcess] = Future()
         with self._lock:
             if self._closed:
@@ -171,7 +173,9 @@ class ForkServer:
                 future.set_exception(ForkServerError("the kernel fork server is gone"))
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        if message.get("ready"):
+        if "ready" in message:
+            if not message["ready"]:
+                self.problem = str(message.get("problem") or "it cannot fork")
             self._ready.set()
         elif "pid" in message:
             process = ForkedProcess(int(message["pid"]), self)

@@ -215,6 +215,7 @@ class KernelPool:
         self._kernels: dict[str, Future[StageKernel]] = {}
         self._lock = threading.Lock()
         self._on_problem = on_problem
+        self._told_problem = False
 
     def warming(self) -> set[str]:
         with self._lock:
@@ -251,6 +252,10 @@ class KernelPool:
         if kernel.kernel_name != kernel_name or not kernel.alive():
             kernel.close()
             return None
+        server = self.fork_server
+        if server is not None and server.problem and not self._told_problem:
+            self._told_problem = True
+            self._problem(stage, f"kernels are started, not forked: {server.problem}")
         for problem in kernel.problems:
             self._problem(stage, f"preload: {problem}")
         return kernel

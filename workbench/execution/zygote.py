@@ -7,6 +7,7 @@ imports are already in ``sys.modules``. The server reaps its children and report
 status, since only a parent can read it. Protocol: JSON lines over the socket ``--fd``.
 
     -> {"ready": true}                                   once the imports are done
+    -> {"ready": false, "problem": "..."}                cannot fork safely (then exits)
     <- {"id": 1, "argv": [...], "env": {...}, "cwd": "..."}
     -> {"id": 1, "pid": 1234}                            the kernel process
     -> {"exited": 1234, "code": -9}                      Popen-style: -N for signal N
@@ -28,11 +29,15 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"  # what ipykernel sets
 LAUNCHER = "ipykernel_launcher"
+# The kernel's own modules (0.2-0.3 s): imported, never instantiated (no zmq context, no event
+# loop, no thread exists before a fork).
+KERNEL_MODULES = ("ipykernel.kernelapp", "ipykernel.ipkernel")
 
 
 def preload(modules: list[str]) -> None:
@@ -171,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     # as the gc docs advise for fork without exec: no collection leaves holes in the imported
     # modules' pages, and none in a kernel touches (and so copies) every page it inherited
     gc.disable()
-    preload(json.loads(args.preload))
+    preload([*json.loads(args.preload), *KERNEL_MODULES])
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    if threads:  # a fork copies only this thread: locks the others hold would stay locked
+        _send(sock, {"ready": False, "problem": "importing the preload modules started "
+                                                f"threads ({', '.join(threads)})"})
+        return 0
     gc.freeze()
     _send(sock, {"ready": True})
     child = Server(sock).serve()
