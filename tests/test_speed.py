@@ -140,21 +140,26 @@ def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def test_parallel_warm_and_cached_runs_match_a_cold_sequential_run(speed_project: Workspace):
     cold = run(speed_project, "--jobs", "1", "--no-warm", "--no-cache")
+    warm = run(speed_project, "--jobs", "2", "--no-cache", "--no-fork")
     fast = run(speed_project, "--jobs", "2", "--no-cache")
-    cached = run(speed_project)
+    cached = run(speed_project)  # reuses the newest executions: the fast run's
 
     stages = cold["stages"]
     assert {n: e["status"] for n, e in stages.items()} == dict.fromkeys(stages, "succeeded")
-    assert cold["options"] == {"jobs": 1, "warm": False, "cache": False}
+    assert cold["options"] == {"jobs": 1, "warm": False, "cache": False, "fork": True}
     assert {e["kernel"] for e in stages.values()} == {"cold"}
     assert not overlap(stages["left"], stages["right"])  # one at a time
 
     # parallel: the independent branches ran side by side, on kernels warmed meanwhile
-    assert fast["options"] == {"jobs": 2, "warm": True, "cache": False}
+    assert fast["options"] == {"jobs": 2, "warm": True, "cache": False, "fork": True}
     assert overlap(fast["stages"]["left"], fast["stages"]["right"])
     kernels = {n: e["kernel"] for n, e in fast["stages"].items()}
     # every kernel forked from the run's fork server (prep's while the run set up)
     assert kernels == dict.fromkeys(fast["stages"], "forked")
+    # warm, not forked: every kernel pre-started as an interpreter of its own
+    assert warm["options"] == {"jobs": 2, "warm": True, "cache": False, "fork": False}
+    assert {n: e["kernel"] for n, e in warm["stages"].items()} == \
+        dict.fromkeys(warm["stages"], "warm")
     warnings = [e["message"] for e in fast["events"] if e["event"] == "warning"]
     assert any("preload: no_such_module_here: ModuleNotFoundError" in w for w in warnings)
 
@@ -166,12 +171,13 @@ def test_parallel_warm_and_cached_runs_match_a_cold_sequential_run(speed_project
                       "publish": ("succeeded", None, None)}
 
     # the same stage outputs and the same archived notebooks, apart from times
-    assert outputs(fast) == outputs(cold) == outputs(cached)
+    assert outputs(fast) == outputs(warm) == outputs(cold) == outputs(cached)
     assert cold["stages"]["join"]["outputs"]["total"] == pytest.approx(
         sum((0.5 * i) ** 2 + (0.5 * i) ** 3 for i in range(6)))
     for name in stages:
         expected = comparable(archived(speed_project, cold, name))
         assert comparable(archived(speed_project, fast, name)) == expected, name
+        assert comparable(archived(speed_project, warm, name)) == expected, name
         assert comparable(archived(speed_project, cached, name)) == expected, name
     figure = [o for c in expected_cells(speed_project, cold, "left") for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]

@@ -81,14 +81,19 @@ NoWarmOption = Annotated[bool, typer.Option("--no-warm", help="Do not pre-start 
                          "the stages that come next.")]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Execute every stage, even one "
                           "the stage cache has an identical execution of.")]
+NoForkOption = Annotated[bool, typer.Option("--no-fork", help="Start each pre-started kernel "
+                         "as its own interpreter instead of forking it from a process that "
+                         "imported the stages' preload modules once.")]
 
 
-def run_options(jobs: int | None, no_warm: bool, no_cache: bool) -> Any:
+def run_options(jobs: int | None, no_warm: bool, no_cache: bool, no_fork: bool = False
+                ) -> Any:
     """The run's :class:`~workbench.pipeline.state.RunOptions` from the command line."""
     from workbench.pipeline.runner import default_jobs
     from workbench.pipeline.state import RunOptions
 
-    return RunOptions(jobs=jobs or default_jobs(), warm=not no_warm, cache=not no_cache)
+    return RunOptions(jobs=jobs or default_jobs(), warm=not no_warm, cache=not no_cache,
+                      fork=not no_fork)
 
 
 def _report_ci(record: Any, junit: Path | None, summary: Path | None) -> None:

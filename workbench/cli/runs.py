@@ -11,6 +11,7 @@ from workbench.cli.app import (
     JobsOption,
     JunitOption,
     NoCacheOption,
+    NoForkOption,
     NoWarmOption,
     RunArg,
     SummaryOption,
@@ -54,6 +55,7 @@ def run(
     jobs: JobsOption = None,
     no_warm: NoWarmOption = False,
     no_cache: NoCacheOption = False,
+    no_fork: NoForkOption = False,
 ) -> None:
     """Run the pipeline: every stage through papermill, archived under reports/runs/.
 
@@ -87,7 +89,7 @@ def run(
             raise UsageError(str(exc)) from None
         needed = needed_upstream(config, chosen)
         base_run = find_base(project, config, needed, _run_id(project, base) if base else None)
-    options = run_options(jobs, no_warm, no_cache)
+    options = run_options(jobs, no_warm, no_cache, no_fork)
     record = _drive(lambda report: start_run(project, config, env, report, chosen, base_run,
                                              executor, options), as_json)
     _finish_run(record, junit=junit, summary=summary)
@@ -104,6 +106,7 @@ def rerun(
     jobs: JobsOption = None,
     no_warm: NoWarmOption = False,
     no_cache: NoCacheOption = False,
+    no_fork: NoForkOption = False,
 ) -> None:
     """Run again as a new run; with --failed, reuse every stage that succeeded in RUN."""
     from workbench.pipeline import state as run_state
@@ -133,7 +136,7 @@ def rerun(
             redo.add(name)  # never started: part of the rerun too
     upstream = ancestors(config)
     redo |= {up for name in redo for up in upstream[name] if config.stage(up).gate}
-    options = run_options(jobs, no_warm, no_cache)
+    options = run_options(jobs, no_warm, no_cache, no_fork)
     record = _drive(lambda report: start_run(project, config, earlier.environment, report,
                                              redo, earlier, earlier.executor, options), as_json)
     _finish_run(record, junit=junit, summary=summary)

@@ -107,7 +107,8 @@ class Scheduler:
         self.kernels: KernelPool | None = None
         if self.options.warm and self.local:
             self.kernels = KernelPool(self.jobs, on_problem=self._warn, env=kernel_env,
-                                      fork_preload=self._preloads(), cwd=project.root)
+                                      fork_preload=self._preloads() if self.options.fork
+                                      else (), cwd=project.root)
         self.published: list[Future[list[str]]] = []
         self.looked_up: set[str] = set()  # stages whose cache key was computed and looked up
         self._kernel_names: dict[str, str | None] = {}  # per stage; None: no notebook file

@@ -87,6 +87,7 @@ class RunOptions(BaseModel):
     jobs: int = 1  # stages at most at once
     warm: bool = True  # pre-start kernels of the stages that come next
     cache: bool = True  # reuse identical earlier executions of cacheable stages
+    fork: bool = True  # fork pre-started kernels from a process that imported the preloads
 
 
 class RunRecord(BaseModel):
