@@ -82,11 +82,20 @@ class Workspace:
                               cwd=self.root)
 
     def runs(self) -> list[Path]:
+        """Run folders, oldest first by their record's creation time (two runs started within
+        the same second have ids in random order); a folder without a record yet is newest."""
         folder = self.root / "reports" / "runs"
-        return sorted(folder.iterdir()) if folder.is_dir() else []
+        return sorted(folder.iterdir(), key=_created) if folder.is_dir() else []
 
     def run_record(self) -> dict[str, Any]:
         return json.loads((self.runs()[-1] / "run.json").read_text())
+
+
+def _created(folder: Path) -> tuple[str, str]:
+    try:
+        return json.loads((folder / "run.json").read_text())["created"], folder.name
+    except (OSError, ValueError, KeyError):
+        return "~", folder.name  # after every timestamp
 
 
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -107,6 +107,9 @@ class ForkServer:
             self.process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), cwd=cwd,
                                             env={**os.environ, **(env or {})},
                                             stdin=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self._sock = ours

@@ -178,12 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     gc.disable()
     preload([*json.loads(args.preload), *KERNEL_MODULES])
     threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-    if threads:  # a fork copies only this thread: locks the others hold would stay locked
-        _send(sock, {"ready": False, "problem": "importing the preload modules started "
-                                                f"threads ({', '.join(threads)})"})
+    try:
+        if threads:  # a fork copies only this thread: locks the others hold would stay locked
+            _send(sock, {"ready": False, "problem": "importing the preload modules started "
+                                                    f"threads ({', '.join(threads)})"})
+            return 0
+        gc.freeze()
+        _send(sock, {"ready": True})
+    except OSError:  # the workbench process went away while this one imported
         return 0
-    gc.freeze()
-    _send(sock, {"ready": True})
     child = Server(sock).serve()
     return 0 if child is None else child()
 

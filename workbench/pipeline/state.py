@@ -146,17 +146,19 @@ def load(project: Project, run_id: str) -> RunRecord:
 
 
 def list_runs(project: Project) -> list[RunRecord]:
-    """Every readable run, newest first (unreadable folders are skipped, never touched)."""
+    """Every readable run, newest first by creation time (unreadable folders are skipped,
+    never touched). Ids alone do not order runs created within the same second: their
+    suffix is random."""
     if not project.runs.is_dir():
         return []
     records = []
-    for folder in sorted(project.runs.iterdir(), reverse=True):
+    for folder in project.runs.iterdir():
         if (folder / RUN_FILE).is_file():
             try:
                 records.append(load(project, folder.name))
             except RunRecordError:
                 continue
-    return records
+    return sorted(records, key=lambda record: (record.created, record.id), reverse=True)
 
 
 def latest_run(project: Project) -> RunRecord:

@@ -98,7 +98,8 @@ def _summaries(project: Project) -> list[dict[str, Any]]:
             fresh[folder.name] = {"mtime": mtime, "summary": summarise(record)}
     if fresh != cache:  # a build with nothing new writes nothing
         write_text(cache_path, json.dumps({"version": CACHE_VERSION, "runs": fresh}))
-    return sorted((v["summary"] for v in fresh.values()), key=lambda s: s["id"], reverse=True)
+    return sorted((v["summary"] for v in fresh.values()),
+                  key=lambda s: (s.get("created", ""), s["id"]), reverse=True)  # newest first
 
 
 def build_index(project: Project) -> list[dict[str, Any]]:
