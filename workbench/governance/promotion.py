@@ -53,12 +53,16 @@ def move_alias(project: Project, record: state.RunRecord, actor: Identity, verdi
     if record.model_version is None:
         raise RuntimeError(f"run {record.id} has no model version to promote")
     name, version = record.model_version.name, record.model_version.version
+    from workbench.registry.aliases import alias_lock, set_alias
+
     client = MlflowClient(tracking_uri=record.tracking_uri, registry_uri=record.tracking_uri)
-    try:
-        previous: str | None = str(client.get_model_version_by_alias(name, environment).version)
-    except MlflowException:
-        previous = None
-    client.set_registered_model_alias(name, environment, version)
+    with alias_lock(record.tracking_uri):
+        try:
+            previous: str | None = str(client.get_model_version_by_alias(name,
+                                                                         environment).version)
+        except MlflowException:
+            previous = None
+        set_alias(client, name, environment, version)
     for key, value in {"approved_by": ",".join(verdict.approved_by),
                        "bundle": verdict.bundle_digest, "run": record.id}.items():
         client.set_model_version_tag(name, version, f"workbench.{environment}.{key}", value)

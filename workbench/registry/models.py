@@ -71,12 +71,14 @@ def register(model_uri: str, model_name: str, tags: dict[str, str], alias: str
     Returns the new version and the version the alias held before (None if it held none).
     """
     import mlflow
-
-    version = str(mlflow.register_model(model_uri, model_name, tags=tags).version)
-    previous = champion(model_name, alias)
     from mlflow import MlflowClient
 
-    MlflowClient().set_registered_model_alias(model_name, alias, version)
+    from workbench.registry.aliases import alias_lock, set_alias
+
+    version = str(mlflow.register_model(model_uri, model_name, tags=tags).version)
+    with alias_lock(mlflow.get_tracking_uri()):  # the previous holder is the one this replaces
+        previous = champion(model_name, alias)
+        set_alias(MlflowClient(), model_name, alias, version)
     return version, previous.version if previous else None
 
 
