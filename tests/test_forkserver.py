@@ -104,6 +104,7 @@ def test_forked_kernels_behave_like_fresh_ones(server: ForkServer, tmp_path: Pat
         assert process.wait(10) == -signal.SIGKILL
         assert not first.alive()
         handle = second.manager.provisioner.process
+        second.manager.shutdown_wait_time = 60.0  # not killed for a slow exit on a busy machine
         run_sync(second.manager.shutdown_kernel)(now=False)  # graceful: the kernel exits 0
         assert handle.returncode == 0
     finally:
