@@ -47,22 +47,15 @@ def move_alias(project: Project, record: state.RunRecord, actor: Identity, verdi
                ) -> dict[str, Any]:
     """Point ``environment``'s alias at the run's model version; tag and record the move."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     environment = verdict.environment
     if record.model_version is None:
         raise RuntimeError(f"run {record.id} has no model version to promote")
     name, version = record.model_version.name, record.model_version.version
-    from workbench.registry.aliases import alias_lock, set_alias
+    from workbench.registry.aliases import move_alias
 
     client = MlflowClient(tracking_uri=record.tracking_uri, registry_uri=record.tracking_uri)
-    with alias_lock(record.tracking_uri):
-        try:
-            previous: str | None = str(client.get_model_version_by_alias(name,
-                                                                         environment).version)
-        except MlflowException:
-            previous = None
-        set_alias(client, name, environment, version)
+    previous = move_alias(client, record.tracking_uri, name, environment, version)
     for key, value in {"approved_by": ",".join(verdict.approved_by),
                        "bundle": verdict.bundle_digest, "run": record.id}.items():
         client.set_model_version_tag(name, version, f"workbench.{environment}.{key}", value)

@@ -103,10 +103,9 @@ def rollback(project: Project, config: Config, environment: str, actor: Identity
     if str(endpoint.version) != target:
         raise RollbackError(f"{environment} serves version {endpoint.version} after rolling "
                             f"back to {target}")
-    from workbench.registry.aliases import alias_lock, set_alias
+    from workbench.registry.aliases import move_alias
 
-    with alias_lock(tracking_uri):
-        set_alias(client, model, environment, target)
+    move_alias(client, tracking_uri, model, environment, target)
     client.set_model_version_tag(model, target, f"workbench.{environment}.rolled_back_from",
                                  str(current))
     record = {"kind": "rollback", "environment": environment, "model": model,

@@ -32,6 +32,21 @@ def alias_lock(tracking_uri: str) -> Iterator[None]:
         yield
 
 
+def move_alias(client: Any, tracking_uri: str, model: str, alias: str, version: str
+               ) -> str | None:
+    """Point ``alias`` at ``version`` under :func:`alias_lock`; the version it held before
+    (None if it held none)."""
+    from mlflow.exceptions import MlflowException
+
+    with alias_lock(tracking_uri):
+        try:
+            previous: str | None = str(client.get_model_version_by_alias(model, alias).version)
+        except MlflowException:
+            previous = None
+        set_alias(client, model, alias, version)
+    return previous
+
+
 def set_alias(client: Any, model: str, alias: str, version: str) -> None:
     """``client.set_registered_model_alias``, retried once if another writer inserted the
     alias between MLflow's read and its insert."""

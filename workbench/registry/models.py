@@ -73,13 +73,11 @@ def register(model_uri: str, model_name: str, tags: dict[str, str], alias: str
     import mlflow
     from mlflow import MlflowClient
 
-    from workbench.registry.aliases import alias_lock, set_alias
+    from workbench.registry.aliases import move_alias
 
     version = str(mlflow.register_model(model_uri, model_name, tags=tags).version)
-    with alias_lock(mlflow.get_tracking_uri()):  # the previous holder is the one this replaces
-        previous = champion(model_name, alias)
-        set_alias(MlflowClient(), model_name, alias, version)
-    return version, previous.version if previous else None
+    previous = move_alias(MlflowClient(), mlflow.get_tracking_uri(), model_name, alias, version)
+    return version, previous
 
 
 def version_by_alias(model_name: str, alias: str) -> str:
