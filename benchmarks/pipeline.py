@@ -167,20 +167,19 @@ def run_baseline(root: Path, scratch: Path) -> VariantResult:
     """The four notebooks through ``papermill.execute_notebook``, as workbench would feed them."""
     import papermill
 
-    from workbench import gitinfo
-    from workbench.pipeline import state
-    from workbench.pipeline.plan import resolve_parameters, stage_order
+    from workbench import gitinfo, run_record
     from workbench.pipeline.runner import kernel_environment
     from workbench.pipeline.validate import load_and_validate
     from workbench.project import PROJECT_ENV_VAR, Project
     from workbench.registry import store as mlflow_store
     from workbench.scraps import read_scraps
+    from workbench.stage_graph import resolve_parameters, stage_order
 
     # How the parameters are derived; not timed (a plain papermill user has them already).
     project = Project(root)
     config = load_and_validate(project)
     sha, _dirty = gitinfo.commit(root)
-    run = {"id": state.new_run_id(), "git_commit": sha, "config_hash": config.digest,
+    run = {"id": run_record.new_run_id(), "git_commit": sha, "config_hash": config.digest,
            "environment": ENVIRONMENT}
     store = mlflow_store.resolve(project, config.pipeline.mlflow)
     kernel_env = {**store.environment, PROJECT_ENV_VAR: str(root)}

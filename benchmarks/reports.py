@@ -44,8 +44,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from workbench import run_record  # noqa: E402
 from workbench.audit import ledger  # noqa: E402
-from workbench.pipeline import state  # noqa: E402
 from workbench.project import Project  # noqa: E402
 from workbench.reports import site  # noqa: E402
 
@@ -59,12 +59,12 @@ PEOPLE = ("alice", "bob", "carol", "dave", "erin")
 # --- (a) the index over a synthetic archive -----------------------------------------------------
 
 def template_record() -> dict[str, Any]:
-    """One realistic run record (validated by the real model), as the JSON ``state.save`` writes."""
+    """One realistic run record (validated by the real model), as ``run_record.save`` writes it."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    stages: dict[str, state.StageRecord] = {}
+    stages: dict[str, run_record.StageRecord] = {}
     for index, name in enumerate(STAGES):
         began = start + timedelta(seconds=40 * index)
-        entry = state.StageRecord(
+        entry = run_record.StageRecord(
             status="succeeded", notebook=f"{name}.ipynb", started=began.isoformat(),
             finished=(began + timedelta(seconds=30)).isoformat(), duration_s=12.5 + index,
             actor={"name": "carol", "source": "github", "os_user": "runner"},
@@ -91,7 +91,7 @@ def template_record() -> dict[str, Any]:
         else:
             entry.outputs = {"released": f"{name}:4", "endpoint": "http://127.0.0.1:5001"}
         stages[name] = entry
-    record = state.RunRecord(
+    record = run_record.RunRecord(
         id="RUN", pipeline="release", environment="dev", status="succeeded",
         created=start.isoformat(), finished=(start + timedelta(minutes=6)).isoformat(),
         git_commit="c0ffee" * 6 + "abcd", config_hash="f" * 64,
@@ -111,7 +111,7 @@ def run_id(index: int) -> str:
 
 def write_run(project: Project, template: dict[str, Any], index: int, rng: random.Random
               ) -> None:
-    """A varied copy of the template as ``runs/<id>/run.json`` (indented, like state.save)."""
+    """A varied copy of the template as ``runs/<id>/run.json`` (indented, like run_record.save)."""
     record = json.loads(json.dumps(template))
     rid = run_id(index)
     record["id"], record["status"] = rid, rng.choice(STATUSES)
@@ -128,7 +128,7 @@ def write_run(project: Project, template: dict[str, Any], index: int, rng: rando
         for name in STAGES[rng.randrange(2, 7):]:
             record["stages"][name].update(status="pending", outputs={}, gate=None,
                                           notebook=None, duration_s=None)
-    path = state.run_dir(project, rid) / state.RUN_FILE
+    path = run_record.run_dir(project, rid) / run_record.RUN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
@@ -165,7 +165,7 @@ def bench_index(work: Path, sizes: list[int], repeat: int) -> list[dict[str, Any
         cold = timed(lambda: site.build_index(project), repeat, drop_cache)
         warm = timed(lambda: site.build_index(project), repeat)
         summaries = timed(lambda: site._summaries(project), repeat)
-        row = {"runs": size, "run_json_kb": (project.runs / run_id(0) / state.RUN_FILE)
+        row = {"runs": size, "run_json_kb": (project.runs / run_id(0) / run_record.RUN_FILE)
                .stat().st_size / 1024, "generate_s": generated_s, "cold_s": cold,
                "warm_s": warm, "warm_summaries_s": summaries,
                "index_html_mb": (project.reports / "index.html").stat().st_size / MB,

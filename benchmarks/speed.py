@@ -471,18 +471,17 @@ class Plan:
 def baseline_plan(root: Path, executed: Path) -> Plan:
     """The stages ``workbench run`` executes for dev (up to the first gate), with parameters
     that do not depend on upstream stages already resolved (``model``, ``env``, ``run``)."""
-    from workbench import gitinfo
+    from workbench import gitinfo, run_record
     from workbench.config import REF_ROOTS, Ref
-    from workbench.pipeline import state
-    from workbench.pipeline.plan import lookup, resolve_parameters, stage_order
     from workbench.pipeline.validate import load_and_validate
     from workbench.project import PROJECT_ENV_VAR, Project
     from workbench.registry import store as mlflow_store
+    from workbench.stage_graph import lookup, resolve_parameters, stage_order
 
     project = Project(root)
     config = load_and_validate(project)
     sha, _dirty = gitinfo.commit(root)
-    run = {"id": state.new_run_id(), "git_commit": sha, "config_hash": config.digest,
+    run = {"id": run_record.new_run_id(), "git_commit": sha, "config_hash": config.digest,
            "environment": ENVIRONMENT}
     store = mlflow_store.resolve(project, config.pipeline.mlflow)
     stages: list[dict[str, Any]] = []

@@ -314,7 +314,7 @@ def test_partial_run_without_an_earlier_run_is_a_usage_error(mini_project: Works
 def test_gates_before_a_selected_stage_are_always_decided_again(gated_project: Workspace
                                                                 ) -> None:
     from workbench.config import load_config
-    from workbench.pipeline.plan import needed_upstream, select
+    from workbench.stage_graph import needed_upstream, select
 
     config = load_config(gated_project.root / "configs")
     chosen = select(config, stage="release_prod")
@@ -324,7 +324,7 @@ def test_gates_before_a_selected_stage_are_always_decided_again(gated_project: W
 
 def test_summary_shows_reuse_and_escapes_notes() -> None:
     from workbench.ci.summary import to_markdown
-    from workbench.pipeline.state import RunRecord, StageRecord
+    from workbench.run_record import RunRecord, StageRecord
 
     record = RunRecord(id="R", pipeline="p", environment="dev", created="now", git_commit="abc",
                        config_hash="h", config={}, tracking_uri="u", experiment="e",
@@ -340,7 +340,7 @@ def test_jenkins_and_gitlab_read_the_run_id_from_the_dotenv_file(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch
                                                                  ) -> None:
     from workbench.ci.summary import write_outputs
-    from workbench.pipeline.state import RunRecord
+    from workbench.run_record import RunRecord
 
     record = RunRecord(id="R1", pipeline="p", environment="dev", created="now",
                        git_commit="abc", config_hash="h", config={}, tracking_uri="u",

@@ -71,16 +71,16 @@ def test_terminated_run_is_recorded_as_failed(mini_project: Workspace) -> None:
 def test_latest_is_the_run_created_last_even_within_one_second(tmp_path: Path) -> None:
     """Run ids have second resolution and a random suffix: two runs started within one second
     must still be told apart by creation time (``resume latest``, a partial run's base)."""
-    from workbench.pipeline import state
+    from workbench import run_record
     from workbench.project import Project
 
     project = Project(tmp_path)
     for run_id, created in (("20261201T081635Z-ffffff", "2026-12-01T08:16:35.100+00:00"),
                             ("20261201T081635Z-000000", "2026-12-01T08:16:35.900+00:00")):
         (project.runs / run_id).mkdir(parents=True)
-        state.save(project, state.RunRecord(
+        run_record.save(project, run_record.RunRecord(
             id=run_id, pipeline="p", environment="dev", created=created, git_commit="abc",
             config_hash="h", config={}, tracking_uri="sqlite:///x", experiment="e", stages={}))
-    assert state.latest_run(project).id == "20261201T081635Z-000000"
-    assert [r.id for r in state.list_runs(project)] == ["20261201T081635Z-000000",
+    assert run_record.latest_run(project).id == "20261201T081635Z-000000"
+    assert [r.id for r in run_record.list_runs(project)] == ["20261201T081635Z-000000",
                                                         "20261201T081635Z-ffffff"]

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,34 +295,40 @@ def test_runs_killed_at_random_points_resume_to_completion(tmp_path: Path) -> No
 
 
 class FakeExecutor:
-    """Executes nothing: writes the notebook as staged output and returns ``n``."""
+    """An executor plug-in that executes nothing: writes the notebook as the staged output and
+    returns ``n``. Registered as ``fake`` through the executor seam, as a third party's would
+    be; it runs nothing on this machine, so no kernel is warmed for it."""
 
-    def __init__(self) -> None:
-        self.calls: list[str] = []
+    runs_here = False
+    calls: list[str] = []  # stages executed, across instances (reset by each test)
 
-    def __call__(self, notebook: Path, output: Path, parameters: dict, declared: dict, *,
-                 cwd: Path, timeout: float, on_cell: object = None) -> object:
+    @classmethod
+    def create(cls, project: object, config: object, environment: str) -> FakeExecutor:
+        return cls()
+
+    def execute(self, request: object) -> object:
         from workbench.execution.stage import StageResult
 
-        self.calls.append(parameters["stage"])
-        output.write_text(notebook.read_text())
+        FakeExecutor.calls.append(request.parameters["stage"])  # type: ignore[attr-defined]
+        request.output.write_text(request.notebook.read_text())  # type: ignore[attr-defined]
         return StageResult(True, {"n": 1}, None, 0.01)
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """A project whose one run finished (with the fake executor, so without kernels)."""
     from workbench.config import load_config
-    from workbench.pipeline import runner, schedule
+    from workbench.execution.executors import EXECUTORS
+    from workbench.pipeline import runner
     from workbench.project import Project
 
     ws = make_project(tmp_path_factory.mktemp("windows") / "project")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(schedule, "executor_for", lambda *_: FakeExecutor())
-        record = runner.start_run(Project(ws.root), load_config(ws.root / "configs"), "dev",
-                                  lambda _: None)
+    EXECUTORS.register("fake", FakeExecutor)
+    record = runner.start_run(Project(ws.root), load_config(ws.root / "configs"), "dev",
+                              [lambda _: None], executor="fake")
     assert record.status == "succeeded"
-    return ws.root, record.id
+    yield ws.root, record.id
+    EXECUTORS.unregister("fake")
 
 
 def drop_ledger_tail(reports: Path, count: int) -> None:
@@ -399,7 +405,7 @@ WINDOWS: dict[str, tuple[Callable[[Path, Path], None], list[str], str | None]] =
 def test_every_crash_window_resumes_consistently(window: str, finished: tuple[Path, str],
                                                  tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from workbench.pipeline import runner, schedule
+    from workbench.pipeline import runner
     from workbench.project import Project
 
     make_state, again, attempt_file = WINDOWS[window]
@@ -408,11 +414,10 @@ def test_every_crash_window_resumes_consistently(window: str, finished: tuple[Pa
     shutil.copytree(source, root)
     run = root / "reports" / "runs" / run_id
     make_state(root, run)
-    executor = FakeExecutor()
-    monkeypatch.setattr(schedule, "executor_for", lambda *_: executor)
-    record = runner.resume_run(Project(root), run_id, lambda _: None)
+    monkeypatch.setattr(FakeExecutor, "calls", [])
+    record = runner.resume_run(Project(root), run_id, [lambda _: None])
 
-    assert record.status == "succeeded" and executor.calls == again
+    assert record.status == "succeeded" and FakeExecutor.calls == again
     reports = root / "reports"
     verified = ledger.verify(reports)
     assert verified.ok, verified.problems

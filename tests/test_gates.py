@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import GATES, Workspace
+from workbench import identity
+from workbench.audit import journal
 from workbench.config import ConfigError, Gates, parse_duration
-from workbench.governance import identity, journal
 from workbench.governance.approvals import evaluate
-from workbench.governance.identity import Identity
+from workbench.identity import Identity
+from workbench.records import ApprovalRecord
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 BUNDLE = "b" * 64
@@ -23,14 +25,15 @@ CAROL = Identity(name="carol", source="github")
 
 def record(seq: int, name: str, decision: str = "approve", environment: str = "prod",
            bundle: str = BUNDLE, age: timedelta = timedelta(minutes=5), accepted: bool = True
-           ) -> dict[str, Any]:
-    return {"kind": "approval", "seq": seq, "environment": environment, "decision": decision,
-            "accepted": accepted, "refused": None if accepted else "not an approver",
-            "approver": {"name": name, "source": "typed"}, "comment": "why",
-            "time": (NOW - age).isoformat(), "bundle_digest": bundle}
+           ) -> ApprovalRecord:
+    return ApprovalRecord.model_validate({
+        "kind": "approval", "seq": seq, "environment": environment, "decision": decision,
+        "accepted": accepted, "refused": None if accepted else "not an approver",
+        "approver": {"name": name, "source": "typed"}, "comment": "why",
+        "time": (NOW - age).isoformat(), "bundle_digest": bundle})
 
 
-def verdict(records: list[dict[str, Any]], environment: str = "prod",
+def verdict(records: list[ApprovalRecord], environment: str = "prod",
             gates: Gates | None = None, requester: Identity | None = CAROL,
             trainer: Identity | None = CAROL) -> Any:
     return evaluate(records, gates or Gates.model_validate(GATES), environment, "gate",

@@ -159,9 +159,12 @@ def stage_executor(mini_project: Workspace, emulator: Emulator, monkeypatch: pyt
 
 
 def call(executor: Any, ws: Workspace, name: str, **options: Any) -> tuple[Any, Path]:
+    from workbench.execution.executors import ExecutionRequest
+
     output = ws.root / ".workbench" / "staging" / RUN_ID / f"{name}.ipynb"
-    result = executor(ws.root / "notebooks" / f"{name}.ipynb", output, {}, {"never": "str"},
-                      cwd=ws.root, timeout=30, **options)
+    result = executor.execute(ExecutionRequest(
+        notebook=ws.root / "notebooks" / f"{name}.ipynb", output=output, parameters={},
+        declared_outputs={"never": "str"}, cwd=ws.root, timeout=30, **options))
     return result, output
 
 

@@ -14,8 +14,8 @@ from k8s_emulator import NAMESPACE, DeploymentController, Emulator, running, use
 
 from workbench.audit import ledger
 from workbench.config import load_config
-from workbench.governance.identity import Identity
 from workbench.governance.promotion import record_move
+from workbench.identity import Identity
 from workbench.k8s import target
 from workbench.operations.rollback import RollbackError, rollback
 from workbench.project import Project
@@ -53,8 +53,8 @@ def test_rollback_on_kubernetes_undoes_the_rollout_and_is_recorded(mini_project:
             rollback(project, config, "dev", actor, to="5")
         record = rollback(project, config, "dev", actor, reason="error rate after v2")
 
-    assert (record["from_version"], record["to_version"]) == ("2", "1")
-    assert record["target"] == "kubernetes" and record["trigger"] == "manual"
+    assert (record.from_version, record.to_version) == ("2", "1")
+    assert record.target == "kubernetes" and record.trigger == "manual"
     live = target.current(project, config, "dev")
     assert live is not None and live.version == "1"
     undo = [r for r in emulator.handler.sent() if r.method.value == "PATCH"][-1]

@@ -20,8 +20,8 @@ from conftest import REPO, Workspace, clean_environment, notebook
 from workbench.audit import ledger
 from workbench.config import load_config
 from workbench.deploy import deploy_to, local
-from workbench.governance.identity import Identity
 from workbench.governance.promotion import record_move
+from workbench.identity import Identity
 from workbench.project import Project
 from workbench.registry.store import resolve
 

@@ -1,6 +1,6 @@
 """The static report site: built from an archive, served by the real CLI, read in Chromium.
 
-* Fast: a synthetic archive (run records written with ``state.save``, journals and ledger
+* Fast: a synthetic archive (run records written with ``run_record.save``, journals and ledger
   entries written through the library) is built with :func:`site.build`; the index rows, the
   escaping of hostile text and the summary cache are checked on the files.
 * Slow: one real release through both gates (real kernels, real MLflow registry), then
@@ -40,10 +40,10 @@ from tests.conftest import (
     free_port,
     notebook,
 )
-from workbench.audit import ledger
-from workbench.governance import journal, promotion
-from workbench.governance.identity import Identity
-from workbench.pipeline import state
+from workbench import run_record
+from workbench.audit import journal, ledger
+from workbench.governance import promotion
+from workbench.identity import Identity
 from workbench.project import Project
 from workbench.reports import site
 
@@ -75,17 +75,17 @@ def gate(environment: str, state_: str, approved_by: list[str], quorum: int) -> 
 
 def make_record(run_id: str, status: str = "succeeded", *, version: str | None = "1",
                 qa: list[str] | None = None, prod: list[str] | None = None,
-                error: str | None = None, note: str = "") -> state.RunRecord:
+                error: str | None = None, note: str = "") -> run_record.RunRecord:
     """A gated run: build, approve_qa, release_qa, approve_prod, release_prod.
 
     ``qa``/``prod``: who approved that gate (None: the gate never opened); a gate passes when
     the run succeeded or, for qa, when prod was reached. ``error`` fails the build stage.
     """
     day = datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ")
-    stages: dict[str, state.StageRecord] = {}
+    stages: dict[str, run_record.StageRecord] = {}
     for index, name in enumerate(STAGES):
         started = (day + timedelta(minutes=index)).isoformat() + "+00:00"
-        stages[name] = state.StageRecord(
+        stages[name] = run_record.StageRecord(
             status="pending", notebook=f"{name}.ipynb", started=started,
             finished=started, duration_s=1.5 + index,
             parameters={"run_id": run_id, "note": note} if name == "build" else {})
@@ -106,17 +106,17 @@ def make_record(run_id: str, status: str = "succeeded", *, version: str | None =
     for entry in stages.values():
         if entry.status == "pending":
             entry.notebook = entry.started = entry.finished = entry.duration_s = None
-    return state.RunRecord(
+    return run_record.RunRecord(
         id=run_id, pipeline="gated", environment="dev", status=status,
         created=day.isoformat() + "+00:00", finished=None if status == "awaiting_approval"
         else (day + timedelta(minutes=6)).isoformat() + "+00:00",
         git_commit="c0ffee" * 6 + "abcd", config_hash="f" * 64, config={}, tracking_uri="",
         experiment="gated", stages=stages,
-        model_version=state.ModelVersion(name="mini", version=version) if version else None,
+        model_version=run_record.ModelVersion(name="mini", version=version) if version else None,
         requested_by=Identity(name="carol", source="github"))
 
 
-def write_notebooks(project: Project, record: state.RunRecord) -> list[Path]:
+def write_notebooks(project: Project, record: run_record.RunRecord) -> list[Path]:
     """The executed notebook of every stage that ran; the build one carries a plot."""
     paths = []
     for name, entry in record.stages.items():
@@ -127,7 +127,7 @@ def write_notebooks(project: Project, record: state.RunRecord) -> list[Path]:
             nb["cells"][1]["outputs"] = [{"output_type": "display_data", "metadata": {},
                                           "data": {"image/png": tiny_png(),
                                                    "text/plain": "<Figure>"}}]
-        path = state.run_dir(project, record.id) / entry.notebook
+        path = run_record.run_dir(project, record.id) / entry.notebook
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(nb))
         paths.append(path)
@@ -136,7 +136,7 @@ def write_notebooks(project: Project, record: state.RunRecord) -> list[Path]:
 
 def approve(project: Project, run_id: str, environment: str, name: str, comment: str) -> int:
     """An accepted approval in the run's journal and the ledger; returns its seq."""
-    folder = state.run_dir(project, run_id) / "approvals"
+    folder = run_record.run_dir(project, run_id) / "approvals"
     entry = journal.append(folder, {
         "kind": "approval", "run_id": run_id, "environment": environment,
         "decision": "approve", "accepted": True, "refused": None,
@@ -222,7 +222,7 @@ def synthetic_archive(project: Project) -> None:
     for record in (old, make_record(FAILED, "failed", version=None, error=HOSTILE, note=HOSTILE),
                    make_record(WAITING, "awaiting_approval", version="2", qa=["alice"],
                                prod=[HOSTILE])):
-        state.save(project, record)
+        run_record.save(project, record)
         for path in write_notebooks(project, record):
             ledger.append(project.reports, "stage_executed", actor=None, run_id=record.id,
                           data={"stage": path.stem}, files=[path])
@@ -305,17 +305,17 @@ def test_site_from_a_synthetic_archive(tmp_path: Path, monkeypatch: pytest.Monke
     cache = json.loads((reports / site.CACHE_FILE).read_text())["runs"]
     assert sorted(cache) == [OLD, FAILED, WAITING]
     loaded: list[str] = []
-    real_load = state.load
+    real_load = run_record.load
 
-    def counting_load(project: Project, run_id: str) -> state.RunRecord:
+    def counting_load(project: Project, run_id: str) -> run_record.RunRecord:
         loaded.append(run_id)
         return real_load(project, run_id)
 
-    monkeypatch.setattr(state, "load", counting_load)
+    monkeypatch.setattr(run_record, "load", counting_load)
     assert [r["id"] for r in site.build_index(project)] == [WAITING, FAILED, OLD]
     assert loaded == []
     new = "20260104T080000Z-dddddd"
-    state.save(project, make_record(new, qa=["bob"], prod=["carol", "erin"], version="3"))
+    run_record.save(project, make_record(new, qa=["bob"], prod=["carol", "erin"], version="3"))
     runs = site.build_index(project)
     assert loaded == [new]
     assert [r["id"] for r in runs] == [new, WAITING, FAILED, OLD]
@@ -327,10 +327,10 @@ def test_site_from_a_synthetic_archive(tmp_path: Path, monkeypatch: pytest.Monke
     loaded.clear()
     record = real_load(project, WAITING)
     record.status = "failed"
-    state.save(project, record)
+    run_record.save(project, record)
     broken = project.runs / "20260105T080000Z-eeeeee"
     broken.mkdir()
-    (broken / state.RUN_FILE).write_text("{not json")
+    (broken / run_record.RUN_FILE).write_text("{not json")
     runs = site.build_index(project)
     assert sorted(loaded) == [WAITING, broken.name]
     assert [(r["id"], r["status"]) for r in runs][:2] == [(new, "succeeded"),
@@ -431,8 +431,8 @@ def test_release_site_in_chromium(gated_project: Workspace, tmp_path: Path) -> N
     run_id = release(ws)
     project = Project(ws.root)
     # Two archived runs beside the real one, so that filtering and sorting have work to do.
-    state.save(project, make_record(OLD, qa=["bob"], prod=["carol", "dave"], version="0"))
-    state.save(project, make_record(FAILED, "failed", version=None, error=HOSTILE))
+    run_record.save(project, make_record(OLD, qa=["bob"], prod=["carol", "dave"], version="0"))
+    run_record.save(project, make_record(FAILED, "failed", version=None, error=HOSTILE))
     built = ws.cli("reports", "build")
     assert built.returncode == 0, built.stdout + built.stderr
     entries = [e for e in ledger.entries(project.reports) if e["run_id"] == run_id]
@@ -485,7 +485,7 @@ def test_release_site_in_chromium(gated_project: Workspace, tmp_path: Path) -> N
             expect(row.locator("td")).to_have_text([
                 run_id, "mini", "1", "dev → qa → prod", "succeeded", "alice, dave, erin",
                 ws.run_record()["created"][:19], str(site.summarise(
-                    state.load(project, run_id))["duration_s"])])
+                    run_record.load(project, run_id))["duration_s"])])
 
             def visible() -> list[str]:
                 return page.eval_on_selector_all(

@@ -20,7 +20,7 @@ from conftest import REPO, Workspace, notebook
 
 from workbench.config import load_config
 from workbench.execution.parameters import Declared, NotebookError, declared_parameters
-from workbench.pipeline.plan import ancestors, descendants, stage_order
+from workbench.stage_graph import ancestors, descendants, stage_order
 
 PIPELINE = "configs/pipeline.yaml"
 ENVIRONMENTS = "configs/environments.yaml"

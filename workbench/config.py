@@ -26,6 +26,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from workbench.errors import WorkbenchError
+
 PIPELINE_FILE = "pipeline.yaml"
 ENVIRONMENTS_FILE = "environments.yaml"
 MODEL_FILE = "model.yaml"
@@ -56,12 +58,17 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-class ConfigError(Exception):
+class ConfigError(WorkbenchError):
     """The configuration is invalid; ``problems`` lists every mistake found."""
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+    def user_message(self) -> str:
+        count = len(self.problems)
+        return (f"configuration invalid ({count} problem{'s' if count > 1 else ''}):\n"
+                + "\n".join(f"  {p}" for p in self.problems))
 
 
 class Strict(BaseModel):

@@ -6,11 +6,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench.errors import WorkbenchError
+
 PROJECT_ENV_VAR = "WORKBENCH_PROJECT"
 MARKER = Path("configs") / "pipeline.yaml"
 
 
-class ProjectNotFoundError(RuntimeError):
+class ProjectNotFoundError(WorkbenchError, RuntimeError):
     """No ``configs/pipeline.yaml`` above the starting directory."""
 
 
@@ -37,17 +39,18 @@ class Project:
         return self.reports / "runs"
 
     @property
-    def state(self) -> Path:
-        """Mutable local state (embedded MLflow store, model servers); git-ignored."""
+    def local_state(self) -> Path:
+        """``.workbench/``: this machine's mutable state (the embedded MLflow store, model
+        servers, the stage cache's index, staged notebooks); git-ignored."""
         return self.root / ".workbench"
 
     @property
     def servers(self) -> Path:
-        return self.state / "servers"
+        return self.local_state / "servers"
 
     @property
     def mlflow_dir(self) -> Path:
-        return self.state / "mlflow"
+        return self.local_state / "mlflow"
 
 
 def find_project(start: Path | None = None) -> Project:

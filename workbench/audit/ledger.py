@@ -15,14 +15,16 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
 from workbench.atomic import write_new
+from workbench.audit.chain import Chain
+from workbench.clock import utc_now
 from workbench.digests import canonical, file_sha256
+from workbench.errors import EXIT_FAILED, WorkbenchError
 
 LEDGER_FILE = "ledger.jsonl"
 LOCK_FILE = ".ledger.lock"
@@ -30,12 +32,17 @@ TORN_DIR = "ledger.torn"  # torn last entries set aside by :func:`repair`
 GENESIS = "0" * 64
 
 
-class LedgerError(RuntimeError):
+class LedgerError(WorkbenchError, RuntimeError):
     """The ledger cannot be appended to (it ends in a torn entry, or is unreadable)."""
+
+    exit_code = EXIT_FAILED
+
+
+CHAIN = Chain(hash_field="hash", link_field="prev", genesis=GENESIS)
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+    return CHAIN.digest(entry)
 
 
 def ledger_path(reports: Path) -> Path:
@@ -79,12 +86,9 @@ def _append_locked(path: Path, event: str, actor: dict[str, Any] | None, run_id:
                    data: dict[str, Any], digests: dict[str, str]) -> dict[str, Any]:
     """Append one entry; the caller holds the ledger lock."""
     last = _last_line(path) if path.exists() else None
-    head = json.loads(last) if last else {"seq": 0, "hash": GENESIS}
-    entry = {"seq": head["seq"] + 1,
-             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-             "actor": actor, "event": event, "run_id": run_id, "data": data,
-             "files": digests, "prev": head["hash"]}
-    entry["hash"] = entry_hash(entry)
+    head = json.loads(last) if last else None
+    entry = CHAIN.seal({"time": utc_now(), "actor": actor, "event": event, "run_id": run_id,
+                        "data": data, "files": digests}, head)
     line = canonical(entry) + b"\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -206,15 +210,10 @@ def verify(reports: Path, anchor: dict[str, Any] | None = None,
                 continue
             seq = entry.get("seq")
             where = f"{where} (seq {seq})"
-            if entry.get("hash") != entry_hash(entry):
-                result.problems.append(f"{where}: content does not match its hash (edited)")
-            elif raw != canonical(entry) + b"\n":  # same values, other bytes: still an edit
-                result.problems.append(f"{where}: not in canonical form (edited)")
-            if seq != expected_seq:
-                result.problems.append(f"{where}: expected seq {expected_seq} (an entry was "
-                                       f"removed, inserted or reordered)")
-            elif entry.get("prev") != previous:
-                result.problems.append(f"{where}: does not link to the entry before it")
+            found = CHAIN.problems(entry, expected_seq, previous)
+            if entry.get("hash") == entry_hash(entry) and raw != canonical(entry) + b"\n":
+                found.insert(0, "not in canonical form (edited)")
+            result.problems += [f"{where}: {problem}" for problem in found]
             previous = entry.get("hash", "")
             expected_seq = (seq if isinstance(seq, int) else expected_seq) + 1
             if isinstance(seq, int):

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+from workbench.errors import WorkbenchError
+
 MIN_LENGTH = 4  # shorter values would redact ordinary text; they are refused instead
 
 
-class SecretError(RuntimeError):
+class SecretError(WorkbenchError, RuntimeError):
     """A secret would be passed as a parameter, or remains in what is about to be archived."""
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from workbench.atomic import write_text
 from workbench.config import parse_config
-from workbench.pipeline.state import RunRecord
+from workbench.run_record import RunRecord
 
 SKIPPED_REASONS = {
     "awaiting_approval": "awaiting approval",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from workbench.pipeline.state import RunRecord
+from workbench.run_record import RunRecord
 
 MARKS = {"succeeded": "✅", "reused": "♻️", "failed": "❌", "skipped": "⏭️",
          "awaiting_approval": "⏸️", "pending": "…", "not_selected": "—", "running": "▶️"}

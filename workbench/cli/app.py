@@ -14,22 +14,25 @@ from typing import Annotated, Any
 
 import typer
 
-from workbench.config import ConfigError
-from workbench.project import Project, ProjectNotFoundError, find_project
+from workbench.errors import (
+    EXIT_AWAITING,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    WorkbenchError,
+)
+from workbench.project import Project, find_project
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AWAITING = 0, 1, 2, 3
+__all__ = ["EXIT_AWAITING", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "UsageError", "app", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Notebook-driven ML release workbench.")
-state: dict[str, Any] = {"debug": False, "project": None}
-
-
-class UsageError(Exception):
-    """A user mistake: one clear message, exit 2."""
+options: dict[str, Any] = {"debug": False, "project": None}  # the global options given
 
 
 def _project() -> Project:
-    start = state["project"]
+    start = options["project"]
     return find_project(Path(start) if start is not None else None)
 
 
@@ -39,12 +42,11 @@ def _options(
                                                  "upwards from the current folder).")] = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
-    state["project"], state["debug"] = project, debug
-
+    options["project"], options["debug"] = project, debug
 
 
 def _reporter(as_json: bool) -> Any:
-    from workbench.progress import JsonReporter, LiveReporter, PlainReporter, ci_log_style
+    from workbench.cli.progress import JsonReporter, LiveReporter, PlainReporter, ci_log_style
 
     if as_json:
         return JsonReporter()
@@ -54,21 +56,21 @@ def _reporter(as_json: bool) -> Any:
 
 
 def _drive(execute: Any, as_json: bool) -> Any:
-    """Run ``execute(reporter)`` with progress output, notifications (``pipeline.yaml``'s
-    ``notifications``) and CI-friendly signal handling."""
-    from workbench.operations.notify import NotifyingReporter, notifier_for
-    from workbench.progress import LiveReporter
+    """Run ``execute(listeners)`` with progress output, notifications (``pipeline.yaml``'s
+    ``notifications``) and CI-friendly signal handling (the run adds its standard listeners:
+    the stage cache's index, HTML and MLflow artifacts, the report site)."""
+    from workbench.cli.progress import LiveReporter
+    from workbench.operations.notify import notifier_for
 
     signal.signal(signal.SIGTERM, _terminated)  # CI cancels with SIGTERM: record, then exit
     reporter = _reporter(as_json)
     notifier = notifier_for(_project(), warn=lambda text: typer.echo(f"warning: {text}",
                                                                        err=True))
-    try:
-        with reporter if isinstance(reporter, LiveReporter) else nullcontext():
-            return execute(NotifyingReporter(reporter, notifier) if notifier else reporter)
-    finally:
-        if notifier:
-            notifier.close()
+    listeners: list[Any] = [reporter]
+    if notifier:
+        listeners.append(notifier)
+    with reporter if isinstance(reporter, LiveReporter) else nullcontext():
+        return execute(listeners)
 
 
 JunitOption = Annotated[Path | None, typer.Option("--junit", metavar="PATH",
@@ -88,9 +90,9 @@ NoForkOption = Annotated[bool, typer.Option("--no-fork", help="Start each pre-st
 
 def run_options(jobs: int | None, no_warm: bool, no_cache: bool, no_fork: bool = False
                 ) -> Any:
-    """The run's :class:`~workbench.pipeline.state.RunOptions` from the command line."""
+    """The run's :class:`~workbench.run_record.RunOptions` from the command line."""
     from workbench.pipeline.runner import default_jobs
-    from workbench.pipeline.state import RunOptions
+    from workbench.run_record import RunOptions
 
     return RunOptions(jobs=jobs or default_jobs(), warm=not no_warm, cache=not no_cache,
                       fork=not no_fork)
@@ -131,10 +133,9 @@ RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run id, or 'latest'.
 
 
 def _run_id(project: Project, run_id: str) -> str:
-    from workbench.pipeline.state import latest_run
+    from workbench.run_record import latest_run
 
     return latest_run(project).id if run_id == "latest" else run_id
-
 
 
 def _terminated(signum: int, _frame: Any) -> None:
@@ -143,30 +144,14 @@ def _terminated(signum: int, _frame: Any) -> None:
 
 
 def main() -> None:
-    """Console entry point: map user mistakes to one clear message and exit code 2."""
-    from workbench.audit.ledger import LedgerError
-    from workbench.audit.redact import SecretError
-    from workbench.execution.executors import ExecutorError
-    from workbench.governance.approvals import ApprovalRefused, ApprovalUsageError
-    from workbench.governance.bundle import BundleError
-    from workbench.governance.identity import IdentityError
-    from workbench.governance.journal import JournalError
-    from workbench.pipeline.runner import ResumeError
-    from workbench.pipeline.state import RunRecordError
-
+    """Console entry point: a :class:`~workbench.errors.WorkbenchError` is one clear message
+    and its exit code (a traceback only with ``--debug``)."""
     try:
         code = app(standalone_mode=False)  # returns the code of a raised typer.Exit
     except typer.Exit as done:
         code = done.exit_code
-    except ConfigError as exc:
-        count = len(exc.problems)
-        _fail(exc, f"configuration invalid ({count} problem{'s' if count > 1 else ''}):\n"
-                   + "\n".join(f"  {p}" for p in exc.problems))
-    except (ProjectNotFoundError, RunRecordError, UsageError, ApprovalUsageError, IdentityError,
-            ResumeError, BundleError, SecretError, ExecutorError) as exc:
-        _fail(exc, str(exc))
-    except (ApprovalRefused, JournalError, LedgerError) as exc:
-        _fail(exc, str(exc), EXIT_FAILED)
+    except WorkbenchError as exc:
+        _fail(exc, exc.user_message(), exc.exit_code)
     except Exception as exc:
         if _is_usage_error(exc):  # a missing or bad option: click's own message, exit 2
             exc.show()  # type: ignore[attr-defined]
@@ -174,12 +159,10 @@ def main() -> None:
         if isinstance(exc, typer.Abort):
             typer.echo("interrupted", err=True)
             sys.exit(130)
-        if state["debug"]:
+        if options["debug"]:
             raise
         typer.echo(f"error: {type(exc).__name__}: {exc} (use --debug for a traceback)", err=True)
         sys.exit(EXIT_FAILED)
-
-
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
@@ -195,7 +178,7 @@ def _is_usage_error(exc: Exception) -> bool:
 
 
 def _fail(exc: Exception, message: str, code: int = EXIT_USAGE) -> None:
-    if state["debug"]:
+    if options["debug"]:
         raise exc
     typer.echo(f"error: {message}", err=True)
     sys.exit(code)

@@ -14,13 +14,15 @@ from workbench.project import Project
 
 def _decide(project: Project, run_id: str, env: str, decision: Any, name: str | None,
             comment: str | None) -> None:
-    from workbench.governance import approvals, identity
+    from workbench import identity, run_record
+    from workbench.governance import approvals
 
     who = identity.current(name)
-    entry = approvals.submit(project, run_id, env, decision, who, comment, via="cli")
-    verdict, _ = approvals.status(project, run_id, env)
-    typer.echo(f"recorded #{entry['seq']}: {decision} by {who} for {env}, bundle "
-               f"{entry['bundle_digest'][:12]}")
+    record = run_record.load(project, run_id)
+    entry, bundle = approvals.submit(project, record, env, decision, who, comment, via="cli")
+    verdict, _ = approvals.status(project, record, env, bundle=bundle)
+    typer.echo(f"recorded #{entry.seq}: {decision} by {who} for {env}, bundle "
+               f"{entry.bundle_digest[:12]}")
     typer.echo(verdict.describe(run_id))
 
 
@@ -51,7 +53,7 @@ def approvals(run_id: RunArg, as_json: Annotated[bool, typer.Option("--json")] =
     """Every decision recorded for a run, and each gate's verdict for the current bundle."""
     from workbench.governance import approvals as gov
     from workbench.governance.bundle import BundleError
-    from workbench.pipeline.state import load
+    from workbench.run_record import load
 
     project = _project()
     run_id = _run_id(project, run_id)
@@ -60,23 +62,23 @@ def approvals(run_id: RunArg, as_json: Annotated[bool, typer.Option("--json")] =
     verdicts: dict[str, Any] = {}
     for env in gov.run_config(record).gates.policies:
         try:
-            verdicts[env] = gov.status(project, run_id, env)[0]
+            verdicts[env] = gov.status(project, record, env)[0]
         except BundleError as exc:
             verdicts[env] = str(exc)
     if as_json:
-        typer.echo(json.dumps({"records": records, "gates": {
-            env: v if isinstance(v, str) else v.model_dump() for env, v in verdicts.items()}},
-            indent=2))
+        typer.echo(json.dumps({"records": [r.model_dump(mode="json") for r in records],
+                               "gates": {env: v if isinstance(v, str) else v.model_dump()
+                                         for env, v in verdicts.items()}}, indent=2))
         return
     if not records:
         typer.echo(f"no decisions recorded for run {run_id}")
     for r in records:
-        status = "" if r["accepted"] else f"  REFUSED: {r['refused']}"
-        typer.echo(f"#{r['seq']} {r['time'][:19]} {r['environment']:<5} {r['decision']:<7} "
-                   f"{r['approver']['name']} ({r['approver']['source']}) bundle "
-                   f"{r['bundle_digest'][:12]}{status}")
-        if r.get("comment"):
-            typer.echo(f"    {r['comment']}")
+        status = "" if r.accepted else f"  REFUSED: {r.refused}"
+        typer.echo(f"#{r.seq} {r.time[:19]} {r.environment:<5} {r.decision:<7} "
+                   f"{r.approver.name} ({r.approver.source}) bundle "
+                   f"{r.bundle_digest[:12]}{status}")
+        if r.comment:
+            typer.echo(f"    {r.comment}")
     for env, verdict in verdicts.items():
         typer.echo(f"{env}: {verdict}" if isinstance(verdict, str) else verdict.describe(run_id))
 

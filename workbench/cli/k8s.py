@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from workbench.cli.app import EXIT_FAILED, UsageError, _project, app
+from workbench.cli.app import UsageError, _project, app
 
 k8s_app = typer.Typer(no_args_is_help=True, help="Kubernetes: render manifests for review, "
                                                  "apply them, show what is deployed.")
@@ -19,20 +17,6 @@ EnvOption = Annotated[str, typer.Option("--env", help="Environment (configs/kube
 VersionOption = Annotated[str | None, typer.Option(
     "--model-version", metavar="VERSION",
     help="Registered model version (default: the one holding the environment's alias).")]
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Kubernetes and manifest failures: their own message and exit 1, no traceback."""
-    from workbench.k8s import KubernetesError
-    from workbench.k8s.checks import ManifestInvalid
-    from workbench.k8s.manifests import ManifestError
-
-    try:
-        yield
-    except (KubernetesError, ManifestInvalid, ManifestError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
 
 
 def _context(env: str) -> tuple[Any, Any, str]:
@@ -53,15 +37,17 @@ def _version(config: Any, env: str, tracking_uri: str, version: str | None) -> s
     database = tracking_uri.removeprefix("sqlite:///")
     if tracking_uri.startswith("sqlite:///") and not Path(database).is_file():
         raise UsageError(f"no model registry at {tracking_uri} yet; pass --model-version")
-    try:
-        from mlflow import MlflowClient
+    from workbench.registry.client import client_for, version_holding
 
-        found = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(
-            config.model.name, env)
+    try:
+        found = version_holding(client_for(tracking_uri), config.model.name, env)
     except Exception as exc:  # noqa: BLE001 - any registry failure: ask for the version
-        raise UsageError(f"no version of {config.model.name} holds alias {env!r} ({exc}); "
-                         f"pass --model-version") from None
-    return str(found.version)
+        raise UsageError(f"the registry at {tracking_uri} could not be read ({exc}); pass "
+                         f"--model-version") from None
+    if found is None:
+        raise UsageError(f"no version of {config.model.name} holds alias {env!r}; pass "
+                         f"--model-version")
+    return found
 
 
 @k8s_app.command()
@@ -79,10 +65,9 @@ def render(
 
     project, config, tracking_uri = _context(env)
     version = _version(config, env, tracking_uri, model_version)
-    with _clear_errors():
-        manifests = render_manifests(project, config, env, config.model.name, version,
-                                     tracking_uri)
-    folder = output or project.state / "k8s" / env
+    manifests = render_manifests(project, config, env, config.model.name, version,
+                                 tracking_uri)
+    folder = output or project.local_state / "k8s" / env
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.yaml"):
         old.unlink()
@@ -110,14 +95,13 @@ def apply_command(
 
     project, config, tracking_uri = _context(env)
     version = _version(config, env, tracking_uri, model_version)
-    with _clear_errors():
-        if dry_run:
-            manifests = render_manifests(project, config, env, config.model.name, version,
-                                         tracking_uri)
-            typer.echo(yaml.safe_dump_all(manifests, sort_keys=False))
-        deployment = deploy(project, config, env, config.model.name, version, tracking_uri,
-                            dry_run=True if dry_run else None,
-                            on_wait=lambda message: typer.echo(f"  waiting: {message}"))
+    if dry_run:
+        manifests = render_manifests(project, config, env, config.model.name, version,
+                                     tracking_uri)
+        typer.echo(yaml.safe_dump_all(manifests, sort_keys=False))
+    deployment = deploy(project, config, env, config.model.name, version, tracking_uri,
+                        dry_run=True if dry_run else None,
+                        on_wait=lambda message: typer.echo(f"  waiting: {message}"))
     typer.echo(deployment.describe())
 
 
@@ -127,13 +111,12 @@ def status(env: EnvOption) -> None:
     from workbench.k8s.target import current, history
 
     project, config, _ = _context(env)
-    with _clear_errors():
-        deployment = current(project, config, env)
-        if deployment is None:
-            typer.echo(f"nothing deployed for {env}")
-            return
-        typer.echo(deployment.describe())
-        typer.echo(f"  ready replicas: {deployment.ready_replicas}")
-        for number, version, ready in history(project, config, env):
-            mark = "*" if number == deployment.revision else " "
-            typer.echo(f"  {mark} revision {number}: v{version} ({ready} ready)")
+    deployment = current(project, config, env)
+    if deployment is None:
+        typer.echo(f"nothing deployed for {env}")
+        return
+    typer.echo(deployment.describe())
+    typer.echo(f"  ready replicas: {deployment.ready_replicas}")
+    for number, version, ready in history(project, config, env):
+        mark = "*" if number == deployment.revision else " "
+        typer.echo(f"  {mark} revision {number}: v{version} ({ready} ready)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,7 +24,7 @@ def rollback(
     from and to versions, actor and reason (`reports/rollbacks/`, the ledger).
     """
     from workbench.config import load_config
-    from workbench.governance.identity import current
+    from workbench.identity import current
     from workbench.operations.rollback import RollbackError
     from workbench.operations.rollback import rollback as roll_back
 
@@ -35,5 +35,17 @@ def rollback(
                            reason=reason)
     except RollbackError as exc:
         raise UsageError(f"rollback --env {env}: {exc}") from None
-    typer.echo(f"rolled back {env}: {record['model']} v{record['from_version']} -> "
-               f"v{record['to_version']}, serving at {record['endpoint']}")
+    _show_on_site(project)
+    typer.echo(f"rolled back {env}: {record.model} v{record.from_version} -> "
+               f"v{record.to_version}, serving at {record.endpoint}")
+
+
+def _show_on_site(project: Any) -> None:
+    """The report site's environment history shows the rollback (best effort: the record is
+    complete already)."""
+    import contextlib
+
+    from workbench.reports.site import build_environments
+
+    with contextlib.suppress(Exception):
+        build_environments(project)

@@ -65,9 +65,9 @@ def run(
     side by side (--jobs); a stage whose inputs are unchanged since an earlier execution is
     reused from the stage cache unless --no-cache (never a deploy, gate, load test or monitor).
     """
-    from workbench.pipeline.plan import SelectionError, needed_upstream, select
     from workbench.pipeline.runner import find_base, start_run
     from workbench.pipeline.validate import load_and_validate
+    from workbench.stage_graph import SelectionError, needed_upstream, select
 
     project = _project()
     config = load_and_validate(project)
@@ -80,7 +80,7 @@ def run(
     from workbench.execution.executors import EXECUTORS
 
     if executor not in EXECUTORS:
-        raise UsageError(f"--executor {executor}: choose one of {', '.join(EXECUTORS)}")
+        raise UsageError(f"--executor {executor}: choose one of {', '.join(EXECUTORS.names())}")
     chosen = base_run = None
     if stage or start or until:
         try:
@@ -109,16 +109,16 @@ def rerun(
     no_fork: NoForkOption = False,
 ) -> None:
     """Run again as a new run; with --failed, reuse every stage that succeeded in RUN."""
-    from workbench.pipeline import state as run_state
-    from workbench.pipeline.plan import ancestors
+    from workbench import run_record
     from workbench.pipeline.runner import start_run
     from workbench.pipeline.validate import load_and_validate
+    from workbench.stage_graph import ancestors
 
     if not failed:
         raise UsageError("rerun needs --failed (to run everything again, use `workbench run`)")
     project = _project()
     config = load_and_validate(project)
-    earlier = run_state.load(project, _run_id(project, run_id))
+    earlier = run_record.load(project, _run_id(project, run_id))
     redo = {n for n, e in earlier.stages.items() if e.status in ("failed", "skipped")}
     if not redo:
         raise UsageError(f"run {earlier.id} has no failed stage (it is {earlier.status})")
@@ -181,7 +181,7 @@ def promote(
 @app.command()
 def runs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List runs, newest first."""
-    from workbench.pipeline.state import list_runs
+    from workbench.run_record import list_runs
 
     records = list_runs(_project())
     if as_json:
@@ -207,10 +207,10 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Show one run: stages, timings, outputs, MLflow ids, model version."""
-    from workbench.pipeline import state as run_state
+    from workbench import run_record
 
     project = _project()
-    record = run_state.load(project, run_id) if run_id else run_state.latest_run(project)
+    record = run_record.load(project, run_id) if run_id else run_record.latest_run(project)
     if as_json:
         typer.echo(record.model_dump_json(indent=2))
         return
@@ -222,7 +222,7 @@ def status(
     typer.echo(f"  mlflow {record.tracking_uri}  runs {', '.join(record.mlflow_run_ids) or '-'}")
     if record.model_version:
         typer.echo(f"  model {record.model_version.name} v{record.model_version.version}")
-    typer.echo(f"  folder {run_state.run_dir(project, record.id)}")
+    typer.echo(f"  folder {run_record.run_dir(project, record.id)}")
     for name, stage in record.stages.items():
         took = f"{stage.duration_s:.1f} s" if stage.duration_s is not None else ""
         typer.echo(f"  - {name:<12} {stage.status:<9} {took:>8}  {stage.notebook or ''}")

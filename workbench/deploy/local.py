@@ -26,14 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from workbench.atomic import write_json
+from workbench.errors import EXIT_FAILED, WorkbenchError
 from workbench.project import Project
 
 HOST = "127.0.0.1"
 DRAIN_TIMEOUT = 60.0
 
 
-class DeployError(RuntimeError):
+class DeployError(WorkbenchError, RuntimeError):
     """The model server could not be started, or its state is inconsistent."""
+
+    exit_code = EXIT_FAILED
 
 
 @dataclass(frozen=True)
@@ -302,3 +305,19 @@ def serve(project: Project, environment: str, port: int, model_name: str, versio
                     str(backend_log), backend.pid, backend_port)
     write_json(_state_file(project, environment), asdict(server))
     return server
+
+
+class LocalTarget:
+    """The ``local`` deploy target (see the module doc)."""
+
+    def deploy(self, request: Any) -> Server:
+        port = request.config.environments[request.environment].deploy.port
+        return serve(request.project, request.environment, port, request.model_name,
+                     request.version, request.tracking_uri)
+
+    def rollback(self, request: Any) -> Server:
+        """A rollback is a zero-downtime redeploy of the earlier version."""
+        return self.deploy(request)
+
+    def current(self, project: Project, config: Any, environment: str) -> Server | None:
+        return current(project, environment)

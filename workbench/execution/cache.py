@@ -28,9 +28,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from workbench import run_record
 from workbench.atomic import write_json
 from workbench.config import Ref, Stage
 from workbench.digests import file_sha256
+from workbench.events import StageRecorded
+from workbench.execution.notebook_file import kernel_name
 
 KEY_VERSION = 1
 CACHE_DIR = "cache"
@@ -127,9 +130,7 @@ def environment_digest(state_dir: Path) -> str:
 def _kernel_spec(notebook_text: str) -> dict[str, Any]:
     """The notebook's kernel and how it is launched (its interpreter is part of the
     environment)."""
-    name = json.loads(notebook_text).get("metadata", {}).get("kernelspec", {}).get(
-        "name", "python3")
-    return _launch_spec(name)
+    return _launch_spec(kernel_name(json.loads(notebook_text)))
 
 
 @lru_cache(maxsize=16)
@@ -204,17 +205,26 @@ def remember(state_dir: Path, key: str, run_id: str, stage: str, archived: Path)
 
 def lookup(project: Any, key: str) -> Hit | None:
     """The indexed execution for ``key``, if its record and archived notebook are intact."""
-    from workbench.pipeline import state
-
     try:
-        entry = json.loads(_entry_path(project.state, key).read_text(encoding="utf-8"))
-        record = state.load(project, entry["run_id"])
+        entry = json.loads(_entry_path(project.local_state, key).read_text(encoding="utf-8"))
+        record = run_record.load(project, entry["run_id"])
         stage = record.stages[entry["stage"]]
-        archived = state.run_dir(project, record.id) / entry["notebook"]
+        archived = run_record.run_dir(project, record.id) / entry["notebook"]
         if stage.status != "succeeded" or stage.notebook != entry["notebook"] \
                 or stage.cache_key != key or file_sha256(archived) != entry["sha256"]:
             return None
-    except (OSError, ValueError, KeyError, TypeError, state.RunRecordError):
+    except (OSError, ValueError, KeyError, TypeError, run_record.RunRecordError):
         return None
     return Hit(run_id=record.id, stage=entry["stage"], notebook=entry["notebook"],
                sha256=entry["sha256"], outputs=dict(stage.outputs), actor=stage.actor)
+
+
+class CacheIndexer:
+    """A run listener: indexes each stage that succeeded with a cache key, once it is
+    recorded (see :mod:`workbench.events`)."""
+
+    def on_stage_recorded(self, event: StageRecorded) -> None:
+        entry = event.record.stages[event.stage]
+        if entry.status == "succeeded" and entry.cache_key and event.archived is not None:
+            remember(event.project.local_state, entry.cache_key, event.record.id, event.stage,
+                     event.archived)

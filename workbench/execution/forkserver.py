@@ -34,14 +34,18 @@ from typing import Any
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
+from workbench.errors import EXIT_FAILED, WorkbenchError
+from workbench.execution import kernel_output
 from workbench.execution.zygote import LAUNCHER
 
 SPAWN_TIMEOUT = 30.0  # seconds for a fork once the server is ready
 LOST = 1  # the exit status given to a kernel whose server vanished before reporting it
 
 
-class ForkServerError(RuntimeError):
+class ForkServerError(WorkbenchError, RuntimeError):
     """The fork server cannot start a kernel (not ready in time, or gone)."""
+
+    exit_code = EXIT_FAILED
 
 
 class ForkedProcess:
@@ -106,7 +110,8 @@ class ForkServer:
             # its own session, as kernels have: a Ctrl-C in the terminal is the run's to handle
             self.process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), cwd=cwd,
                                             env={**os.environ, **(env or {})},
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            **kernel_output.stdio())
         except BaseException:
             ours.close()
             raise

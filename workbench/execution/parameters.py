@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.errors import WorkbenchError
 from workbench.execution.outputs import PYTHON_TYPES as SIMPLE_TYPES
 
 
-class NotebookError(ValueError):
+class NotebookError(WorkbenchError, ValueError):
     """The notebook cannot be used as a stage (unreadable, no parameters cell, bad cell)."""
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -16,6 +15,8 @@ from typing import Any
 
 from workbench.execution.engine import ENGINE, Activity, register_engine, write_atomically
 from workbench.execution.failures import annotate, classify, describe
+from workbench.execution.notebook_file import kernel_name as notebook_kernel
+from workbench.execution.notebook_file import read_notebook
 from workbench.execution.outputs import output_problems
 from workbench.execution.warm import StageKernel, launch, new_kernel, retire
 from workbench.scraps import read_scraps
@@ -48,14 +49,6 @@ def _first_line(cell: Any) -> str:
     source = cell.get("source", "")
     source = "".join(source) if isinstance(source, list) else source
     return next((line.strip() for line in source.splitlines() if line.strip()), "")
-
-
-def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _kernel_name(notebook: Path) -> str:
-    return _read(notebook).get("metadata", {}).get("kernelspec", {}).get("name", "python3")
 
 
 KILL_AFTER = 10.0  # seconds an interrupted kernel gets before it is killed
@@ -173,11 +166,11 @@ def execute_stage(
         if on_cell is not None:
             on_cell(cell_index, total, _first_line(cell))
 
-    total = len(_read(notebook).get("cells", [])) + 1
+    total = len(read_notebook(notebook).get("cells", [])) + 1
     output.parent.mkdir(parents=True, exist_ok=True)
     register_engine()
     write_atomically(output)
-    kernel_name = _kernel_name(notebook)
+    kernel_name = notebook_kernel(read_notebook(notebook))
     if kernel is None or kernel.kernel_name != kernel_name:
         kernel = new_kernel(kernel_name)
     manager = kernel.manager
@@ -229,7 +222,7 @@ def execute_stage(
         if output.exists():
             annotate(output, kind, error, activity)
         return StageResult(False, error=error, duration_s=duration, failure=kind)
-    scraps = read_scraps(_read(output))
+    scraps = read_scraps(read_notebook(output))
     outputs = {name: scraps[name] for name in declared_outputs if name in scraps}
     problems = output_problems(scraps, declared_outputs)
     if problems:

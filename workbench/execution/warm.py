@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.execution import kernel_output
+
 if TYPE_CHECKING:
     from workbench.execution.forkserver import ForkServer
 
@@ -143,7 +145,8 @@ def launch(kernel: StageKernel, cwd: Path, env: dict[str, str] | None = None) ->
     from jupyter_core.utils import run_sync
 
     extra = [*HISTORY, SKIP_IRI_CHECKS] if kernel.manager.ipykernel else list(HISTORY)
-    options: dict[str, Any] = {"cwd": str(cwd), "extra_arguments": extra}
+    options: dict[str, Any] = {"cwd": str(cwd), "extra_arguments": extra,
+                               **kernel_output.stdio()}
     if env is not None:
         options["env"] = {**os.environ, **env}
     run_sync(kernel.manager.start_kernel)(**options)

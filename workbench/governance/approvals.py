@@ -7,28 +7,32 @@ file each, never edited. Refused attempts are recorded too, and never count.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from workbench.audit import ledger
+from workbench import clock, run_record
+from workbench.audit import journal
 from workbench.config import Config, Gates, parse_config
-from workbench.governance import journal
+from workbench.errors import EXIT_FAILED, WorkbenchError
 from workbench.governance.bundle import Bundle, compute, gate_stage
-from workbench.governance.identity import Identity
-from workbench.pipeline import state
+from workbench.identity import Identity
 from workbench.project import Project
+from workbench.records import ApprovalRecord, Decision
+from workbench.run_record import RunRecord
 
 APPROVALS_DIR = "approvals"
-Decision = Literal["approve", "reject"]
 
 
-class ApprovalRefused(RuntimeError):
+class ApprovalRefused(WorkbenchError, RuntimeError):
     """The policy does not let this person make this decision (the attempt is recorded)."""
 
+    exit_code = EXIT_FAILED
 
-class ApprovalUsageError(ValueError):
+
+class ApprovalUsageError(WorkbenchError, ValueError):
     """The request itself is incomplete or names something that does not exist."""
 
 
@@ -75,10 +79,6 @@ class Verdict(BaseModel):
         return "\n".join(lines)
 
 
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
 def excluded_names(gates: Gates, environment: str, requester: Identity | None,
                    trainer: Identity | None) -> dict[str, str]:
     """Names the separation-of-duties rule keeps out of this environment's gate."""
@@ -92,7 +92,7 @@ def excluded_names(gates: Gates, environment: str, requester: Identity | None,
     return {name: " and ".join(why) for name, why in reasons.items()}
 
 
-def evaluate(records: list[dict[str, Any]], gates: Gates, environment: str, gate: str,
+def evaluate(records: list[ApprovalRecord], gates: Gates, environment: str, gate: str,
              bundle_digest: str, requester: Identity | None, trainer: Identity | None,
              now: datetime | None = None) -> Verdict:
     """Apply the policy to the recorded decisions; pure, so every rule is testable alone."""
@@ -105,57 +105,64 @@ def evaluate(records: list[dict[str, Any]], gates: Gates, environment: str, gate
                       quorum=policy.quorum, eligible=sorted(allowed - set(excluded)),
                       excluded={k: v for k, v in excluded.items() if k in allowed})
     for record in records:
-        if record.get("environment") != environment or record.get("kind") != "approval":
+        if record.environment != environment or record.kind != "approval":
             continue
-        name = record["approver"]["name"]
+        name = record.approver.name
         reason = _why_not_counted(record, allowed, excluded, bundle_digest, policy.valid_for_s,
                                   now)
         if reason:
-            verdict.not_counted.append({"seq": record["seq"], "approver": name,
-                                        "decision": record["decision"], "reason": reason})
-        elif record["decision"] == "reject":
+            verdict.not_counted.append({"seq": record.seq, "approver": name,
+                                        "decision": record.decision, "reason": reason})
+        elif record.decision == "reject":
             verdict.state = "rejected"
-            verdict.rejection = {"seq": record["seq"], "approver": name,
-                                 "comment": record.get("comment"), "time": record["time"]}
+            verdict.rejection = {"seq": record.seq, "approver": name,
+                                 "comment": record.comment, "time": record.time}
         elif name not in verdict.approved_by:
             verdict.approved_by.append(name)
-            verdict.approval_seqs.append(record["seq"])
+            verdict.approval_seqs.append(record.seq)
     if verdict.state != "rejected" and len(verdict.approved_by) >= policy.quorum:
         verdict.state = "approved"
     return verdict
 
 
-def _why_not_counted(record: dict[str, Any], allowed: set[str], excluded: dict[str, str],
+def _why_not_counted(record: ApprovalRecord, allowed: set[str], excluded: dict[str, str],
                      bundle_digest: str, valid_for_s: float, now: datetime) -> str | None:
-    name = record["approver"]["name"]
-    if not record.get("accepted", False):
-        return f"refused: {record.get('refused')}"
-    if record["bundle_digest"] != bundle_digest:
-        return f"for another bundle {record['bundle_digest'][:12]}"
+    name = record.approver.name
+    if not record.accepted:
+        return f"refused: {record.refused}"
+    if record.bundle_digest != bundle_digest:
+        return f"for another bundle {record.bundle_digest[:12]}"
     if name not in allowed:
         return "not an approver under the current policy"
     if name in excluded:
         return f"may not approve: {excluded[name]}"
-    age = (now - _parse_time(record["time"])).total_seconds()
-    if record["decision"] == "approve" and age > valid_for_s:  # a rejection stands
-        return f"expired: given {record['time']}, valid for {valid_for_s:.0f} s"
+    age = (now - clock.parse(record.time)).total_seconds()
+    if record.decision == "approve" and age > valid_for_s:  # a rejection stands
+        return f"expired: given {record.time}, valid for {valid_for_s:.0f} s"
     return None
 
 
-# --- the project-level calls the CLI and the approval notebook share -------------------------
+# --- the project-level calls the CLI, the runner and the approval notebook share ------------
 
 
-def run_config(record: state.RunRecord) -> Config:
+def run_config(record: RunRecord) -> Config:
     """The configuration a run was started with: a run is released as it was configured."""
-    return parse_config(dict(record.config))
+    return _parsed_snapshot(tuple(sorted(record.config.items())))
+
+
+@lru_cache(maxsize=8)
+def _parsed_snapshot(texts: tuple[tuple[str, str], ...]) -> Config:
+    return parse_config(dict(texts))
 
 
 def approvals_dir(project: Project, run_id: str) -> Path:
-    return state.run_dir(project, run_id) / APPROVALS_DIR
+    return run_record.run_dir(project, run_id) / APPROVALS_DIR
 
 
-def read_records(project: Project, run_id: str) -> list[dict[str, Any]]:
-    return journal.read(approvals_dir(project, run_id))
+def read_records(project: Project, run_id: str) -> list[ApprovalRecord]:
+    """Every decision recorded for the run, verified (see :mod:`workbench.audit.journal`)."""
+    return [ApprovalRecord.model_validate(entry)
+            for entry in journal.read(approvals_dir(project, run_id))]
 
 
 def _check_environment(config: Config, environment: str) -> str:
@@ -166,23 +173,23 @@ def _check_environment(config: Config, environment: str) -> str:
     return gate_stage(config, environment)
 
 
-def status(project: Project, run_id: str, environment: str,
+def status(project: Project, record: RunRecord, environment: str,
            bundle: Bundle | None = None) -> tuple[Verdict, Bundle]:
-    """The gate's verdict for the run's current bundle."""
-    record = state.load(project, run_id)
+    """The gate's verdict for the run's current bundle (``bundle``: one just computed)."""
     config = run_config(record)
     gate = _check_environment(config, environment)
     bundle = bundle or compute(project, config, record, environment)
-    verdict = evaluate(read_records(project, run_id), config.gates, environment, gate,
+    verdict = evaluate(read_records(project, record.id), config.gates, environment, gate,
                        bundle.digest, record.requested_by, record.trained_by)
     return verdict, bundle
 
 
-def submit(project: Project, run_id: str, environment: str, decision: Decision,
-           approver: Identity, comment: str | None, via: str) -> dict[str, Any]:
-    """Record a decision on the run's current bundle; raise :class:`ApprovalRefused` if the
-    policy forbids it (after recording the refused attempt)."""
-    record = state.load(project, run_id)
+def submit(project: Project, record: RunRecord, environment: str, decision: Decision,
+           approver: Identity, comment: str | None, via: str
+           ) -> tuple[ApprovalRecord, Bundle]:
+    """Record a decision on the run's current bundle; return it and the bundle it binds to.
+    Raise :class:`ApprovalRefused` if the policy forbids it (after recording the refused
+    attempt)."""
     config = run_config(record)
     _check_environment(config, environment)
     gates = config.gates
@@ -199,27 +206,18 @@ def submit(project: Project, run_id: str, environment: str, decision: Decision,
     elif approver.name in excluded:
         refused = (f"{approver.name!r} {excluded[approver.name]} and the {environment} policy "
                    f"forbids self-approval")
-    entry = journal.append(approvals_dir(project, run_id), {
-        "kind": "approval",
-        "run_id": run_id,
-        "environment": environment,
-        "decision": decision,
-        "accepted": refused is None,
-        "refused": refused,
-        "approver": approver.model_dump(),
-        "via": via,
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "comment": comment,
-        "bundle_digest": bundle.digest,
-        "evidence": bundle.parts["notebooks"],
-        "policy_version": gates.version(environment),
-    })
-    folder = approvals_dir(project, run_id)
-    ledger.append(project.reports, "approval", actor=approver.model_dump(), run_id=run_id,
-                  data={"environment": environment, "decision": decision,
-                        "accepted": refused is None, "seq": entry["seq"],
-                        "bundle_digest": bundle.digest},
-                  files=[folder / f"{entry['seq']:04d}.json"])
+    approval = ApprovalRecord(
+        run_id=record.id, environment=environment, decision=decision,
+        accepted=refused is None, refused=refused, approver=approver, via=via,
+        time=clock.utc_now(), comment=comment, bundle_digest=bundle.digest,
+        evidence=bundle.parts["notebooks"], policy_version=gates.version(environment))
+    entry, _ = journal.append_recorded(
+        project.reports, approvals_dir(project, record.id), approval.body(), event="approval",
+        actor=approver.model_dump(), run_id=record.id,
+        ledger_data=lambda stored: {"environment": environment, "decision": decision,
+                                    "accepted": refused is None, "seq": stored["seq"],
+                                    "bundle_digest": bundle.digest})
+    stored = ApprovalRecord.model_validate(entry)
     if refused:
-        raise ApprovalRefused(f"refused and recorded as #{entry['seq']}: {refused}")
-    return entry
+        raise ApprovalRefused(f"refused and recorded as #{stored.seq}: {refused}")
+    return stored, bundle

@@ -16,14 +16,15 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel
 
+from workbench import run_record
 from workbench.config import Config
 from workbench.digests import canonical, file_sha256
-from workbench.pipeline import state
-from workbench.pipeline.plan import ancestors
+from workbench.errors import WorkbenchError
 from workbench.project import Project
+from workbench.stage_graph import ancestors
 
 
-class BundleError(RuntimeError):
+class BundleError(WorkbenchError, RuntimeError):
     """The bundle cannot be computed (no model version yet, archive missing, ...)."""
 
 
@@ -41,25 +42,37 @@ def tree_digest(root: Path) -> str:
 
 
 def model_artifact_digest(tracking_uri: str, name: str, version: str) -> str:
-    """Digest of a registered version's artifact files (read in place when they are local)."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        uri = client.get_model_version_download_uri(name, version)
-    except MlflowException as exc:
-        raise BundleError(f"model {name} v{version} is not in the registry at "
-                          f"{tracking_uri}: {exc.message}") from exc
+    """Digest of a registered version's artifact files (read in place when they are local:
+    on the embedded store without importing MLflow at all)."""
+    uri = version_location(tracking_uri, name, version)
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file") and Path(unquote(parsed.path)).is_dir():
         return tree_digest(Path(unquote(parsed.path)))
+    import mlflow
+
     with tempfile.TemporaryDirectory(prefix="workbench-bundle-") as tmp:
         mlflow.set_tracking_uri(tracking_uri)
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
                                                     dst_path=tmp)
         return tree_digest(Path(local))
+
+
+def version_location(tracking_uri: str, name: str, version: str) -> str:
+    """Where a registered version's files are (what MLflow's download URI is)."""
+    from workbench.registry.store import registered_location
+
+    found = registered_location(tracking_uri, name, version)
+    if found is not None:
+        return found
+    from mlflow.exceptions import MlflowException
+
+    from workbench.registry.client import client_for
+
+    try:
+        return str(client_for(tracking_uri).get_model_version_download_uri(name, version))
+    except MlflowException as exc:
+        raise BundleError(f"model {name} v{version} is not in the registry at "
+                          f"{tracking_uri}: {exc.message}") from exc
 
 
 def gate_stage(config: Config, environment: str) -> str:
@@ -69,7 +82,7 @@ def gate_stage(config: Config, environment: str) -> str:
     return found[0]
 
 
-def compute(project: Project, config: Config, record: state.RunRecord, environment: str
+def compute(project: Project, config: Config, record: run_record.RunRecord, environment: str
             ) -> Bundle:
     """The bundle the gate for ``environment`` would release for this run, as of now."""
     gate = gate_stage(config, environment)
@@ -81,8 +94,8 @@ def compute(project: Project, config: Config, record: state.RunRecord, environme
     parameters: dict[str, Any] = {}
     for name in upstream:
         entry = record.stages[name]
-        path = state.notebook_path(project, record, name)
-        if entry.status not in state.DONE or path is None:
+        path = run_record.notebook_path(project, record, name)
+        if entry.status not in run_record.DONE or path is None:
             raise BundleError(f"stage {name!r} (before gate {gate!r}) has not succeeded")
         if not path.is_file():
             raise BundleError(f"{path} is missing from the archive")

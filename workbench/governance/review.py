@@ -13,17 +13,16 @@ import base64
 import html
 import json
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from workbench.governance import approvals, identity
+from workbench import identity, run_record
+from workbench.clock import stamped_id
+from workbench.governance import approvals
 from workbench.governance.bundle import Bundle
-from workbench.pipeline import state
 from workbench.project import Project, find_project
+from workbench.records import ApprovalRecord
 
 MODES = ("auto", "interactive", "headless")
 
@@ -55,11 +54,11 @@ class Review:
     """One run's release into one environment, as a reviewer sees it."""
 
     project: Project
-    record: state.RunRecord
+    record: run_record.RunRecord
     environment: str
     verdict: approvals.Verdict
     bundle: Bundle
-    submitted: list[dict[str, Any]] = field(default_factory=list)
+    submitted: list[ApprovalRecord] = field(default_factory=list)
 
     # --- evidence ---------------------------------------------------------------------------
 
@@ -87,7 +86,7 @@ class Review:
     def _show_metrics(self) -> None:
         for name, entry in self.record.stages.items():
             metrics = entry.outputs.get("metrics")
-            if entry.status not in state.DONE or not isinstance(metrics, dict):
+            if entry.status not in run_record.DONE or not isinstance(metrics, dict):
                 continue
             champion = entry.outputs.get("champion") or {}
             head = f"### Metrics from `{name}`"
@@ -107,7 +106,7 @@ class Review:
         from IPython.display import Image, display
 
         for name, entry in self.record.stages.items():
-            path = state.notebook_path(self.project, self.record, name)
+            path = run_record.notebook_path(self.project, self.record, name)
             if path is None or not entry.outputs.get("metrics") or not path.is_file():
                 continue
             for cell in json.loads(path.read_text(encoding="utf-8")).get("cells", []):
@@ -119,14 +118,14 @@ class Review:
 
     def _show_load_tests(self) -> None:
         for name, entry in self.record.stages.items():
-            if name.startswith("load_test") and entry.status in state.DONE:
+            if name.startswith("load_test") and entry.status in run_record.DONE:
                 rows = [f"### Load test `{name}`", "", "| measure | value |", "|---|---|"]
                 rows += [f"| {key} | {value} |" for key, value in entry.outputs.items()]
                 _markdown("\n".join(rows))
 
     def _show_decisions(self) -> None:
         records = [r for r in approvals.read_records(self.project, self.record.id)
-                   if r.get("environment") == self.environment]
+                   if r.environment == self.environment]
         if not records:
             _markdown("No decisions recorded yet.")
             return
@@ -134,27 +133,28 @@ class Review:
                 "|---|---|---|---|---|---|"]
         uncounted = {n["seq"]: n["reason"] for n in self.verdict.not_counted}
         for r in records:
-            counts = "no: " + uncounted[r["seq"]] if r["seq"] in uncounted else "yes"
-            rows.append(f"| {r['seq']} | {r['decision']} | {_cell(r['approver']['name'])} "
-                        f"({r['approver']['source']}) | {r['time'][:19]} | "
-                        f"{_cell(r.get('comment') or '')} | {_cell(counts)} |")
+            counts = "no: " + uncounted[r.seq] if r.seq in uncounted else "yes"
+            rows.append(f"| {r.seq} | {r.decision} | {_cell(r.approver.name)} "
+                        f"({r.approver.source}) | {r.time[:19]} | "
+                        f"{_cell(r.comment or '')} | {_cell(counts)} |")
         _markdown("\n".join(rows))
 
     # --- deciding -----------------------------------------------------------------------------
 
     def decide(self, decision: approvals.Decision, name: str, comment: str | None,
-               via: str = "notebook") -> dict[str, Any]:
+               via: str = "notebook") -> ApprovalRecord:
         """Record a decision through the library call the CLI uses."""
         who = identity.current(name or None)
-        entry = approvals.submit(self.project, self.record.id, self.environment, decision, who,
-                                 comment, via=via)
+        entry, bundle = approvals.submit(self.project, self.record, self.environment, decision,
+                                         who, comment, via=via)
         self.submitted.append(entry)
-        self.refresh()
+        self.refresh(bundle)
         return entry
 
-    def refresh(self) -> approvals.Verdict:
-        self.verdict, self.bundle = approvals.status(self.project, self.record.id,
-                                                     self.environment)
+    def refresh(self, bundle: Bundle | None = None) -> approvals.Verdict:
+        """The verdict as of now (``bundle``: one just computed for the same release)."""
+        self.verdict, self.bundle = approvals.status(self.project, self.record,
+                                                     self.environment, bundle=bundle)
         return self.verdict
 
     def form(self) -> ApprovalForm:
@@ -215,8 +215,8 @@ class ApprovalForm:
         self.done = True
         for item in (self.approver, self.comment, self.approve_button, self.reject_button):
             item.disabled = True
-        self.status.value = (f"<b>recorded</b> #{entry['seq']}: {decision} by "
-                             f"{html.escape(entry['approver']['name'])}; gate is "
+        self.status.value = (f"<b>recorded</b> #{entry.seq}: {decision} by "
+                             f"{html.escape(entry.approver.name)}; gate is "
                              f"<b>{self.review.verdict.state}</b>")
 
     async def wait(self, timeout_s: float, poll_s: float = 0.1) -> bool:
@@ -232,8 +232,8 @@ class ApprovalForm:
 def load(run_id: str = "", environment: str = "qa") -> Review:
     """The review of ``run_id`` (empty: the latest run) for ``environment``."""
     project = find_project()
-    record = state.load(project, run_id) if run_id else state.latest_run(project)
-    verdict, bundle = approvals.status(project, record.id, environment)
+    record = run_record.load(project, run_id) if run_id else run_record.latest_run(project)
+    verdict, bundle = approvals.status(project, record, environment)
     return Review(project, record, environment, verdict, bundle)
 
 
@@ -249,14 +249,14 @@ def prepare_review(project: Project, run_id: str, environment: str) -> Path:
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    state.load(project, run_id)  # the run must exist
-    approvals.status(project, run_id, environment)  # and be at this environment's gate
+    record = run_record.load(project, run_id)  # the run must exist
+    approvals.status(project, record, environment)  # and be at this environment's gate
     source = project.root / REVIEW_NOTEBOOK
     nb = parameterize_notebook(load_notebook_node(str(source)),  # papermill's own reader
                                {"run_id": run_id, "environment": environment,
                                 "mode": "interactive"})
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
-    target = state.run_dir(project, run_id) / REVIEWS_DIR / f"{environment}-{stamp}.ipynb"
+    stamp = stamped_id(2)
+    target = run_record.run_dir(project, run_id) / REVIEWS_DIR / f"{environment}-{stamp}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("x", encoding="utf-8") as handle:  # never overwrite a saved review
         nbformat.write(nb, handle)

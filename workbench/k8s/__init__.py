@@ -4,6 +4,10 @@ stage), both through the official ``kubernetes`` client. Settings live in the op
 
 from __future__ import annotations
 
+from workbench.errors import EXIT_FAILED, WorkbenchError
 
-class KubernetesError(RuntimeError):
+
+class KubernetesError(WorkbenchError, RuntimeError):
     """A Kubernetes operation failed: the message names the object and what was seen."""
+
+    exit_code = EXIT_FAILED

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from workbench.errors import EXIT_FAILED, WorkbenchError
 from workbench.k8s.names import (
     is_dns_label,
     is_dns_subdomain,
@@ -21,8 +22,10 @@ LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 WORKLOADS = ("Deployment", "Job")
 
 
-class ManifestInvalid(ValueError):
+class ManifestInvalid(WorkbenchError, ValueError):
     """Rendered manifests failed validation; ``problems`` names each one."""
+
+    exit_code = EXIT_FAILED
 
     def __init__(self, problems: list[str]):
         self.problems = problems

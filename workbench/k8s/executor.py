@@ -13,11 +13,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from workbench.audit.mlflow_guard import SECRET_NAMES_VAR
 from workbench.config import Config
-from workbench.execution.executors import ExecutorError
+from workbench.execution.executors import ExecutionRequest, ExecutorError
 from workbench.execution.outputs import output_problems
 from workbench.execution.stage import CellCallback, StageResult
 from workbench.k8s import KubernetesError, checks, store
@@ -26,6 +25,7 @@ from workbench.k8s.config import LABEL, Cluster, Executor, cluster_for, is_local
 from workbench.k8s.jobs import job_name, stage_job
 from workbench.k8s.manifests import POD_TMP
 from workbench.project import PROJECT_ENV_VAR, Project
+from workbench.registry.secret_guard import SECRET_NAMES_VAR
 from workbench.scraps import read_scraps
 
 FORWARDED = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_DISABLE_TELEMETRY",
@@ -95,21 +95,31 @@ def _first_line(cell: dict[str, Any]) -> str:
 
 
 class JobExecutor:
-    """Runs stages as Jobs in the environment's namespace."""
+    """Runs stages as Jobs in the environment's namespace (the ``kubernetes`` executor)."""
+
+    runs_here: ClassVar[bool] = False  # kernels run in pods: nothing is warmed or forked here
+
+    @classmethod
+    def create(cls, project: Project, config: Config, environment: str) -> JobExecutor:
+        return make_executor(project, config, environment)
 
     def __init__(self, project: Project, config: Config, environment: str, cluster: Cluster,
                  tracking_uri: str):
         self.project, self.config, self.environment = project, config, environment
         self.cluster, self.settings, self.tracking_uri = cluster, _settings(cluster), tracking_uri
 
-    def __call__(self, notebook: Path, output: Path, parameters: dict[str, Any],
-                 declared_outputs: dict[str, str], *, cwd: Path, timeout: float,
-                 on_cell: CellCallback | None = None, limits: Any = None) -> StageResult:
-        """Run the stage as a Job; ``limits`` (kernel start and per-cell bounds of the local
-        executor) do not apply: the Job's deadline is the stage ``timeout``."""
+    def execute(self, request: ExecutionRequest) -> StageResult:
+        """Run the stage as a Job; the request's kernel limits (start-up and per-cell bounds
+        of the local executor) and pre-warmed kernel do not apply: the Job's deadline is the
+        stage ``timeout``."""
+        if request.kernel is not None:
+            request.kernel.close()  # a kernel of this machine is of no use here
+        notebook, output, timeout = request.notebook, request.output, request.timeout
+        parameters, declared_outputs = request.parameters, request.declared_outputs
+        on_cell = request.on_cell
         started = time.monotonic()
-        run_id = os.environ.get("WORKBENCH_RUN_ID") or output.parent.name
-        stage = output.stem
+        run_id = request.run_id or os.environ.get("WORKBENCH_RUN_ID") or output.parent.name
+        stage = request.stage or output.stem
         prefix = store.join(self.settings.store, run_id)
         input_url = store.join(prefix, f"{stage}.input.ipynb")
         output_url = store.join(prefix, f"{stage}.ipynb")

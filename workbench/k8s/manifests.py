@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from workbench.errors import EXIT_FAILED, WorkbenchError
 from workbench.k8s.config import Cluster, Serving
 from workbench.k8s.names import dns_label, label_value
 
@@ -24,8 +25,10 @@ PING = "/ping"
 RESOLVED_VERSION = re.compile(r"^[1-9]\d*$")
 
 
-class ManifestError(ValueError):
+class ManifestError(WorkbenchError, ValueError):
     """The manifests cannot be rendered from these inputs (e.g. an alias instead of a version)."""
+
+    exit_code = EXIT_FAILED
 
 
 def resolved_version(version: str | int) -> str:

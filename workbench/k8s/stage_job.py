@@ -48,8 +48,8 @@ def _register(url: str) -> None:
 
 
 def _check_secrets(stage: str, parameters: dict[str, Any]) -> None:
-    from workbench.audit.mlflow_guard import SECRET_NAMES_VAR
     from workbench.audit.redact import Secrets
+    from workbench.registry.secret_guard import SECRET_NAMES_VAR
 
     names = [n for n in os.environ.get(SECRET_NAMES_VAR, "").split(",") if n]
     Secrets.from_environment(names).check_parameters(stage, parameters)

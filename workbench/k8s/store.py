@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from workbench.errors import EXIT_FAILED, WorkbenchError
 
-class StoreError(RuntimeError):
+
+class StoreError(WorkbenchError, RuntimeError):
     """The store cannot be reached with what is installed, or an object is missing."""
+
+    exit_code = EXIT_FAILED
 
 
 def join(base: str, *parts: str) -> str:

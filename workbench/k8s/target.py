@@ -267,3 +267,20 @@ def _rollback_target(replica_sets: list[dict[str, Any]], version: str | None, cl
         raise KubernetesError(f"no revision of Deployment {cluster.namespace}/{name} serves "
                               f"model version {version}; revisions kept: {kept or 'none'}")
     return matches[-1]
+
+
+class KubernetesTarget:
+    """The ``kubernetes`` deploy target (registered through the ``workbench.deploy_targets``
+    entry-point group)."""
+
+    def deploy(self, request: Any) -> Deployment:
+        return deploy(request.project, request.config, request.environment, request.model_name,
+                      request.version, request.tracking_uri)
+
+    def rollback(self, request: Any) -> Deployment:
+        return rollback_to(request.project, request.config, request.environment,
+                           request.version)
+
+    def current(self, project: Project, config: Config, environment: str
+                ) -> Deployment | None:
+        return current(project, config, environment)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from workbench.config import Config
 from workbench.project import Project
@@ -16,18 +15,14 @@ def baseline_server(project: Project, config: Config, environment: str, model_na
                     tracking_uri: str) -> Iterator[tuple[str, str] | None]:
     """Yield ``(url, version)`` of a temporary server for ``environment``'s current version,
     or None when there is none (a first release); the server is stopped afterwards."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     from workbench.deploy import local
+    from workbench.registry.client import client_for, version_holding
 
     if not environment or environment not in config.environments:
         yield None
         return
-    client: Any = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        version = str(client.get_model_version_by_alias(model_name, environment).version)
-    except MlflowException:
+    version = version_holding(client_for(tracking_uri), model_name, environment)
+    if version is None:
         yield None
         return
     process, port, _log = local.start_model_server(project, f"{environment}-baseline",

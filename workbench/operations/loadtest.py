@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from workbench.config import LoadProfile, parse_duration
+from workbench.errors import EXIT_FAILED, WorkbenchError
 
 MAX_IN_FLIGHT = 1024
 REQUEST_TIMEOUT = 30.0
@@ -175,8 +176,10 @@ def evaluate_slo(summary: dict[str, Any], slo: Any, baseline: dict[str, Any] | N
     return checks, ratio
 
 
-class SloBreach(AssertionError):
+class SloBreach(WorkbenchError, AssertionError):
     """A load test missed its environment's SLO; promotion past it is blocked."""
+
+    exit_code = EXIT_FAILED
 
 
 def enforce(environment: str, checks: list[Check]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from workbench.config import Notification
 from workbench.deploy.local import http_url
+from workbench.events import Event
 
 log = logging.getLogger("workbench.notify")
 
@@ -27,22 +28,20 @@ EVENT_CLASSES = {"run_started": "run", "run_finished": "run", "stage_finished": 
                  "deployed": "deploy", "rolled_back": "rollback"}
 
 
-def slack_text(event: dict[str, Any]) -> str:
+def slack_text(event: Event) -> str:
     """A one-line summary for Slack."""
-    from workbench.progress import describe
-
-    line = describe(event) or event["event"]
-    return f"workbench: {line}"
+    return f"workbench: {event.describe() or event.kind}"
 
 
-def payload(notification: Notification, event: dict[str, Any]) -> dict[str, Any]:
+def payload(notification: Notification, event: Event) -> dict[str, Any]:
     if notification.kind == "slack":
         return {"text": slack_text(event)}
-    return {"source": "workbench", "class": EVENT_CLASSES.get(event["event"]), **event}
+    return {"source": "workbench", "class": EVENT_CLASSES.get(event.kind), **event.to_dict()}
 
 
 class Notifier:
-    """Queues events for the configured webhooks; ``close()`` waits for them (bounded)."""
+    """A run listener that queues events for the configured webhooks; ``close()`` waits for
+    them (bounded)."""
 
     def __init__(self, notifications: list[Notification],
                  environ: Mapping[str, str] | None = None,
@@ -57,13 +56,14 @@ class Notifier:
                           f"{notification.url_secret} is not set; not sending")
                 continue
             self.targets.append((notification, url))
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._queue: queue.Queue[Event | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.sent = self.failed = 0
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind = EVENT_CLASSES.get(event.get("event", ""))
-        if kind is None or not any(kind in n.events for n, _ in self.targets):
+    def on_event(self, event: Event) -> None:
+        kind = EVENT_CLASSES.get(event.kind)
+        if kind is None or not event.public or not any(kind in n.events
+                                                       for n, _ in self.targets):
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="workbench-notify",
@@ -73,12 +73,12 @@ class Notifier:
 
     def _work(self) -> None:
         while (event := self._queue.get()) is not None:
-            kind = EVENT_CLASSES[event["event"]]
+            kind = EVENT_CLASSES[event.kind]
             for notification, url in self.targets:
                 if kind in notification.events:
                     self._send(notification, url, event)
 
-    def _send(self, notification: Notification, url: str, event: dict[str, Any]) -> None:
+    def _send(self, notification: Notification, url: str, event: Event) -> None:
         body = json.dumps(payload(notification, event), default=str).encode()
         try:
             request = urllib.request.Request(http_url(url), data=body, method="POST",
@@ -91,7 +91,7 @@ class Notifier:
             self.failed += 1
             status = f" {exc.code}" if hasattr(exc, "code") else ""  # HTTPError
             self.warn(f"notification {notification.kind} ({notification.url_secret}) for "
-                      f"{event['event']} failed: {type(exc).__name__}{status}")
+                      f"{event.kind} failed: {type(exc).__name__}{status}")
 
     def __bool__(self) -> bool:
         return bool(self.targets)
@@ -101,20 +101,6 @@ class Notifier:
             self._queue.put(None)
             self._thread.join(timeout)
             self._thread = None
-
-
-class NotifyingReporter:
-    """A reporter that passes every event on and also notifies the webhooks."""
-
-    def __init__(self, inner: Callable[[dict[str, Any]], None], notifier: Notifier) -> None:
-        self.inner, self.notifier = inner, notifier
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        self.inner(event)
-        try:
-            self.notifier(event)
-        except Exception as exc:  # noqa: BLE001 - a notification never fails a release
-            self.notifier.warn(f"notification not queued: {type(exc).__name__}: {exc}")
 
 
 def notifier_for(project: Any, warn: Callable[[str], None] | None = None) -> Notifier | None:

@@ -8,19 +8,21 @@ version, actor, reason.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from workbench.audit import ledger
+from workbench.audit import journal, ledger
+from workbench.clock import utc_now
 from workbench.config import Config
-from workbench.governance import journal
-from workbench.governance.identity import Identity
+from workbench.errors import WorkbenchError
+from workbench.events import RolledBack
+from workbench.identity import Identity
 from workbench.project import Project
+from workbench.records import CHAIN_FIELDS, RollbackRecord
 
 ROLLBACKS_DIR = "rollbacks"
 
 
-class RollbackError(RuntimeError):
+class RollbackError(WorkbenchError, RuntimeError):
     """No version to roll back to, or the requested one was never approved there."""
 
 
@@ -66,27 +68,23 @@ def choose_target(approved: list[str], current: str | None, to: str | None,
 def current_version(project: Project, config: Config, environment: str, client: Any
                     ) -> str | None:
     """The version the environment serves, else the one its alias names."""
-    from mlflow.exceptions import MlflowException
-
     from workbench.deploy import serving
+    from workbench.registry.client import version_holding
 
     running = serving(project, config, environment)
     if running is not None:
         return str(running.version)
-    try:
-        return str(client.get_model_version_by_alias(config.model.name, environment).version)
-    except MlflowException:
-        return None
+    return version_holding(client, config.model.name, environment)
 
 
 def rollback(project: Project, config: Config, environment: str, actor: Identity, *,
              to: str | None = None, trigger: str = "manual", reason: str = "",
              observed: Any = None, threshold: Any = None, run_id: str | None = None
-             ) -> dict[str, Any]:
-    """Roll ``environment`` back; return the journalled record."""
-    from mlflow import MlflowClient
-
+             ) -> RollbackRecord:
+    """Roll ``environment`` back; return the record (kept in ``reports/rollbacks/``)."""
     from workbench.deploy import rollback_to
+    from workbench.registry.aliases import move_alias
+    from workbench.registry.client import client_for
     from workbench.registry.store import resolve
 
     if environment not in config.environments:
@@ -94,7 +92,7 @@ def rollback(project: Project, config: Config, environment: str, actor: Identity
                             f"defines {', '.join(config.environments)}")
     model = config.model.name
     tracking_uri = resolve(project, config.pipeline.mlflow).tracking_uri
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = client_for(tracking_uri)
     current = current_version(project, config, environment, client)
     approved = approved_versions(project, model, environment,
                                  gated=environment in config.gates.policies)
@@ -103,45 +101,32 @@ def rollback(project: Project, config: Config, environment: str, actor: Identity
     if str(endpoint.version) != target:
         raise RollbackError(f"{environment} serves version {endpoint.version} after rolling "
                             f"back to {target}")
-    from workbench.registry.aliases import move_alias
-
     move_alias(client, tracking_uri, model, environment, target)
     client.set_model_version_tag(model, target, f"workbench.{environment}.rolled_back_from",
                                  str(current))
-    record = {"kind": "rollback", "environment": environment, "model": model,
-              "from_version": current, "to_version": target, "trigger": trigger,
-              "reason": reason or f"{trigger} rollback", "observed": observed,
-              "threshold": threshold, "actor": actor.model_dump(), "run_id": run_id,
-              "target": config.environments[environment].deploy.target,
-              "endpoint": endpoint.url,
-              "time": datetime.now(UTC).isoformat(timespec="milliseconds")}
-    folder = project.reports / ROLLBACKS_DIR
-    entry = journal.append(folder, record)
-    ledger.append(project.reports, "rollback", actor=actor.model_dump(), run_id=run_id,
-                  data={k: record[k] for k in ("environment", "model", "from_version",
-                                               "to_version", "trigger", "reason", "observed",
-                                               "threshold", "endpoint")},
-                  files=[folder / f"{entry['seq']:04d}.json"])
-    _notify(project, record)
-    _update_site(project)
-    return record
+    record = RollbackRecord(environment=environment, model=model, from_version=current,
+                            to_version=target, trigger=trigger,
+                            reason=reason or f"{trigger} rollback", observed=observed,
+                            threshold=threshold, actor=actor, run_id=run_id,
+                            target=config.environments[environment].deploy.target,
+                            endpoint=endpoint.url, time=utc_now())
+    body = record.body()
+    entry, _ = journal.append_recorded(
+        project.reports, project.reports / ROLLBACKS_DIR, body, event="rollback",
+        actor=actor.model_dump(), run_id=run_id,
+        ledger_data=lambda _stored: {k: body[k] for k in (
+            "environment", "model", "from_version", "to_version", "trigger", "reason",
+            "observed", "threshold", "endpoint")})
+    stored = RollbackRecord.model_validate(entry)
+    _notify(project, stored)
+    return stored
 
 
-def _update_site(project: Project) -> None:
-    """Show the rollback on the report site's environment history (best effort: the record
-    is complete already)."""
-    import contextlib
-
-    from workbench.reports.site import build_environments
-
-    with contextlib.suppress(Exception):
-        build_environments(project)
-
-
-def _notify(project: Project, record: dict[str, Any]) -> None:
+def _notify(project: Project, record: RollbackRecord) -> None:
     from workbench.operations.notify import notifier_for
 
     notifier = notifier_for(project)
     if notifier:
-        notifier({"event": "rolled_back", **{k: v for k, v in record.items() if k != "kind"}})
+        fields = record.model_dump(mode="json", exclude={"kind", *CHAIN_FIELDS})
+        notifier.on_event(RolledBack(**fields))
         notifier.close()

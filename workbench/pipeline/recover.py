@@ -28,21 +28,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workbench import run_record
 from workbench.atomic import fsync_dir
 from workbench.audit import archive, ledger
 from workbench.audit.redact import SecretError, Secrets
+from workbench.clock import utc_now
 from workbench.config import FAILURE_CLASSES
+from workbench.events import StageViewsMissing
 from workbench.execution.reaper import stop_run_kernels
-from workbench.governance.identity import Identity
-from workbench.pipeline import state
+from workbench.identity import Identity
+from workbench.pipeline.recorder import Recorder
 from workbench.project import Project
 
 INTERRUPTED = "the run's process ended during this attempt (killed or crashed); resumed"
 BOOKKEEPING = ("run_recovered", "ledger_repaired")  # entries the recovery itself appends
 
 
-def is_dead(record: state.RunRecord) -> bool:
-    """True for a run that says ``running``; call it holding the run lock."""
+def was_interrupted(record: run_record.RunRecord) -> bool:
+    """Whether the run's process died: its record says ``running`` although the caller holds
+    the run lock (which the OS releases with the process that held it)."""
     return record.status == "running"
 
 
@@ -66,11 +70,12 @@ class _Ledger:
         return False
 
 
-def recover(project: Project, record: state.RunRecord, secrets: Secrets, actor: Identity,
-            record_deploy: Callable[[str], None], started_data: dict[str, Any]) -> list[str]:
+def recover(project: Project, recorder: Recorder, secrets: Secrets, actor: Identity,
+            environment_of: Callable[[str], str], started_data: dict[str, Any]) -> list[str]:
     """Make the dead run's records consistent and its interrupted stages pending again;
     return what was done, one line each (also recorded as a ``run_recovered`` entry).
     ``record.stages`` is updated in place; the caller saves the record."""
+    record = recorder.record
     who = actor.model_dump()
     notes: list[str] = []
     torn = ledger.repair(project.reports, who, record.id)
@@ -84,28 +89,26 @@ def recover(project: Project, record: state.RunRecord, secrets: Secrets, actor: 
     _remove_temporary_files(project, record)
     known = _Ledger(project.reports, record.id)
     if not known.has("run_started"):
-        ledger.append(project.reports, "run_started", actor=who, run_id=record.id,
-                      data=started_data)
+        recorder.run_started(actor, started_data)
         notes.append("run_started was missing from the ledger: recorded")
     for name, entry in record.stages.items():
         if entry.status == "running":
-            notes.append(_interrupted(project, record, name, secrets, known))
+            notes.append(_interrupted(project, recorder, name, secrets, known))
         else:
-            notes += _reconcile(project, record, name, known, actor, record_deploy)
-    ledger.append(project.reports, "run_recovered", actor=who, run_id=record.id,
-                  data={"notes": notes})
+            notes += _reconcile(project, recorder, name, known, actor, environment_of)
+    recorder.run_recovered(actor, notes)
     return notes
 
 
-def _remove_temporary_files(project: Project, record: state.RunRecord) -> None:
+def _remove_temporary_files(project: Project, record: run_record.RunRecord) -> None:
     """Temporary files of the run's own writes that a kill interrupted: ``.run.json.*`` and
     ``.<stage>.*`` beside the archive, anything in its staging folder (complete files are
     never dot-named; other writers' temporary files are left alone)."""
-    prefixes = (f".{state.RUN_FILE}.", *(f".{name}." for name in record.stages))
-    for path in _files(state.run_dir(project, record.id)):
+    prefixes = (f".{run_record.RUN_FILE}.", *(f".{name}." for name in record.stages))
+    for path in _files(run_record.run_dir(project, record.id)):
         if path.name.startswith(prefixes):
             path.unlink(missing_ok=True)
-    for path in _files(project.state / archive.STAGING / record.id):
+    for path in _files(project.local_state / archive.STAGING / record.id):
         if path.name.startswith("."):
             path.unlink(missing_ok=True)
 
@@ -118,15 +121,16 @@ def _relative(project: Project, path: Path) -> str:
     return path.relative_to(project.reports).as_posix()
 
 
-def _interrupted(project: Project, record: state.RunRecord, name: str, secrets: Secrets,
+def _interrupted(project: Project, recorder: Recorder, name: str, secrets: Secrets,
                  known: _Ledger) -> str:
     """Archive what the interrupted attempt left, record it, and make the stage pending."""
+    record = recorder.record
     entry = record.stages[name]
     number = len(entry.attempts) + 1
-    folder = state.run_dir(project, record.id)
+    folder = run_record.run_dir(project, record.id)
     target = folder / archive.attempt_name(name, number)
     final = folder / (entry.notebook or f"{name}.ipynb")
-    staged = project.state / archive.STAGING / record.id / f"{name}.ipynb"
+    staged = project.local_state / archive.STAGING / record.id / f"{name}.ipynb"
     note = f"stage {name}: attempt {number} was interrupted"
     failure, error = "interrupted", INTERRUPTED
     if not target.exists() and final.is_file() and _relative(project, final) not in known.files:
@@ -146,11 +150,11 @@ def _interrupted(project: Project, record: state.RunRecord, name: str, secrets: 
     if target.exists():
         failure, error = _recorded_failure(target) or (failure, error)
         note += f"; its notebook is archived as {target.name}"
-    attempt = state.Attempt(number=number, failure=failure, error=error,
+    attempt = run_record.Attempt(number=number, failure=failure, error=error,
                             notebook=target.name if target.exists() else None,
-                            started=entry.started, finished=state.now())
+                            started=entry.started, finished=utc_now())
     if not known.has("stage_attempt", name, attempt=number):
-        archive.record_attempt(project, record, name, attempt)
+        recorder.attempt(name, attempt)
     entry.attempts.append(attempt)
     entry.status, entry.notebook, entry.started, entry.finished = "pending", None, None, None
     entry.duration_s, entry.error, entry.failure, entry.outputs = None, None, None, {}
@@ -176,18 +180,19 @@ def _recorded_failure(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def _reconcile(project: Project, record: state.RunRecord, name: str, known: _Ledger,
-               actor: Identity, record_deploy: Callable[[str], None]) -> list[str]:
+def _reconcile(project: Project, recorder: Recorder, name: str, known: _Ledger,
+               actor: Identity, environment_of: Callable[[str], str]) -> list[str]:
     """Append what ``run.json`` records for a finished stage but the ledger lacks."""
+    record = recorder.record
     entry = record.stages[name]
     notes: list[str] = []
-    folder = state.run_dir(project, record.id)
+    folder = run_record.run_dir(project, record.id)
     for attempt in entry.attempts:
         if not known.has("stage_attempt", name, attempt=attempt.number):
-            archive.record_attempt(project, record, name, attempt)
+            recorder.attempt(name, attempt)
             notes.append(f"stage {name}: attempt {attempt.number} recorded in the ledger")
     if entry.status == "reused" and not known.has("stage_reused", name):
-        archive.record_stage(project, record, name, None)
+        recorder.stage(name, None)
         notes.append(f"stage {name}: reuse recorded in the ledger")
     if entry.status not in ("succeeded", "failed"):
         return notes
@@ -195,31 +200,29 @@ def _reconcile(project: Project, record: state.RunRecord, name: str, known: _Led
     archived = archived if archived is not None and archived.is_file() else None
     if not known.has("stage_executed", name, status=entry.status,
                      attempt=len(entry.attempts) + 1):
-        archive.publish_stage(project, record, name, archived)
+        recorder.stage(name, archived)  # its HTML and MLflow artifacts follow (listeners)
         notes.append(f"stage {name}: its {entry.status} outcome recorded in the ledger")
     elif archived is not None and not archived.with_suffix(".html").exists():
-        try:
-            archive.render_stage(project, record, name, archived)
-        except Exception as exc:  # noqa: BLE001 - the record is complete; HTML is a view
-            notes.append(f"stage {name}: HTML rendering failed: {exc}")
+        recorder.bus.emit(StageViewsMissing(project=project, record=record, stage=name,
+                                            archived=archived))
     if entry.status == "succeeded":
-        notes += _side_effects(project, record, name, known, actor, record_deploy)
+        notes += _side_effects(project, recorder, name, known, actor, environment_of)
     return notes
 
 
-def _side_effects(project: Project, record: state.RunRecord, name: str, known: _Ledger,
-                  actor: Identity, record_deploy: Callable[[str], None]) -> list[str]:
+def _side_effects(project: Project, recorder: Recorder, name: str, known: _Ledger,
+                  actor: Identity, environment_of: Callable[[str], str]) -> list[str]:
     """The alias-move and deploy records a succeeded stage's outputs imply."""
     from workbench.governance.promotion import read_moves
-    from workbench.pipeline.gates import record_alias_output
 
+    record = recorder.record
     notes = []
     outputs = record.stages[name].outputs
     if isinstance(outputs.get("alias_move"), dict) and record.model_version is not None and \
-            not any(m.get("via") == f"stage {name}" for m in read_moves(project, record.id)):
-        record_alias_output(project, record, name, actor)
+            not any(m.via == f"stage {name}" for m in read_moves(project, record.id)):
+        recorder.alias_output(name, actor)
         notes.append(f"stage {name}: its alias move recorded")
     if "served_version" in outputs and not known.has("deploy", name):
-        record_deploy(name)
+        recorder.deploy(name, environment_of(name), actor)
         notes.append(f"stage {name}: its deploy recorded in the ledger")
     return notes

@@ -6,7 +6,8 @@ from typing import Any
 
 from workbench.config import Config, ConfigError, Problem, Ref, load_config
 from workbench.execution.parameters import Declared, NotebookError, declared_parameters
-from workbench.pipeline.plan import (
+from workbench.project import Project
+from workbench.stage_graph import (
     PIPELINE_LABEL,
     cache_problems,
     gate_problems,
@@ -14,7 +15,6 @@ from workbench.pipeline.plan import (
     lookup,
     reference_problems,
 )
-from workbench.project import Project
 
 SAMPLE_OF_TYPE: dict[str, Any] = {
     "str": "", "int": 0, "float": 0.0, "bool": False, "list": [], "dict": {},

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from workbench.registry.client import version_holding
 from workbench.registry.store import sqlite_file
 
 LOCK_TIMEOUT_S = 300
@@ -36,13 +37,8 @@ def move_alias(client: Any, tracking_uri: str, model: str, alias: str, version: 
                ) -> str | None:
     """Point ``alias`` at ``version`` under :func:`alias_lock`; the version it held before
     (None if it held none)."""
-    from mlflow.exceptions import MlflowException
-
     with alias_lock(tracking_uri):
-        try:
-            previous: str | None = str(client.get_model_version_by_alias(model, alias).version)
-        except MlflowException:
-            previous = None
+        previous = version_holding(client, model, alias)
         set_alias(client, model, alias, version)
     return previous
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from workbench.registry.client import client_for, version_holding
+
 PIP_REQUIREMENTS_PACKAGES = ("mlflow", "scikit-learn", "pandas", "numpy", "skops")
 
 
@@ -54,14 +56,10 @@ class Champion:
 
 def champion(model_name: str, alias: str) -> Champion | None:
     """The version holding ``alias`` (the current champion), if the model and alias exist."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        found = MlflowClient().get_model_version_by_alias(model_name, alias)
-    except MlflowException:
+    version = version_holding(client_for(), model_name, alias)
+    if version is None:
         return None
-    return Champion(str(found.version), f"models:/{model_name}/{found.version}")
+    return Champion(version, f"models:/{model_name}/{version}")
 
 
 def register(model_uri: str, model_name: str, tags: dict[str, str], alias: str
@@ -71,19 +69,20 @@ def register(model_uri: str, model_name: str, tags: dict[str, str], alias: str
     Returns the new version and the version the alias held before (None if it held none).
     """
     import mlflow
-    from mlflow import MlflowClient
 
     from workbench.registry.aliases import move_alias
 
     version = str(mlflow.register_model(model_uri, model_name, tags=tags).version)
-    previous = move_alias(MlflowClient(), mlflow.get_tracking_uri(), model_name, alias, version)
+    previous = move_alias(client_for(), mlflow.get_tracking_uri(), model_name, alias, version)
     return version, previous
 
 
 def version_by_alias(model_name: str, alias: str) -> str:
-    from mlflow import MlflowClient
-
-    return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+    """The version ``alias`` names; a LookupError saying so when it names none."""
+    version = version_holding(client_for(), model_name, alias)
+    if version is None:
+        raise LookupError(f"no version of {model_name} holds alias {alias!r}")
+    return version
 
 
 def _source_run_id(model_uri: str) -> str:
@@ -97,10 +96,8 @@ def _source_run_id(model_uri: str) -> str:
 
 def record_evaluation(model_uri: str, metrics: dict[str, float], passed: bool) -> str:
     """Attach evaluation metrics and the verdict to the run that trained ``model_uri``."""
-    from mlflow import MlflowClient
-
     run_id = _source_run_id(model_uri)
-    client = MlflowClient()
+    client = client_for()
     for name, value in metrics.items():
         client.log_metric(run_id, f"eval_{name}", value)
     client.set_tag(run_id, "workbench.evaluation.passed", str(passed).lower())
@@ -109,9 +106,7 @@ def record_evaluation(model_uri: str, metrics: dict[str, float], passed: bool) -
 
 def recorded_evaluation(model_uri: str) -> tuple[bool, dict[str, float]]:
     """The verdict and metrics ``record_evaluation`` stored for ``model_uri``."""
-    from mlflow import MlflowClient
-
-    run = MlflowClient().get_run(_source_run_id(model_uri))
+    run = client_for().get_run(_source_run_id(model_uri))
     verdict = run.data.tags.get("workbench.evaluation.passed")
     if verdict is None:
         raise LookupError(f"{model_uri} has not been evaluated yet: run evaluate first")

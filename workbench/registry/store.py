@@ -185,10 +185,10 @@ def _schema_from_template(building: Path) -> None:
             return
     except (OSError, sqlite3.Error):
         pass
-    from mlflow.tracking import MlflowClient
+    from workbench.registry.client import client_for
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments(max_results=1)
+    client_for(f"sqlite:///{building}").search_experiments(max_results=1)
     try:
         template.parent.mkdir(parents=True, exist_ok=True)
         partial = template.with_name(f".{template.name}.{os.getpid()}")
@@ -196,6 +196,30 @@ def _schema_from_template(building: Path) -> None:
         os.replace(partial, template)
     except OSError:
         pass  # no writable cache folder: every new store is created by MLflow
+
+
+def registered_location(tracking_uri: str, name: str, version: str) -> str | None:
+    """Where a registered version's files are, read straight from an embedded (SQLite) store
+    as MLflow's own ``get_model_version_download_uri`` reads it (``storage_location``, else
+    ``source``), so that approving a release needs no MLflow import; None for any other store,
+    or when the row is not there (MLflow then says why)."""
+    import sqlite3
+
+    db = sqlite_file(tracking_uri)
+    if db is None or not db.is_file():
+        return None
+    try:
+        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            row = connection.execute(
+                "SELECT storage_location, source FROM model_versions WHERE name = ? AND "
+                "version = ? AND current_stage != 'Deleted_Internal'",
+                (name, int(version))).fetchone()
+        finally:
+            connection.close()
+    except (sqlite3.Error, ValueError):
+        return None
+    return (row[0] or row[1]) if row and (row[0] or row[1]) else None
 
 
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
@@ -218,10 +242,10 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
 
 
 def _ensure_experiment(store: Store) -> str:
-    from mlflow.tracking import MlflowClient
+    from workbench.registry.client import client_for
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema chatter
-    client = MlflowClient(tracking_uri=store.tracking_uri)
+    client = client_for(store.tracking_uri)
     experiment = client.get_experiment_by_name(store.experiment)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":  # its runs must be loggable again
@@ -238,9 +262,9 @@ def connect() -> Store:
     """
     import mlflow
 
-    from workbench.audit.mlflow_guard import install
     from workbench.config import load_config
     from workbench.project import find_project
+    from workbench.registry.secret_guard import install
 
     project = find_project()
     config = load_config(project.configs)

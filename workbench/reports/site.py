@@ -24,9 +24,9 @@ from typing import Any
 
 import jinja2
 
+from workbench import run_record
 from workbench.atomic import write_text
 from workbench.audit import ledger
-from workbench.pipeline import state
 from workbench.project import Project
 
 CACHE_FILE = ".site-cache.json"
@@ -46,7 +46,7 @@ def _json(data: Any) -> str:
     return json.dumps(data, default=str).replace("<", "\\u003c").replace(">", "\\u003e")
 
 
-def summarise(record: state.RunRecord) -> dict[str, Any]:
+def summarise(record: run_record.RunRecord) -> dict[str, Any]:
     """What the index shows of one run."""
     # In pipeline order (stages are stored in that order), not alphabetical: dev → qa → prod.
     reached = list(dict.fromkeys(s.gate["environment"] for s in record.stages.values()
@@ -82,7 +82,7 @@ def _summaries(project: Project) -> list[dict[str, Any]]:
     fresh: dict[str, Any] = {}
     if project.runs.is_dir():
         for folder in project.runs.iterdir():
-            path = folder / state.RUN_FILE
+            path = folder / run_record.RUN_FILE
             try:
                 mtime = path.stat().st_mtime_ns
             except OSError:
@@ -92,8 +92,8 @@ def _summaries(project: Project) -> list[dict[str, Any]]:
                 fresh[folder.name] = hit
                 continue
             try:
-                record = state.load(project, folder.name)
-            except state.RunRecordError:
+                record = run_record.load(project, folder.name)
+            except run_record.RunRecordError:
                 continue
             fresh[folder.name] = {"mtime": mtime, "summary": summarise(record)}
     if fresh != cache:  # a build with nothing new writes nothing
@@ -142,10 +142,10 @@ def _approvals_of(project: Project, run_id: str | None, environment: str | None,
                   seqs: list[int]) -> list[dict[str, Any]]:
     if not run_id or not seqs:
         return []
-    from workbench.governance.journal import JournalError, read
+    from workbench.audit.journal import JournalError, read
 
     try:
-        records = read(state.run_dir(project, run_id) / "approvals")
+        records = read(run_record.run_dir(project, run_id) / "approvals")
     except JournalError:
         return [{"name": "?", "comment": "approval records fail verification"}]
     return [{"name": r["approver"]["name"], "source": r["approver"]["source"],
@@ -175,14 +175,14 @@ def _plots(path: Path, limit: int = 6) -> list[str]:
 
 
 def build_run_page(project: Project, run_id: str) -> Path:
-    record = state.load(project, run_id)
-    folder = state.run_dir(project, run_id)
+    record = run_record.load(project, run_id)
+    folder = run_record.run_dir(project, run_id)
     entries = [e for e in ledger.entries(project.reports) if e.get("run_id") == run_id]
     status = _entry_status(project.reports, entries)
     stages = []
     start = min((s.started for s in record.stages.values() if s.started), default=None)
     for name, entry in record.stages.items():
-        notebook = state.notebook_path(project, record, name)
+        notebook = run_record.notebook_path(project, record, name)
         rel = None
         if notebook is not None:
             rel = Path("..") / notebook.parent.name / notebook.name if entry.reused_from \
@@ -210,7 +210,7 @@ def build_run_page(project: Project, run_id: str) -> Path:
 
 
 def _read_journal(folder: Path) -> list[dict[str, Any]]:
-    from workbench.governance.journal import JournalError, read
+    from workbench.audit.journal import JournalError, read
 
     try:
         return read(folder)

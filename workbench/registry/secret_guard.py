@@ -63,9 +63,9 @@ def leaked_in_run(tracking_uri: str, run_id: str, secrets: Secrets) -> list[str]
     """Names of secrets whose value is in the run's params, tags or run name."""
     if not secrets:
         return []
-    from mlflow import MlflowClient
+    from workbench.registry.client import client_for
 
-    run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    run = client_for(tracking_uri).get_run(run_id)
     texts = [run.info.run_name or "", *run.data.params.values(), *run.data.params,
              *run.data.tags.values()]
     return secrets.found_in("\n".join(texts))

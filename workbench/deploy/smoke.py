@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.deploy.local import http_url
+from workbench.errors import EXIT_FAILED, WorkbenchError
 
 
-class SmokeTestError(AssertionError):
+class SmokeTestError(WorkbenchError, AssertionError):
     """The endpoint did not answer, or answered differently from the model itself."""
+
+    exit_code = EXIT_FAILED
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,12 @@ reusing identical earlier executions from the stage cache.
 
 The scheduler thread (the caller's) owns the run record: it decides gates, cache hits and skips,
 submits stages to a pool of at most ``jobs`` worker threads, and books each result when it
-comes back. Workers only execute and archive one stage (with its retries). While stages run,
-the kernels of the stages that come next are started and their ``preload`` modules imported
+comes back, through the run's :class:`~workbench.pipeline.recorder.Recorder` (it writes no file
+itself). Workers only execute and archive one stage (with its retries). While stages run, the
+kernels of the stages that come next are started and their ``preload`` modules imported
 (:mod:`workbench.execution.warm`). HTML rendering and MLflow artifacts of a finished stage are
-produced on a publisher thread, off the critical path; the ledger entry is written first, by
-the scheduler, as before.
+produced by a listener in the background; the scheduler waits for them (``bus.drain``) before
+a stage that acts on an environment starts, and before the run ends.
 """
 
 from __future__ import annotations
@@ -17,27 +18,32 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from workbench.audit import archive, ledger
+from workbench import run_record
+from workbench.audit import archive
 from workbench.audit.redact import Secrets
+from workbench.clock import utc_now
 from workbench.config import Config
+from workbench.events import Bus, CellStarted, StageFinished, StageSkipped, StageStarted
 from workbench.execution import cache
-from workbench.execution.executors import executor_for
+from workbench.execution.executors import StageExecutor, executor_for, executor_plugin
+from workbench.execution.notebook_file import kernel_name_of
 from workbench.execution.stage import KILL_AFTER, StageResult
 from workbench.execution.warm import KernelPool, StageKernel, wait_retired
-from workbench.governance import identity
-from workbench.pipeline import state
-from workbench.pipeline.execute import run_archived_stage
-from workbench.pipeline.gates import record_alias_output, run_gate
-from workbench.pipeline.plan import ancestors, resolve_parameters
-from workbench.progress import Reporter, make_event
+from workbench.identity import Identity
+from workbench.pipeline.gates import run_gate
+from workbench.pipeline.recorder import Recorder
+from workbench.pipeline.stage_run import run_archived_stage
 from workbench.project import Project
+from workbench.run_record import RunRecord
+from workbench.stage_graph import ancestors, resolve_parameters
 
 WAIT_STEP = 0.5  # seconds between checks of a Ctrl-C while stages run
 LOOKAHEAD = 2  # warm the kernels of the next stages and of the ones after those
+Running = dict[Future[tuple[StageResult, Path | None]], str]
 
 
-def note_mlflow(record: state.RunRecord, outputs: dict[str, Any], model_name: str,
-                actor: identity.Identity | None) -> None:
+def note_mlflow(record: RunRecord, outputs: dict[str, Any], model_name: str,
+                actor: Identity | None) -> None:
     """Pick up MLflow run ids and the registered version from conventional output names."""
     run_id = outputs.get("mlflow_run_id")
     if isinstance(run_id, str) and run_id and run_id not in record.mlflow_run_ids:
@@ -45,71 +51,39 @@ def note_mlflow(record: state.RunRecord, outputs: dict[str, Any], model_name: st
         record.trained_by = record.trained_by or actor
     version = outputs.get("model_version")
     if version not in (None, "", 0):
-        record.model_version = state.ModelVersion(name=model_name, version=str(version))
+        record.model_version = run_record.ModelVersion(name=model_name, version=str(version))
 
 
-def stage_environment(config: Config, record: state.RunRecord, name: str) -> str:
+def stage_environment(config: Config, record: RunRecord, name: str) -> str:
     return config.stage(name).target_environment or record.environment
-
-
-def record_deploy(project: Project, record: state.RunRecord, name: str, environment: str,
-                  actor: identity.Identity, report: Reporter) -> None:
-    """A stage that served a model (``served_version`` output) is a deploy in the ledger."""
-    outputs = record.stages[name].outputs
-    if "served_version" not in outputs:
-        return
-    model = record.model_version.name if record.model_version else None
-    ledger.append(project.reports, "deploy", actor=actor.model_dump(), run_id=record.id,
-                  data={"stage": name, "environment": environment, "model": model,
-                        "version": str(outputs["served_version"]),
-                        "endpoint": outputs.get("endpoint")})
-    report(make_event("deployed", stage=name, run_id=record.id, environment=environment,
-                      model=model, version=str(outputs["served_version"]),
-                      endpoint=outputs.get("endpoint")))
-
-
-def cell_reporter(report: Reporter, stage: str) -> Any:
-    def on_cell(index: int, total: int, source: str) -> None:
-        report(make_event("cell", stage=stage, index=index, total=total, source=source))
-
-    return on_cell
-
-
-def _kernel_name(path: Path) -> str:
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "python3"
-    return data.get("metadata", {}).get("kernelspec", {}).get("name", "python3")
 
 
 class Scheduler:
     """Runs the pending stages of one run (see the module doc)."""
 
-    def __init__(self, project: Project, config: Config, record: state.RunRecord,
-                 report: Reporter, actor: identity.Identity, until: str | None,
-                 secrets: Secrets, kernel_env: dict[str, str] | None = None):
+    def __init__(self, project: Project, config: Config, recorder: Recorder, bus: Bus,
+                 actor: Identity, until: str | None, secrets: Secrets,
+                 kernel_env: dict[str, str] | None = None):
+        record = recorder.record
         self.project, self.config, self.record = project, config, record
-        self.report, self.actor, self.until, self.secrets = report, actor, until, secrets
+        self.recorder, self.bus = recorder, bus
+        self.actor, self.until, self.secrets = actor, until, secrets
         self.options = record.options
         self.jobs = max(1, self.options.jobs)
         self.cancel = threading.Event()
         self.run_info = {"id": record.id, "git_commit": record.git_commit,
                          "config_hash": record.config_hash, "environment": record.environment}
         self.outputs = {name: dict(entry.outputs) for name, entry in record.stages.items()
-                        if entry.status in state.DONE}
+                        if entry.status in run_record.DONE}
         self.upstream = ancestors(config)
         self.upstream_gates = {name: {up for up in ups if config.stage(up).gate}
                                for name, ups in self.upstream.items()}
-        self.local = record.executor == "local"
+        self.local = executor_plugin(record.executor).runs_here
         self.kernels: KernelPool | None = None
         if self.options.warm and self.local:
             self.kernels = KernelPool(self.jobs, on_problem=self._warn, env=kernel_env,
                                       fork_preload=self._preloads() if self.options.fork
                                       else (), cwd=project.root)
-        self.published: list[Future[list[str]]] = []
         self.looked_up: set[str] = set()  # stages whose cache key was computed and looked up
         self._kernel_names: dict[str, str | None] = {}  # per stage; None: no notebook file
 
@@ -117,8 +91,7 @@ class Scheduler:
 
     def run(self) -> None:
         workers = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="stage")
-        publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
-        running: dict[Future[tuple[StageResult, Path | None]], str] = {}
+        running: Running = {}
         try:
             while True:
                 self._start_ready(workers, running)
@@ -128,7 +101,7 @@ class Scheduler:
                 for future in done:
                     name = running.pop(future)
                     result, archived = future.result()
-                    self._book(name, result, archived, publisher)
+                    self._book(name, result, archived)
         except BaseException:
             self.cancel.set()  # every stage still running is killed and returns at once
             wait(running, timeout=KILL_AFTER + 30)
@@ -137,16 +110,12 @@ class Scheduler:
             workers.shutdown(wait=False)
             if self.kernels is not None:
                 self.kernels.close()
-            publisher.shutdown(wait=True)
+            self.bus.drain()  # HTML and MLflow artifacts of every stage
             wait_retired(timeout=KILL_AFTER + 30)  # no kernel of the run outlives it
             if self.kernels is not None:
                 self.kernels.close(wait=KILL_AFTER)  # nor does the fork server
-            for future in self.published:
-                for warning in future.result():
-                    self._warn(None, warning)
 
-    def _start_ready(self, workers: ThreadPoolExecutor,
-                     running: dict[Future[tuple[StageResult, Path | None]], str]) -> None:
+    def _start_ready(self, workers: ThreadPoolExecutor, running: Running) -> None:
         """Decide everything that can be decided now; start what may start; warm the next."""
         changed = True
         while changed:
@@ -160,11 +129,10 @@ class Scheduler:
                     continue
                 if verdict != "ready":
                     continue
-                stage = self.config.stage(name)
-                if stage.gate:
+                if self.config.stage(name).gate:
                     self._prepare(name)
-                    run_gate(self.project, self.config, self.record, name, self.actor,
-                             self.report, self.secrets)
+                    run_gate(self.project, self.config, self.recorder, self.bus, name,
+                             self.actor, self.secrets)
                     self.outputs[name] = dict(entry.outputs)
                     changed = True
                 elif self._reused_from_cache(name):
@@ -173,30 +141,45 @@ class Scheduler:
                     self._submit(name, workers, running)
         self._warm_next(running)
 
-    def _readiness(self, name: str) -> str:
-        """``ready``, ``wait`` (upstream or a gate not done, or a later environment), or
-        ``skip`` (an upstream stage or gate failed: recorded as skipped here)."""
+    def _upstream_state(self, name: str, ahead: set[str] | frozenset[str] = frozenset()
+                        ) -> str:
+        """The one readiness rule: ``broken`` (a stage it needs, or a gate before it, failed
+        or was skipped), ``waiting`` (one is not done: still running, or a gate waits; those
+        in ``ahead`` count as done; a gate never does) or ``ready``. A stage of an
+        environment after ``until`` waits."""
         stage = self.config.stage(name)
-        entry = self.record.stages[name]
-        upstream = {up: self.record.stages[up].status for up in stage.needs}
-        gates = {up: self.record.stages[up].status for up in self.upstream_gates[name]}
-        broken = [up for up, status in {**upstream, **gates}.items()
-                  if status in ("failed", "skipped")]
-        if broken:
-            entry.status = "skipped"
-            entry.error = f"upstream stage {broken[0]!r} did not succeed"
-            self.report(make_event("stage_skipped", stage=name, reason=entry.error))
-            state.save(self.project, self.record)
-            return "skip"
-        if any(status not in state.DONE for status in upstream.values()):
-            return "wait"  # upstream still running, or waiting for a gate
-        if any(status not in state.DONE for status in gates.values()):
-            return "wait"  # a reused stage in between does not open a gate that still waits
+        stages = self.record.stages
+        needs = {up: stages[up].status for up in stage.needs}
+        gates = {up: stages[up].status for up in self.upstream_gates[name]}
+        if any(status in ("failed", "skipped") for status in (*needs.values(),
+                                                               *gates.values())):
+            return "broken"
+        if any(status not in run_record.DONE and up not in ahead
+               for up, status in needs.items()):
+            return "waiting"
+        if any(status not in run_record.DONE for status in gates.values()):
+            return "waiting"  # a reused stage in between does not open a gate that waits
         if self.until is not None and self.config.environment_rank(
                 stage_environment(self.config, self.record, name)) > \
                 self.config.environment_rank(self.until):
-            return "wait"
+            return "waiting"
         return "ready"
+
+    def _readiness(self, name: str) -> str:
+        """``ready``, ``wait``, or ``skip`` (recorded as skipped here)."""
+        state = self._upstream_state(name)
+        if state == "broken":
+            stage = self.config.stage(name)
+            stages = self.record.stages
+            broken = next(up for up in (*stage.needs, *sorted(self.upstream_gates[name]))
+                          if stages[up].status in ("failed", "skipped"))
+            entry = stages[name]
+            entry.status = "skipped"
+            entry.error = f"upstream stage {broken!r} did not succeed"
+            self.bus.emit(StageSkipped(stage=name, reason=entry.error))
+            self.recorder.save()
+            return "skip"
+        return "ready" if state == "ready" else "wait"
 
     def _prepare(self, name: str) -> None:
         entry = self.record.stages[name]
@@ -213,7 +196,7 @@ class Scheduler:
             return None
         upstream = {up: self.outputs.get(up, {}) for up in sorted(self.upstream[name])}
         try:
-            return cache.stage_key(stage, self.project.root, self.project.state,
+            return cache.stage_key(stage, self.project.root, self.project.local_state,
                                    self.record.stages[name].parameters, upstream,
                                    {"tracking_uri": self.record.tracking_uri,
                                     "experiment": self.record.experiment})
@@ -238,42 +221,40 @@ class Scheduler:
             self.kernels.discard(name)
         entry.status, entry.reuse, entry.reused_from = "reused", "cache", hit.run_id
         entry.notebook, entry.outputs = hit.notebook, hit.outputs
-        entry.started = entry.finished = state.now()
+        entry.started = entry.finished = utc_now()
         entry.duration_s = 0.0
         self.outputs[name] = dict(hit.outputs)
         note_mlflow(self.record, hit.outputs, self.config.model.name, hit.actor)
-        state.save(self.project, self.record)
-        archive.record_stage(self.project, self.record, name, None)
-        self.report(make_event("stage_finished", stage=name, status="reused", duration_s=0.0,
-                               error=None, reused_from=hit.run_id, cache_key=entry.cache_key))
+        self.recorder.stage(name, None)
+        self.bus.emit(StageFinished(stage=name, status="reused", duration_s=0.0, error=None,
+                                    reused_from=hit.run_id, cache_key=entry.cache_key))
         return True
 
     # ---------------------------------------------------------------- executing
 
-    def _submit(self, name: str, workers: ThreadPoolExecutor,
-                running: dict[Future[tuple[StageResult, Path | None]], str]) -> None:
+    def _submit(self, name: str, workers: ThreadPoolExecutor, running: Running) -> None:
         entry = self.record.stages[name]
         stage = self.config.stage(name)
         if stage.environment:  # load tests and monitors measure: none of our background work
-            wait(self.published)  # (HTML, MLflow artifacts, kernels shutting down) may run
-            wait_retired(timeout=KILL_AFTER + 30)  # beside them
+            self.bus.drain()  # (HTML, MLflow artifacts, kernels shutting down) may run beside
+            wait_retired(timeout=KILL_AFTER + 30)  # them
         entry.notebook = f"{name}.ipynb"
-        entry.status, entry.started = "running", state.now()  # the scheduler's view at once
+        entry.status, entry.started = "running", utc_now()  # the scheduler's view at once
         kernel = None
         if self.kernels is not None:
             kernel = self.kernels.take(name, self._kernel_of(name) or "")
         if self.local:
             entry.kernel = "cold" if kernel is None else "forked" if kernel.forked else "warm"
-        executor = executor_for(self.record.executor, self.project, self.config,
-                                stage_environment(self.config, self.record, name))
-        running[workers.submit(self._attempts, name, executor, kernel)] = name
+        environment = stage_environment(self.config, self.record, name)
+        executor = executor_for(self.record.executor, self.project, self.config, environment)
+        running[workers.submit(self._attempts, name, executor, kernel, environment)] = name
 
-    def _attempts(self, name: str, executor: Any, kernel: StageKernel | None
-                  ) -> tuple[StageResult, Path | None]:
+    def _attempts(self, name: str, executor: StageExecutor, kernel: StageKernel | None,
+                  environment: str) -> tuple[StageResult, Path | None]:
         """Execute a stage until an attempt counts: it succeeds, or fails in a way its retry
         policy does not retry. Each retried attempt is archived as ``<stage>.attempt-<n>.ipynb``
-        and recorded (``run.json`` first, then the ledger); the last keeps ``<stage>.ipynb``.
-        Runs on a worker thread; only a retry touches the record meanwhile."""
+        and recorded; the last keeps ``<stage>.ipynb``. Runs on a worker thread; only a retry
+        touches the record meanwhile."""
         stage = self.config.stage(name)
         entry = self.record.stages[name]
         policy = self.config.pipeline.retry_policy(stage)
@@ -284,65 +265,57 @@ class Scheduler:
             used = sum(1 for a in entry.attempts if a.failure == result.failure)
             return used < policy[result.failure]
 
+        def on_cell(index: int, total: int, source: str) -> None:
+            self.bus.emit(CellStarted(stage=name, index=index, total=total, source=source))
+
         while True:
             number = len(entry.attempts) + 1
-            entry.status, entry.started, entry.failure = "running", state.now(), None
-            state.save(self.project, self.record)
-            self.report(make_event("stage_started", stage=name, notebook=stage.notebook,
-                                   kernel=entry.kernel))
+            entry.status, entry.started, entry.failure = "running", utc_now(), None
+            self.recorder.save()
+            self.bus.emit(StageStarted(stage=name, notebook=stage.notebook, kernel=entry.kernel))
             result, archived = run_archived_stage(
-                self.project, self.record, name, stage, self.secrets,
-                on_cell=cell_reporter(self.report, name), executor=executor,
+                self.project, self.record, name, stage, self.secrets, environment,
+                on_cell=on_cell, executor=executor,
                 archive_as=lambda r, n=number: archive.attempt_name(name, n)
                 if retried(r) else f"{name}.ipynb", kernel=kernel, cancel=self.cancel)
             kernel = None  # used up: a retry starts a fresh one
             if not retried(result):
                 return result, archived
-            attempt = state.Attempt(number=number, failure=result.failure, error=result.error,
-                                    notebook=archived.name if archived else None,
-                                    started=entry.started, finished=state.now(),
-                                    duration_s=round(result.duration_s, 3))
+            attempt = run_record.Attempt(
+                number=number, failure=result.failure, error=result.error,
+                notebook=archived.name if archived else None, started=entry.started,
+                finished=utc_now(), duration_s=round(result.duration_s, 3))
             entry.attempts.append(attempt)
             if self.local:
                 entry.kernel = "cold"
-            state.save(self.project, self.record)
-            archive.record_attempt(self.project, self.record, name, attempt)
+            self.recorder.attempt(name, attempt)
             used = sum(1 for a in entry.attempts if a.failure == attempt.failure)
-            self.report(make_event(
-                "warning", stage=name, message=f"stage {name} attempt {number} failed "
-                f"({attempt.failure}): {attempt.error}; retry {used} of "
-                f"{policy[attempt.failure]} for {attempt.failure}"))
+            self._warn(name, f"stage {name} attempt {number} failed ({attempt.failure}): "
+                             f"{attempt.error}; retry {used} of {policy[attempt.failure]} for "
+                             f"{attempt.failure}")
 
-    def _book(self, name: str, result: StageResult, archived: Path | None,
-              publisher: ThreadPoolExecutor) -> None:
-        """Record a finished stage: run.json, ledger, cache index, deploys; views later."""
+    def _book(self, name: str, result: StageResult, archived: Path | None) -> None:
+        """Record a finished stage: run.json and ledger (and, through the listeners, the
+        cache index, HTML and MLflow artifacts), then its deploy or alias move."""
         entry = self.record.stages[name]
         entry.status = "succeeded" if result.succeeded else "failed"
         entry.failure = None if result.succeeded else result.failure
         entry.outputs, entry.error = result.outputs, result.error
-        entry.finished, entry.duration_s = state.now(), round(result.duration_s, 3)
+        entry.finished, entry.duration_s = utc_now(), round(result.duration_s, 3)
         self.outputs[name] = result.outputs
         note_mlflow(self.record, result.outputs, self.config.model.name, self.actor)
-        state.save(self.project, self.record)
-        seq = archive.record_stage(self.project, self.record, name, archived)["seq"]
-        if archived is not None:
-            self.published.append(publisher.submit(
-                archive.publish_views, self.project, self.record, name, archived, seq))
+        self.recorder.stage(name, archived)
         if result.succeeded:
-            if entry.cache_key and archived is not None:
-                cache.remember(self.project.state, entry.cache_key, self.record.id, name,
-                               archived)
-            record_alias_output(self.project, self.record, name, self.actor)
-            record_deploy(self.project, self.record, name,
-                          stage_environment(self.config, self.record, name), self.actor,
-                          self.report)
-        self.report(make_event("stage_finished", stage=name, status=entry.status,
-                               duration_s=result.duration_s, error=result.error,
-                               kernel=entry.kernel))
+            self.recorder.alias_output(name, self.actor)
+            self.recorder.deploy(name, stage_environment(self.config, self.record, name),
+                                 self.actor)
+        self.bus.emit(StageFinished(stage=name, status=entry.status,
+                                    duration_s=result.duration_s, error=result.error,
+                                    kernel=entry.kernel))
 
     # ---------------------------------------------------------------- warming
 
-    def _warm_next(self, running: dict[Future[tuple[StageResult, Path | None]], str]) -> None:
+    def _warm_next(self, running: Running) -> None:
         """Start kernels for the pending stages that come next: first those that can start
         once the running ones finish (every stage they need is done or running), then the
         stages after those; never past a gate that is not decided. At most ``jobs`` kernels
@@ -351,42 +324,24 @@ class Scheduler:
             return
         ahead = {*running.values()}
         for _ in range(LOOKAHEAD):
-            level = [name for name in self._candidates(ahead) if name not in ahead]
+            level = self._candidates(ahead)
             for name in level:
                 if not self._warm(name):
                     return  # as many kernels kept or starting as allowed
             ahead.update(level)
 
     def _candidates(self, ahead: set[str]) -> list[str]:
-        """Pending stages whose needs are all done or in ``ahead``, in pipeline order."""
-        found = []
-        for name, entry in self.record.stages.items():
-            stage = self.config.stage(name)
-            if entry.status != "pending" or stage.gate or name in ahead:
-                continue
-            if any(self.record.stages[up].status not in state.DONE and up not in ahead
-                   for up in stage.needs):
-                continue
-            if any(self.record.stages[up].status not in state.DONE
-                   for up in self.upstream_gates[name]):
-                continue
-            if self.until is not None and self.config.environment_rank(
-                    stage_environment(self.config, self.record, name)) > \
-                    self.config.environment_rank(self.until):
-                continue
-            found.append(name)
-        return found
+        """Pending stages (not gates) that could start once ``ahead`` are done, in order."""
+        return [name for name, entry in self.record.stages.items()
+                if entry.status == "pending" and not self.config.stage(name).gate
+                and name not in ahead and self._upstream_state(name, ahead) == "ready"]
 
     def warm_ahead(self) -> None:
         """Before the run's own setup (MLflow store, run record): start kernels for the
         stages that can start at once, unless the stage cache has them."""
         if self.kernels is None:
             return
-        for name, entry in self.record.stages.items():
-            stage = self.config.stage(name)
-            if entry.status != "pending" or stage.gate or \
-                    any(self.record.stages[up].status not in state.DONE for up in stage.needs):
-                continue
+        for name in self._candidates(set()):
             try:
                 self._prepare(name)
                 key = self._cache_key(name) if self.options.cache else None
@@ -401,7 +356,7 @@ class Scheduler:
         """The kernel the stage's notebook asks for (read once per run), None without one."""
         if name not in self._kernel_names:
             path = self.project.root / self.config.stage(name).notebook
-            self._kernel_names[name] = _kernel_name(path) if path.is_file() else None
+            self._kernel_names[name] = kernel_name_of(path) if path.is_file() else None
         return self._kernel_names[name]
 
     def _warm(self, name: str) -> bool:
@@ -430,16 +385,4 @@ class Scheduler:
             self.kernels.close(wait=KILL_AFTER)
 
     def _warn(self, stage: str | None, message: str) -> None:
-        self.report(make_event("warning", stage=stage, message=message))
-
-
-def run_stages(project: Project, config: Config, record: state.RunRecord, report: Reporter,
-               actor: identity.Identity, until: str | None, secrets: Secrets,
-               scheduler: Scheduler | None = None) -> None:
-    """Execute the stages still to do; skip dependants of failures, hold back dependants of
-    gates that are waiting, and stages of environments after ``until``."""
-    if scheduler is None:
-        scheduler = Scheduler(project, config, record, report, actor, until, secrets)
-    scheduler.report = report
-    scheduler.run()
-
+        self.bus.warn(message, stage=stage)

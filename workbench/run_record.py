@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
 from workbench.atomic import write_json
+from workbench.clock import stamped_id
 from workbench.config import FailureClass
-from workbench.governance.identity import Identity
+from workbench.errors import WorkbenchError
+from workbench.identity import Identity
 from workbench.project import Project
 
 RUN_FILE = "run.json"
@@ -25,17 +25,13 @@ RunStatus = Literal["running", "succeeded", "failed", "awaiting_approval", "paus
 RESUMABLE: tuple[RunStatus, ...] = ("awaiting_approval", "paused")
 
 
-class RunRecordError(RuntimeError):
+class RunRecordError(WorkbenchError, RuntimeError):
     """A run folder or its ``run.json`` is missing or unreadable."""
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def new_run_id() -> str:
     """Sortable and unique: UTC time plus random hex, e.g. ``20261127T093000Z-3fa2c1``."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return stamped_id(3)
 
 
 # a kernel failure class, or "interrupted": Ctrl-C, SIGTERM or a crash of the workbench

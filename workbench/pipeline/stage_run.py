@@ -1,43 +1,26 @@
-"""One stage of a run, end to end: parameters checked for secrets, executed through papermill
-into the staging folder, outputs and errors redacted, the notebook archived."""
+"""One stage of a run, end to end: parameters checked for secrets, executed (papermill here, or
+another executor) into the staging folder, outputs and errors redacted, the notebook archived."""
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from workbench.audit import archive
-from workbench.audit.mlflow_guard import leaked_in_run
 from workbench.audit.redact import SecretError, Secrets
 from workbench.config import Stage
-from workbench.execution.executors import StageExecutor
-from workbench.execution.stage import CellCallback, KernelLimits, StageResult, execute_stage
+from workbench.execution.executors import ExecutionRequest, LocalExecutor, StageExecutor
+from workbench.execution.stage import CellCallback, KernelLimits, StageResult
 from workbench.execution.warm import StageKernel
-from workbench.pipeline import state
 from workbench.project import Project
+from workbench.registry.secret_guard import leaked_in_run
+from workbench.run_record import RunRecord
 
 
-def _executor_kwargs(executor: StageExecutor, stage: Stage, kernel: StageKernel | None,
-                     cancel: threading.Event | None) -> dict[str, Any]:
-    """Kernel limits, a pre-warmed kernel and the cancel event, for executors that take them
-    (the local one does)."""
-    try:
-        accepted = set(inspect.signature(executor).parameters)
-    except (TypeError, ValueError):
-        accepted = set()
-    offered = {"limits": KernelLimits(startup_timeout=stage.startup_timeout,
-                                      cell_timeout=stage.cell_timeout,
-                                      hang_timeout=stage.hang_timeout),
-               "kernel": kernel, "cancel": cancel}
-    return {key: value for key, value in offered.items() if key in accepted}
-
-
-def run_archived_stage(project: Project, record: state.RunRecord, name: str, stage: Stage,
-                       secrets: Secrets, on_cell: CellCallback | None = None,
-                       executor: StageExecutor = execute_stage,
+def run_archived_stage(project: Project, record: RunRecord, name: str, stage: Stage,
+                       secrets: Secrets, environment: str, on_cell: CellCallback | None = None,
+                       executor: StageExecutor | None = None,
                        archive_as: Callable[[StageResult], str] | None = None,
                        kernel: StageKernel | None = None,
                        cancel: threading.Event | None = None,
@@ -56,12 +39,14 @@ def run_archived_stage(project: Project, record: state.RunRecord, name: str, sta
             kernel.close()
         return StageResult(succeeded=False, error=str(exc), failure="error"), None
     staged = archive.staging_path(project, record.id, entry.notebook or f"{name}.ipynb")
-    options = _executor_kwargs(executor, stage, kernel, cancel)
-    if kernel is not None and "kernel" not in options:
-        kernel.close()  # an executor that runs elsewhere has no use for it
-    result = executor(project.root / stage.notebook, staged, entry.parameters,
-                      stage.outputs, cwd=project.root, timeout=stage.timeout,
-                      on_cell=on_cell, **options)
+    request = ExecutionRequest(
+        notebook=project.root / stage.notebook, output=staged, parameters=entry.parameters,
+        declared_outputs=stage.outputs, cwd=project.root, timeout=stage.timeout,
+        run_id=record.id, stage=name, environment=environment, on_cell=on_cell,
+        limits=KernelLimits(startup_timeout=stage.startup_timeout,
+                            cell_timeout=stage.cell_timeout, hang_timeout=stage.hang_timeout),
+        kernel=kernel, cancel=cancel)
+    result = (executor or LocalExecutor()).execute(request)
     if not result.succeeded and result.failure is None:
         result.failure = "error"  # an executor that does not classify its failures
     result.outputs = secrets.redact(result.outputs)

@@ -7,6 +7,8 @@ import os
 
 from pydantic import BaseModel
 
+from workbench.errors import WorkbenchError
+
 # Identities vouched for by the platform, most specific first: (environment variable, source).
 PLATFORM_IDENTITIES = (
     ("JUPYTERHUB_USER", "jupyterhub"),
@@ -16,7 +18,7 @@ PLATFORM_IDENTITIES = (
 )
 
 
-class IdentityError(ValueError):
+class IdentityError(WorkbenchError, ValueError):
     """A claimed identity contradicts the one the platform vouches for."""
 
 

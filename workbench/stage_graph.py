@@ -6,6 +6,7 @@ import graphlib
 from typing import Any
 
 from workbench.config import PIPELINE_FILE, REF_ROOTS, RUN_FIELDS, Config, Problem, Ref, Stage
+from workbench.errors import WorkbenchError
 
 PIPELINE_LABEL = f"configs/{PIPELINE_FILE}"
 
@@ -120,7 +121,7 @@ def cache_problems(config: Config) -> list[Problem]:
     return problems
 
 
-class SelectionError(ValueError):
+class SelectionError(WorkbenchError, ValueError):
     """A partial run names an unknown stage or selects nothing."""
 
 

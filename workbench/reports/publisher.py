@@ -1,0 +1,137 @@
+"""Publishing a run as it goes: every archived stage rendered to HTML and logged to MLflow, and
+the report site rebuilt when the run's outcome is recorded. Both are listeners of the run's
+events (:mod:`workbench.events`); neither can fail a release whose record is already safe in
+the archive and the ledger: a failure is a warning.
+
+Each stage's archived notebook (and its HTML) become artifacts of that stage's MLflow run: the
+one it reports as ``mlflow_run_id``, or a small run of its own named ``<run-id>/<stage>``. That
+run is tagged with the ledger sequence number of the stage's entry, so MLflow and the audit
+trail point at each other.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from workbench.events import Bus, RunRecorded, StageRecorded, StageViewsMissing
+from workbench.project import Project
+from workbench.run_record import RunRecord
+
+
+def render_stage(project: Project, record: RunRecord, name: str, archived: Path) -> Path:
+    """``<stage>.html`` beside the archived notebook, through the project's offline template."""
+    from workbench.reports.render import copy_static, render_notebook
+
+    copy_static(project.reports)
+    target = archived.with_suffix(".html")
+    render_notebook(archived, target, static_url="../../static",
+                    title=f"{record.id} / {name}", run_id=record.id, stage=name)
+    return target
+
+
+def log_stage(record: RunRecord, name: str, files: list[Path], ledger_seq: int) -> str:
+    """Log ``files`` under ``workbench/<stage>/`` of the stage's MLflow run; return its id."""
+    from workbench.registry.client import client_for
+
+    client = client_for(record.tracking_uri)
+    entry = record.stages[name]
+    run_id = entry.outputs.get("mlflow_run_id")
+    created = not (isinstance(run_id, str) and run_id)
+    if created:
+        experiment = client.get_experiment_by_name(record.experiment)
+        if experiment is None:
+            return ""
+        tags: dict[str, Any] = {"workbench.run_id": record.id, "workbench.stage": name,
+                                "workbench.status": entry.status}
+        run = client.create_run(experiment.experiment_id, run_name=f"{record.id}/{name}",
+                                tags=tags)
+        run_id = run.info.run_id
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path=f"workbench/{name}")
+    client.set_tag(run_id, "workbench.ledger_seq", str(ledger_seq))
+    client.set_tag(run_id, f"workbench.ledger_seq.{name}", str(ledger_seq))
+    if created:
+        client.set_terminated(run_id, "FINISHED" if entry.status == "succeeded" else "FAILED")
+    return run_id
+
+
+def publish_views(project: Project, record: RunRecord, name: str, archived: Path, seq: int
+                  ) -> list[str]:
+    """The HTML rendering and the MLflow artifacts of a stage already in the ledger (entry
+    ``seq``); returns warnings instead of raising."""
+    warnings: list[str] = []
+    files = [archived]
+    try:
+        files.append(render_stage(project, record, name, archived))
+    except Exception as exc:  # noqa: BLE001 - reported, the archive is already complete
+        warnings.append(f"stage {name}: HTML rendering failed: {exc}")
+    try:
+        log_stage(record, name, files, seq)
+    except Exception as exc:  # noqa: BLE001 - reported, the archive is already complete
+        warnings.append(f"stage {name}: logging to MLflow failed: {exc}")
+    return warnings
+
+
+class StagePublisher:
+    """Renders and logs each recorded stage on a background thread, off the critical path;
+    ``drain`` waits for it (the scheduler does before a stage that measures, and at the end)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
+        self._pending: list[Future[None]] = []
+        self._bus: Bus | None = None
+
+    def bind(self, bus: Bus) -> None:
+        self._bus = bus
+
+    def on_stage_recorded(self, event: StageRecorded) -> None:
+        if event.archived is not None and event.publish:
+            self._pending.append(self._pool.submit(self._publish, event))
+
+    def on_stage_views_missing(self, event: StageViewsMissing) -> None:
+        """A recovered run's stage whose HTML was never rendered: render it now."""
+        try:
+            render_stage(event.project, event.record, event.stage, event.archived)
+        except Exception as exc:  # noqa: BLE001 - the record is complete; HTML is a view
+            self._warn(f"stage {event.stage}: HTML rendering failed: {exc}")
+
+    def _publish(self, event: StageRecorded) -> None:
+        if event.archived is None:
+            return
+        for warning in publish_views(event.project, event.record, event.stage, event.archived,
+                                     event.seq):
+            self._warn(warning)
+
+    def _warn(self, message: str) -> None:
+        if self._bus is not None:
+            self._bus.warn(message)
+
+    def drain(self, timeout: float | None = None) -> None:
+        pending, self._pending = self._pending, []
+        wait(pending, timeout=timeout)
+
+    def close(self) -> None:
+        self.drain()
+        self._pool.shutdown(wait=True)
+
+
+class SiteBuilder:
+    """Rebuilds the report site's index, history and the run's page once its outcome is
+    recorded."""
+
+    def __init__(self) -> None:
+        self._bus: Bus | None = None
+
+    def bind(self, bus: Bus) -> None:
+        self._bus = bus
+
+    def on_run_recorded(self, event: RunRecorded) -> None:
+        from workbench.reports.site import build
+
+        try:
+            build(event.project, event.record.id)
+        except Exception as exc:  # noqa: BLE001 - the run and its archive are complete already
+            if self._bus is not None:
+                self._bus.warn(f"report site not updated: {exc}")

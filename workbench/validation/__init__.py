@@ -1,1 +1,0 @@
-"""Checks against deployed models: smoke tests."""
