@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Workspace, notebook
 
 
@@ -40,6 +42,7 @@ def test_outside_a_project_is_a_usage_error(tmp_path: Path) -> None:
     assert "no configs/pipeline.yaml" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_terminated_run_is_recorded_as_failed(mini_project: Workspace) -> None:
     mini_project.write_notebook("slow", notebook(
         "import time\nprint('started', flush=True)", "time.sleep(120)"))

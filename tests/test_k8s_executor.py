@@ -88,6 +88,7 @@ def jobs_sent(emulator: Emulator) -> list[dict[str, Any]]:
             if r.method.value == "POST" and r.url.path == JOBS]
 
 
+@pytest.mark.slow
 def test_run_executes_every_stage_as_a_job_and_archives_locally(mini_project, emulator):
     ws = mini_project
     store = configure(ws, emulator)

@@ -31,6 +31,7 @@ def emulator() -> Any:
         yield emu
 
 
+@pytest.mark.slow
 def test_rollback_on_kubernetes_undoes_the_rollout_and_is_recorded(mini_project: Workspace,
                                                                     emulator: Emulator) -> None:
     ws = mini_project

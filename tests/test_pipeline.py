@@ -17,6 +17,8 @@ import scrapbook
 from tests.conftest import Workspace, free_port
 from workbench.deploy.local import ping
 
+pytestmark = pytest.mark.slow  # real kernels, MLflow and model servers
+
 STAGES = ["train", "evaluate", "register", "deploy"]
 PROMOTION = ["approve_qa", "deploy_qa", "load_test", "approve_prod", "deploy_prod", "monitor"]
 

@@ -253,3 +253,31 @@ def test_review_copy_keeps_the_committed_notebook_clean(gated_project: Workspace
 
     with pytest.raises(BundleError, match="has not succeeded"):
         prepare_review(project, run_id, "prod")  # not at the prod gate yet
+
+
+PROBE = """import atexit, sys
+atexit.register(lambda: sys.stderr.write("\\nmlflow imported: %s\\n" % ("mlflow" in sys.modules)))
+sys.argv = ["workbench", *sys.argv[1:]]
+from workbench.cli import main
+main()
+"""
+
+
+def test_governance_and_inspection_commands_never_import_mlflow(gated_project: Workspace
+                                                                 ) -> None:
+    """approve, approvals, runs, status, validate and audit verify on the embedded store read
+    what they need without importing MLflow (3-5 s of every command before)."""
+    ws = gated_project
+    assert ws.cli("run").returncode == 3
+    commands = [("approvals", "latest"), ("approve", "latest", "--env", "qa", "--as", "alice"),
+                ("approvals", "latest", "--json"), ("runs",), ("status",), ("status", "latest"),
+                ("validate",), ("audit", "verify")]
+    for command in commands:
+        done = subprocess.run([sys.executable, "-c", PROBE, "--project", str(ws.root), *command],
+                              capture_output=True, text=True, timeout=120,
+                              env=clean_environment(), cwd=ws.root)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        assert "mlflow imported: False" in done.stderr, (command, done.stderr)
+    resumed = ws.cli("resume", "latest")  # the gate itself does talk to MLflow: it moves an alias
+    assert resumed.returncode == 3, resumed.stdout + resumed.stderr
+    assert ws.run_record()["stages"]["release_qa"]["status"] == "succeeded"

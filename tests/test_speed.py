@@ -138,6 +138,7 @@ def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a["started"] < b["finished"] and b["started"] < a["finished"]
 
 
+@pytest.mark.slow
 def test_parallel_warm_and_cached_runs_match_a_cold_sequential_run(speed_project: Workspace):
     cold = run(speed_project, "--jobs", "1", "--no-warm", "--no-cache")
     warm = run(speed_project, "--jobs", "2", "--no-cache", "--no-fork")
@@ -209,6 +210,7 @@ def statuses(record: dict[str, Any]) -> dict[str, str]:
     return {n: e["status"] for n, e in record["stages"].items()}
 
 
+@pytest.mark.slow
 def test_the_cache_key_follows_notebook_parameters_and_upstream_outputs(
         speed_project: Workspace):
     first = run(speed_project)
@@ -257,6 +259,7 @@ def test_a_stage_that_acts_on_the_world_cannot_be_cached(speed_project: Workspac
     assert "declares output 'endpoint'" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_failed_branch_does_not_stop_the_other_and_ctrl_c_stops_both(
         speed_project: Workspace):
     # one branch fails; the other, already running beside it, completes; join is skipped

@@ -9,6 +9,8 @@ import scrapbook
 
 from tests.conftest import Workspace, notebook
 
+pytestmark = pytest.mark.slow  # every test executes notebooks on real kernels
+
 GLUE = "from workbench.scraps import glue\n"
 
 

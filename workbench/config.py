@@ -450,7 +450,7 @@ def _parse(model: type[BaseModel], data: Any, file: str) -> tuple[Any, list[Prob
         seen: dict[str, Problem] = {}
         for err in exc.errors():
             path = _key_path(err["loc"], data)
-            seen.setdefault(path, Problem(file, path, _describe(err, model)))
+            seen.setdefault(path, Problem(file, path, _describe(dict(err), model)))
         return None, list(seen.values())
 
 
@@ -503,7 +503,7 @@ def parse_config(texts: dict[str, str | None]) -> Config:
             continue
         data, found = read_yaml(text, label)
         problems += found
-        if data is None:
+        if data is None or text is None:
             continue
         sources[file] = text
         parsed[file], found = _parse(model, data, label)

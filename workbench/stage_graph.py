@@ -92,7 +92,7 @@ def gate_problems(config: Config) -> list[Problem]:
     upstream = ancestors(config)
     for index, stage in enumerate(config.pipeline.stages):
         for key in ("gate", "environment"):
-            value = getattr(stage, key)
+            value: str | None = getattr(stage, key)
             if value is not None and value not in config.environments:
                 problems.append(Problem(PIPELINE_LABEL, _where(index, stage, key),
                                         f"unknown environment {value!r}; expected one of "
@@ -101,12 +101,13 @@ def gate_problems(config: Config) -> list[Problem]:
                 stage.gate not in config.gates.policies:
             problems.append(Problem(PIPELINE_LABEL, _where(index, stage, "gate"),
                                     f"no approval policy for {stage.gate!r} in {gates_label}"))
-        env = stage.environment
-        if env in config.gates.policies and not any(
-                config.stage(up).gate == env for up in upstream[stage.name]):
+        acted_on = stage.environment
+        if acted_on in config.gates.policies and not any(
+                config.stage(up).gate == acted_on for up in upstream[stage.name]):
             problems.append(Problem(PIPELINE_LABEL, _where(index, stage, "environment"),
-                                    f"acts on {env!r}, which has an approval policy, but no "
-                                    f"stage with 'gate: {env}' is upstream; add it to needs"))
+                                    f"acts on {acted_on!r}, which has an approval policy, but "
+                                    f"no stage with 'gate: {acted_on}' is upstream; add it to "
+                                    f"needs"))
     return problems
 
 

@@ -192,7 +192,7 @@ def verify(reports: Path, anchor: dict[str, Any] | None = None,
                                    f"{anchor['seq']} entries")
         return result
     previous, expected_seq = GENESIS, 1
-    seen: dict[int, str] = {}
+    seen: dict[int, str | None] = {}
     known: dict[tuple[str, str], bool] = {}
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -253,7 +253,8 @@ def _check_files(reports: Path, entry: dict[str, Any], where: str, result: Verif
                                        f"changed since it was recorded")
 
 
-def _check_anchor(anchor: dict[str, Any], seen: dict[int, str], result: Verification) -> None:
+def _check_anchor(anchor: dict[str, Any], seen: dict[int, str | None], result: Verification
+                  ) -> None:
     seq, digest = anchor.get("seq"), anchor.get("hash")
     if not isinstance(seq, int) or seq < 0 or not isinstance(digest, str):
         result.problems.append("anchor: expected {\"seq\": N, \"hash\": \"...\"}")

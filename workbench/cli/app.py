@@ -170,11 +170,14 @@ def _is_usage_error(exc: Exception) -> bool:
     """Click's usage errors (typer >= 0.17 carries its own copy of click's exceptions)."""
     import click
 
+    kinds: tuple[type[Exception], ...] = (click.ClickException,)
     try:
         from typer._click.exceptions import ClickException as TyperClickException
+
+        kinds += (TyperClickException,)
     except ImportError:  # older typer uses click itself
-        TyperClickException = click.ClickException  # noqa: N806
-    return isinstance(exc, click.ClickException | TyperClickException)
+        pass
+    return isinstance(exc, kinds)
 
 
 def _fail(exc: Exception, message: str, code: int = EXIT_USAGE) -> None:

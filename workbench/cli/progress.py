@@ -95,7 +95,7 @@ class LiveReporter(AbstractContextManager):
         self.live.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.live.__exit__(*exc)
 
     def _table(self) -> Any:

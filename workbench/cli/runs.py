@@ -203,14 +203,15 @@ def _summary(record: Any) -> dict[str, Any]:
 
 @app.command()
 def status(
-    run_id: Annotated[str | None, typer.Argument(help="Run id (default: the latest).")] = None,
+    run_id: Annotated[str | None, typer.Argument(metavar="[RUN]", help="Run id, or 'latest' "
+                                                  "(the default).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Show one run: stages, timings, outputs, MLflow ids, model version."""
     from workbench import run_record
 
     project = _project()
-    record = run_record.load(project, run_id) if run_id else run_record.latest_run(project)
+    record = run_record.load(project, _run_id(project, run_id or "latest"))
     if as_json:
         typer.echo(record.model_dump_json(indent=2))
         return

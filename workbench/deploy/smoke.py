@@ -36,9 +36,15 @@ def _plain(values: Any) -> list[Any]:
     return json.loads(json.dumps(list(values.tolist() if hasattr(values, "tolist") else values)))
 
 
+def request_body(frame: Any) -> bytes:
+    """The body of a scoring request for ``frame`` (a pandas DataFrame): MLflow's
+    ``dataframe_split`` JSON."""
+    return json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
+
+
 def predict_remote(url: str, frame: Any, timeout: float = 30.0) -> tuple[list[Any], float]:
     """POST ``frame`` (a pandas DataFrame) to ``<url>/invocations``; predictions and latency."""
-    body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
+    body = request_body(frame)
     request = urllib.request.Request(http_url(f"{url}/invocations"), data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     started = time.perf_counter()

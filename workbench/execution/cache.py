@@ -174,9 +174,9 @@ def stage_key(stage: Stage, root: Path, state_dir: Path, parameters: dict[str, A
               upstream_outputs: dict[str, dict[str, Any]], tracking: dict[str, str]) -> str:
     """The cache key of ``stage`` with these resolved ``parameters`` (see the module doc)."""
     notebook = (root / stage.notebook).read_bytes()
-    inputs = {name: value for name, value in parameters.items()
-              if not (isinstance(stage.parameters.get(name), Ref)
-                      and stage.parameters[name].root == "run")}
+    provenance = {name for name, value in stage.parameters.items()
+                  if isinstance(value, Ref) and value.root == "run"}
+    inputs = {name: value for name, value in parameters.items() if name not in provenance}
     material = {
         "version": KEY_VERSION,
         "stage": stage.name,

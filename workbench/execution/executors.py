@@ -13,6 +13,7 @@ its kernels are this machine's, so warm and forked kernels apply) and
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -34,7 +35,7 @@ class ExecutionRequest:
     notebook: Path  # the project's notebook
     output: Path  # where the executed notebook must be written (the staging folder)
     parameters: dict[str, Any]  # resolved and typed
-    declared_outputs: dict[str, str]
+    declared_outputs: Mapping[str, str]  # output name -> type name
     cwd: Path  # the project root: the kernel's working folder
     timeout: float  # the whole stage's deadline
     run_id: str = ""

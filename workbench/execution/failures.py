@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from workbench.execution.engine import Activity, AtomicHandler
+from workbench.run_record import Failure
 
 BANNER_TAG = "workbench-failure"
 PAPERMILL_MARKER = "papermill-error-cell-tag"  # papermill's error banner and anchor cells
 
 
-def classify(fired: str | None, exc: BaseException | None, activity: Activity) -> str:
+def classify(fired: Failure | None, exc: BaseException | None, activity: Activity) -> Failure:
     """The failure class of an attempt: what our supervisor fired, else what was raised."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillException, PapermillExecutionError

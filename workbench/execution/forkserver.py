@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
@@ -106,12 +106,13 @@ class ForkServer:
         command = [sys.executable, "-m", "workbench.execution.zygote", "--fd",
                    str(theirs.fileno()), "--kernel", LAUNCHER, "--preload",
                    json.dumps(list(preload))]
+        sink = kernel_output.stdio()  # the run's kernel log, which forked kernels inherit
         try:
             # its own session, as kernels have: a Ctrl-C in the terminal is the run's to handle
             self.process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), cwd=cwd,
                                             env={**os.environ, **(env or {})},
                                             stdin=subprocess.DEVNULL, start_new_session=True,
-                                            **kernel_output.stdio())
+                                            stdout=sink.get("stdout"), stderr=sink.get("stderr"))
         except BaseException:
             ours.close()
             raise
@@ -193,10 +194,11 @@ class ForkServer:
             if future is not None:
                 future.set_result(process)
         elif "exited" in message:
+            pid = int(message["exited"])
             with self._lock:
-                process = self._processes.pop(int(message["exited"]), None)
-            if process is not None:
-                process._exited(int(message["code"]))
+                exited = self._processes.pop(pid) if pid in self._processes else None
+            if exited is not None:
+                exited._exited(int(message["code"]))
 
     def close(self, timeout: float = 0.0) -> None:
         """No more kernels: the server exits once the kernels it forked have exited (at once
@@ -226,7 +228,7 @@ class ForkServer:
         self.process.wait()
 
 
-class ForkedProvisioner(LocalProvisioner):  # type: ignore[misc]
+class ForkedProvisioner(LocalProvisioner):
     """jupyter_client's local provisioner, forking eligible kernels from a :class:`ForkServer`
     instead of starting a new interpreter."""
 
@@ -245,12 +247,13 @@ class ForkedProvisioner(LocalProvisioner):  # type: ignore[misc]
             process = await asyncio.to_thread(server.spawn, cmd, env, cwd, self.ready_timeout)
         except ForkServerError:
             return await super().launch_kernel(cmd, **kwargs)
-        self.process, self.pid, self.pgid, self.cwd = process, process.pid, process.pid, cwd
+        self.process = cast(Any, process)  # answers like Popen (see ForkedProcess)
+        self.pid, self.pgid, self.cwd = process.pid, process.pid, cwd
         self.forked = True
         return self.connection_info
 
 
-class ForkingKernelManager(AsyncKernelManager):  # type: ignore[misc]
+class ForkingKernelManager(AsyncKernelManager):
     """An async kernel manager whose kernel comes from ``fork_server`` when it can."""
 
     fork_server: ForkServer | None = None

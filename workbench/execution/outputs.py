@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 PYTHON_TYPES: dict[str, tuple[type, ...]] = {
@@ -25,7 +26,7 @@ def fits(value: Any, declared: str) -> bool:
     return isinstance(value, PYTHON_TYPES[declared])
 
 
-def output_problems(scraps: dict[str, Any], declared: dict[str, str]) -> list[str]:
+def output_problems(scraps: dict[str, Any], declared: Mapping[str, str]) -> list[str]:
     """Messages for every declared output that is missing or has the wrong type."""
     problems = []
     for name, kind in declared.items():

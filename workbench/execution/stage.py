@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from workbench.execution.notebook_file import kernel_name as notebook_kernel
 from workbench.execution.notebook_file import read_notebook
 from workbench.execution.outputs import output_problems
 from workbench.execution.warm import StageKernel, launch, new_kernel, retire
+from workbench.run_record import Failure
 from workbench.scraps import read_scraps
 
 CellCallback = Callable[[int, int, str], None]
@@ -33,7 +34,7 @@ class StageResult:
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     duration_s: float = 0.0
-    failure: str | None = None
+    failure: Failure | None = None
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def _signal_kernel(kernel: Any, signum: int) -> None:
 
 def _supervise(worker: threading.Thread, kernel: Any, timeout: float, activity: Activity,
                hang_timeout: float | None, cancel: threading.Event | None = None
-               ) -> str | None:
+               ) -> Failure | None:
     """Wait for the stage's worker thread; enforce the stage deadline and the hang limit.
 
     Returns what fired (``deadline``, ``hang``, or ``interrupted`` when ``cancel`` is set:
@@ -85,7 +86,7 @@ def _supervise(worker: threading.Thread, kernel: Any, timeout: float, activity: 
     hangs are detected here.
     """
     deadline = time.monotonic() + timeout
-    fired: str | None = None
+    fired: Failure | None = None
     fired_at = 0.0
     try:
         while worker.is_alive():
@@ -134,7 +135,7 @@ def execute_stage(
     notebook: Path,
     output: Path,
     parameters: dict[str, Any],
-    declared_outputs: dict[str, str],
+    declared_outputs: Mapping[str, str],
     *,
     cwd: Path,
     timeout: float,
@@ -202,7 +203,7 @@ def execute_stage(
     worker = threading.Thread(target=work, name=f"stage-{notebook.stem}-{id(kernel):x}",
                               daemon=True)
     worker.start()
-    fired: str | None = "interrupted"  # unless the supervisor returns
+    fired: Failure | None = "interrupted"  # unless the supervisor returns
     try:
         fired = _supervise(worker, manager, timeout, activity, limits.hang_timeout, cancel)
     finally:

@@ -127,6 +127,7 @@ def new_kernel(kernel_name: str, preload: Iterable[str] = (),
     # Async, as nbclient creates it itself: a blocking manager's client blocks nbclient's
     # event loop in iopub reads, so a dead kernel or a timeout is never noticed.
     options = {"kernel_name": kernel_name, "transport": "ipc", "ip": f"{sockets.name}/kernel"}
+    manager: Any
     if fork_server is not None:
         from workbench.execution.forkserver import ForkingKernelManager
 

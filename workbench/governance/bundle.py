@@ -99,7 +99,7 @@ def compute(project: Project, config: Config, record: run_record.RunRecord, envi
             raise BundleError(f"stage {name!r} (before gate {gate!r}) has not succeeded")
         if not path.is_file():
             raise BundleError(f"{path} is missing from the archive")
-        notebooks[entry.notebook] = file_sha256(path)
+        notebooks[path.name] = file_sha256(path)
         parameters[name] = entry.parameters
     model = record.model_version
     parts = {

@@ -66,7 +66,7 @@ class Resources(Strict):
         return self
 
     def manifest(self) -> dict[str, dict[str, str]]:
-        return {key: dict(value) for key, value in
+        return {key: {str(name): amount for name, amount in value.items()} for key, value in
                 (("requests", self.requests), ("limits", self.limits)) if value}
 
 

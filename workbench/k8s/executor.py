@@ -13,7 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from workbench.config import Config
 from workbench.execution.executors import ExecutionRequest, ExecutorError
@@ -26,6 +26,7 @@ from workbench.k8s.jobs import job_name, stage_job
 from workbench.k8s.manifests import POD_TMP
 from workbench.project import PROJECT_ENV_VAR, Project
 from workbench.registry.secret_guard import SECRET_NAMES_VAR
+from workbench.run_record import Failure
 from workbench.scraps import read_scraps
 
 FORWARDED = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_DISABLE_TELEMETRY",
@@ -124,7 +125,7 @@ class JobExecutor:
         input_url = store.join(prefix, f"{stage}.input.ipynb")
         output_url = store.join(prefix, f"{stage}.ipynb")
 
-        def failed(error: str, failure: str, outputs: dict[str, Any] | None = None
+        def failed(error: str, failure: Failure, outputs: dict[str, Any] | None = None
                    ) -> StageResult:
             result = StageResult(False, outputs or {}, error, time.monotonic() - started)
             result.failure = failure  # the class the runner's retry policy reads
@@ -208,10 +209,10 @@ class JobExecutor:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        options = {"dry_run": "All"} if self.cluster.dry_run else {}
-        try:
-            client.BatchV1Api(api).create_namespaced_job(self.cluster.namespace, manifest,
-                                                          **options)
+        try:  # the client takes a manifest as a dict as well as a V1Job
+            client.BatchV1Api(api).create_namespaced_job(
+                self.cluster.namespace, cast(Any, manifest),
+                dry_run="All" if self.cluster.dry_run else None)
         except ApiException as exc:
             if exc.status == 409:
                 return False

@@ -55,4 +55,4 @@ def parse_quantity(text: str | int | float) -> Decimal:
     number, suffix = text[: match.start(3)] if match.group(3) else text, match.group(3) or ""
     if len(suffix) > 1 and suffix[0] in "eE":  # an exponent; a lone E is exa
         return Decimal(text)
-    return Decimal(number) * Decimal(_SUFFIXES[suffix])
+    return Decimal(number) * Decimal(str(_SUFFIXES[suffix]))

@@ -105,7 +105,8 @@ def owned_replica_sets(api: Any, deployment: dict[str, Any]) -> list[dict[str, A
     owned = [rs for rs in to_dict(api, listed).get("items", [])
              if any(ref.get("controller") and ref.get("uid") == meta.get("uid")
                     for ref in rs["metadata"].get("ownerReferences") or [])]
-    return sorted((rs for rs in owned if revision(rs) is not None), key=lambda rs: revision(rs))
+    return sorted((rs for rs in owned if revision(rs) is not None),
+                  key=lambda rs: revision(rs) or 0)
 
 
 def without_hash(template: dict[str, Any]) -> dict[str, Any]:
@@ -148,10 +149,10 @@ def patch_deployment(api: Any, deployment: dict[str, Any], patch: list[dict[str,
     from kubernetes import client
 
     meta = deployment["metadata"]
-    options = {"dry_run": DRY_RUN} if dry_run else {}
     try:
         patched = client.AppsV1Api(api).patch_namespaced_deployment(
-            meta["name"], meta["namespace"], patch, _content_type=JSON_PATCH, **options)
+            meta["name"], meta["namespace"], patch, _content_type=JSON_PATCH,
+            dry_run=DRY_RUN if dry_run else None)
     except Exception as exc:
         raise api_error(f"rolling back Deployment {meta['namespace']}/{meta['name']}",
                         exc) from exc

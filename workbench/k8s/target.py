@@ -93,10 +93,10 @@ def _ping(api: Any, cluster: Cluster, name: str) -> str | None:
                 return None if response.status == 200 else f"HTTP {response.status}"
         from kubernetes import client
 
-        response = client.CoreV1Api(api).connect_get_namespaced_service_proxy_with_path(
+        raw: Any = client.CoreV1Api(api).connect_get_namespaced_service_proxy_with_path(
             f"{name}:{PORT_NAME}", cluster.namespace, PING.lstrip("/"), _request_timeout=5,
             _preload_content=False)  # the model server's answer, not an API object
-        return None if response.status == 200 else f"HTTP {response.status}"
+        return None if raw.status == 200 else f"HTTP {raw.status}"
     except Exception as exc:  # noqa: BLE001 - every failure is a "not yet"
         return str(api_error("GET /ping", exc))
 

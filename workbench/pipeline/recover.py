@@ -26,7 +26,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from workbench import run_record
 from workbench.atomic import fsync_dir
@@ -39,6 +39,7 @@ from workbench.execution.reaper import stop_run_kernels
 from workbench.identity import Identity
 from workbench.pipeline.recorder import Recorder
 from workbench.project import Project
+from workbench.run_record import Failure
 
 INTERRUPTED = "the run's process ended during this attempt (killed or crashed); resumed"
 BOOKKEEPING = ("run_recovered", "ledger_repaired")  # entries the recovery itself appends
@@ -150,9 +151,9 @@ def _interrupted(project: Project, recorder: Recorder, name: str, secrets: Secre
     if target.exists():
         failure, error = _recorded_failure(target) or (failure, error)
         note += f"; its notebook is archived as {target.name}"
-    attempt = run_record.Attempt(number=number, failure=failure, error=error,
-                            notebook=target.name if target.exists() else None,
-                            started=entry.started, finished=utc_now())
+    attempt = run_record.Attempt(number=number, failure=cast(Failure, failure), error=error,
+                                 notebook=target.name if target.exists() else None,
+                                 started=entry.started, finished=utc_now())
     if not known.has("stage_attempt", name, attempt=number):
         recorder.attempt(name, attempt)
     entry.attempts.append(attempt)

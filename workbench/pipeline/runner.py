@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from filelock import FileLock, Timeout
 
@@ -74,10 +74,10 @@ def make_bus(listeners: Iterable[Any] | Callable[[dict[str, Any]], None],
     """A bus for the standard listeners (``standard``) and ``listeners`` (see
     :mod:`workbench.events`); a plain callable, alone or in the list, is given each public
     event as a dict."""
-    if callable(listeners) and not hasattr(listeners, "on_event"):
-        listeners = [listeners]
+    items: Iterable[Any] = [listeners] if callable(listeners) and \
+        not hasattr(listeners, "on_event") else cast(Iterable[Any], listeners)
     given = [listener if not callable(listener) or hasattr(listener, "on_event")
-             else CallbackListener(listener) for listener in listeners]
+             else CallbackListener(listener) for listener in items]
     return Bus([*(standard_listeners() if standard else []), *given])
 
 

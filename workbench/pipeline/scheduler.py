@@ -13,6 +13,7 @@ a stage that acts on an environment starts, and before the run ends.
 
 from __future__ import annotations
 
+import functools
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -259,6 +260,9 @@ class Scheduler:
         entry = self.record.stages[name]
         policy = self.config.pipeline.retry_policy(stage)
 
+        def archived_as(result: StageResult, number: int) -> str:
+            return archive.attempt_name(name, number) if retried(result) else f"{name}.ipynb"
+
         def retried(result: StageResult) -> bool:
             if result.succeeded or result.failure not in policy or self.cancel.is_set():
                 return False
@@ -276,10 +280,10 @@ class Scheduler:
             result, archived = run_archived_stage(
                 self.project, self.record, name, stage, self.secrets, environment,
                 on_cell=on_cell, executor=executor,
-                archive_as=lambda r, n=number: archive.attempt_name(name, n)
-                if retried(r) else f"{name}.ipynb", kernel=kernel, cancel=self.cancel)
+                archive_as=functools.partial(archived_as, number=number), kernel=kernel,
+                cancel=self.cancel)
             kernel = None  # used up: a retry starts a fresh one
-            if not retried(result):
+            if not retried(result) or result.failure is None:
                 return result, archived
             attempt = run_record.Attempt(
                 number=number, failure=result.failure, error=result.error,

@@ -38,9 +38,13 @@ def latest_model_uri(experiment: str) -> str:
     """The most recently logged model of ``experiment`` (for notebooks run on their own)."""
     import mlflow
 
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        raise LookupError(f"no experiment {experiment!r} yet: run train first")
+    newest_first: list[dict[str, Any]] = [{"field_name": "creation_timestamp",
+                                           "ascending": False}]
     models = mlflow.search_logged_models(
-        experiment_ids=[mlflow.get_experiment_by_name(experiment).experiment_id],
-        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+        experiment_ids=[found.experiment_id], order_by=newest_first,
         max_results=1, output_format="list",
     )
     if not models:
@@ -91,7 +95,10 @@ def _source_run_id(model_uri: str) -> str:
 
     if model_uri.startswith("runs:/"):
         return model_uri.removeprefix("runs:/").split("/", 1)[0]
-    return mlflow.get_logged_model(model_uri.removeprefix("models:/")).source_run_id
+    run_id = mlflow.get_logged_model(model_uri.removeprefix("models:/")).source_run_id
+    if run_id is None:
+        raise LookupError(f"{model_uri} was not logged by a run")
+    return str(run_id)
 
 
 def record_evaluation(model_uri: str, metrics: dict[str, float], passed: bool) -> str:

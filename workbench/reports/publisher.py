@@ -54,7 +54,7 @@ def log_stage(record: RunRecord, name: str, files: list[Path], ledger_seq: int) 
     client.set_tag(run_id, f"workbench.ledger_seq.{name}", str(ledger_seq))
     if created:
         client.set_terminated(run_id, "FINISHED" if entry.status == "succeeded" else "FAILED")
-    return run_id
+    return str(run_id)
 
 
 def publish_views(project: Project, record: RunRecord, name: str, archived: Path, seq: int

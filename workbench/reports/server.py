@@ -412,8 +412,9 @@ def make_server(root: Path, host: str = "127.0.0.1", port: int = 0, token: str |
 
 def server_url(server: ThreadingHTTPServer, token: str | None = None) -> str:
     """The site's address, with ``?token=`` when there is one."""
-    host, port = server.server_address[:2]
-    host = f"[{host}]" if ":" in str(host) else str(host)
+    address, port = server.server_address[:2]
+    text = address.decode() if isinstance(address, bytes) else str(address)
+    host = f"[{text}]" if ":" in text else text
     return f"http://{host}:{port}/" + (f"?token={token}" if token else "")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,16 +143,17 @@ def _approvals_of(project: Project, run_id: str | None, environment: str | None,
                   seqs: list[int]) -> list[dict[str, Any]]:
     if not run_id or not seqs:
         return []
-    from workbench.audit.journal import JournalError, read
+    from workbench.audit.journal import JournalError
+    from workbench.governance.approvals import read_records
 
     try:
-        records = read(run_record.run_dir(project, run_id) / "approvals")
+        records = read_records(project, run_id)
     except JournalError:
         return [{"name": "?", "comment": "approval records fail verification"}]
-    return [{"name": r["approver"]["name"], "source": r["approver"]["source"],
-             "time": r["time"], "comment": r.get("comment"),
-             "bundle": r["bundle_digest"][:12], "evidence": sorted(r.get("evidence", {}))}
-            for r in records if r["seq"] in seqs and r.get("environment") == environment]
+    return [{"name": r.approver.name, "source": r.approver.source, "time": r.time,
+             "comment": r.comment, "bundle": r.bundle_digest[:12],
+             "evidence": sorted(r.evidence)}
+            for r in records if r.seq in seqs and r.environment == environment]
 
 
 def build_environments(project: Project) -> None:
@@ -175,6 +177,9 @@ def _plots(path: Path, limit: int = 6) -> list[str]:
 
 
 def build_run_page(project: Project, run_id: str) -> Path:
+    from workbench.governance.approvals import read_records
+    from workbench.governance.promotion import read_moves
+
     record = run_record.load(project, run_id)
     folder = run_record.run_dir(project, run_id)
     entries = [e for e in ledger.entries(project.reports) if e.get("run_id") == run_id]
@@ -198,9 +203,10 @@ def build_run_page(project: Project, run_id: str) -> Path:
             "plots": _plots(notebook) if notebook and notebook.is_file()
             and entry.outputs.get("metrics") else [],
         })
-    longest = max((s["duration_s"] for s in stages), default=0) or 1
-    approvals = _read_journal(folder / "approvals")
-    promotions = _read_journal(folder / "promotions")
+    longest = max((entry.duration_s or 0.0 for entry in record.stages.values()),
+                  default=0.0) or 1
+    approvals = _verified(lambda: read_records(project, run_id))
+    promotions = _verified(lambda: read_moves(project, run_id))
     deploys = [e for e in entries if e["event"] == "deploy"]
     target = folder / "index.html"
     _render("run.html.j2", target, record=record, stages=stages, longest=longest,
@@ -209,11 +215,12 @@ def build_run_page(project: Project, run_id: str) -> Path:
     return target
 
 
-def _read_journal(folder: Path) -> list[dict[str, Any]]:
-    from workbench.audit.journal import JournalError, read
+def _verified(read: Callable[[], Sequence[Any]]) -> Sequence[Any]:
+    """A record folder's typed entries, or one row naming why they fail verification."""
+    from workbench.audit.journal import JournalError
 
     try:
-        return read(folder)
+        return read()
     except JournalError as exc:
         return [{"seq": "?", "error": str(exc)}]
 

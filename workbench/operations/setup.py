@@ -1,0 +1,138 @@
+"""What the load-test and monitor notebooks set up before they measure, as one call each: the
+project's configuration, the environment's endpoint and version, the profile or policy, and
+the scoring request built from the held-out rows."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from workbench.config import Config, LoadProfile, MonitorPolicy, Slo, load_config
+from workbench.errors import WorkbenchError
+from workbench.project import Project, find_project
+
+if TYPE_CHECKING:
+    from workbench.records import RollbackRecord
+
+
+class SetupError(WorkbenchError, RuntimeError):
+    """Nothing is deployed where the notebook was asked to measure."""
+
+
+@dataclass
+class LoadTestSetup:
+    """Everything a load test of one endpoint needs."""
+
+    project: Project
+    config: Config
+    tracking_uri: str
+    environment: str
+    endpoint: str
+    model_name: str
+    version: str  # the version the endpoint serves (checked)
+    profile: LoadProfile
+    objectives: Slo
+    body: bytes  # one scoring request: ``profile.rows`` held-out rows
+
+    def describe(self) -> str:
+        return (f"{self.model_name} v{self.version} at {self.endpoint}; load "
+                f"{self.profile.model_dump()}")
+
+    def baseline(self, environment: str) -> AbstractContextManager[tuple[str, str] | None]:
+        """A temporary server of the version ``environment`` serves, for the same load:
+        ``(url, version)``, or None when it serves none (a first release)."""
+        from workbench.operations.baseline import baseline_server
+
+        return baseline_server(self.project, self.config, environment, self.model_name,
+                               self.tracking_uri)
+
+
+@dataclass
+class MonitorSetup:
+    """Everything a post-deploy watch of one environment needs."""
+
+    project: Project
+    config: Config
+    environment: str
+    model_name: str
+    url: str
+    version: str  # the version that must be serving
+    policy: MonitorPolicy
+    body: bytes  # the prediction each probe makes
+
+    def describe(self) -> str:
+        return (f"watching {self.url} (v{self.version}) for {self.policy.window}, every "
+                f"{self.policy.interval}")
+
+    def roll_back(self, reason: str, observed: Any, run_id: str | None) -> RollbackRecord:
+        """Roll the environment back to the version approved for it before (as the identity
+        running this notebook), recording what was observed against the policy."""
+        from workbench.identity import current
+        from workbench.operations.rollback import rollback
+
+        return rollback(self.project, self.config, self.environment, current(),
+                        trigger="monitor", reason=reason, observed=observed,
+                        threshold=self.policy.model_dump(), run_id=run_id)
+
+
+def _held_out(dataset: str, test_size: float, random_state: int, rows: int) -> Any:
+    from workbench.datasets import load_split
+
+    _, X_test, _, _ = load_split(dataset, test_size, random_state)
+    return X_test.head(rows)
+
+
+def load_test_setup(environment: str, *, endpoint: str = "", model_name: str, version: str = "",
+                    load_profile: dict[str, Any] | None = None,
+                    slo: dict[str, Any] | None = None, dataset: str, test_size: float,
+                    random_state: int) -> LoadTestSetup:
+    """Connect to the project's MLflow store; find ``environment``'s endpoint (``endpoint``
+    empty: the one running) and check it serves ``version`` (empty: whatever it serves);
+    take the environment's ``load_test`` profile and ``slo`` unless given."""
+    from workbench.deploy import serving
+    from workbench.deploy.local import served_model
+    from workbench.deploy.smoke import request_body
+    from workbench.registry.store import connect
+
+    store = connect()
+    project = find_project()
+    config = load_config(project.configs)
+    profile = LoadProfile(**load_profile) if load_profile else \
+        config.environments[environment].load_test
+    objectives = Slo(**slo) if slo else config.environments[environment].slo
+    if not endpoint:
+        running = serving(project, config, environment)
+        if running is None:
+            raise SetupError(f"nothing is deployed to {environment}; run the deploy stage first")
+        endpoint = running.url
+    served = str(served_model(endpoint)["version"])
+    if version and served != str(version):
+        raise SetupError(f"{endpoint} serves v{served}, expected v{version}")
+    body = request_body(_held_out(dataset, test_size, random_state, profile.rows))
+    return LoadTestSetup(project, config, store.tracking_uri, environment, endpoint,
+                         model_name, served, profile, objectives, body)
+
+
+def monitor_setup(environment: str, *, model_name: str, version: str = "",
+                  policy: dict[str, Any] | None = None, dataset: str, test_size: float,
+                  random_state: int, rows: int = 3) -> MonitorSetup:
+    """Connect to the project's MLflow store; find what serves ``environment`` and the version
+    that must be serving (empty: the one its alias names); take its ``monitor`` policy unless
+    given."""
+    from workbench.deploy import serving
+    from workbench.deploy.smoke import request_body
+    from workbench.registry.models import version_by_alias
+    from workbench.registry.store import connect
+
+    connect()
+    project = find_project()
+    config = load_config(project.configs)
+    watch = MonitorPolicy(**policy) if policy else config.environments[environment].monitor
+    version = version or version_by_alias(model_name, environment)
+    running = serving(project, config, environment)
+    if running is None:
+        raise SetupError(f"nothing is deployed to {environment}")
+    body = request_body(_held_out(dataset, test_size, random_state, rows))
+    return MonitorSetup(project, config, environment, model_name, running.url, str(version),
+                        watch, body)
