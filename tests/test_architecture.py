@@ -120,7 +120,6 @@ def test_a_deploy_strategy_plugs_in_without_touching_the_scheduler(tmp_path: Pat
 def test_every_user_facing_error_has_the_one_base() -> None:
     """The command line catches WorkbenchError alone: every error class of the package that a
     person is meant to read derives from it."""
-    from workbench.errors import WorkbenchError
 
     missing = []
     for module in sorted(PACKAGE.rglob("*.py")):
