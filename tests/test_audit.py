@@ -254,7 +254,7 @@ def test_redaction_covers_keys_and_refuses_encoded_leftovers() -> None:
     encoded = base64.b64encode(SECRET.encode()).decode()
     with pytest.raises(SecretError, match="remains after redaction"):
         redact_notebook_text(json.dumps({"cells": [{"source": encoded}]}), secrets, "nb")
-    with pytest.raises(SecretError, match="shorter than 4"):
+    with pytest.raises(SecretError, match="shorter than 8"):
         import os
 
         os.environ["WB_TEST_SHORT"] = "abc"

@@ -337,6 +337,16 @@ def drop_ledger_tail(reports: Path, count: int) -> None:
     path.write_bytes(b"".join(lines[:-count]))
 
 
+def drop_ledger_from_outcome_of(reports: Path, stage: str) -> None:
+    """Cut the ledger back to before ``stage``'s stage_executed entry (and all after it: its
+    page, the run's outcome), as a kill just before that append leaves it."""
+    path = reports / ledger.LEDGER_FILE
+    lines = path.read_bytes().splitlines(keepends=True)
+    cut = max(i for i, line in enumerate(lines) if json.loads(line)["event"] ==
+              "stage_executed" and json.loads(line)["data"]["stage"] == stage)
+    path.write_bytes(b"".join(lines[:cut]))
+
+
 def set_running(run: Path, stage: str | None = None) -> None:
     """run.json as it was before the end of the run (and before ``stage``'s outcome)."""
     record = json.loads((run / "run.json").read_text())
@@ -349,7 +359,7 @@ def set_running(run: Path, stage: str | None = None) -> None:
 
 def outcome_not_recorded(root: Path, run: Path) -> None:
     """Killed after c's notebook was archived, before run.json recorded its outcome."""
-    drop_ledger_tail(root / "reports", 2)  # c's stage_executed and run_succeeded
+    drop_ledger_from_outcome_of(root / "reports", "c")  # c's entries and run_succeeded
     set_running(run, "c")
     (run / "c.html").unlink()
 
@@ -368,7 +378,7 @@ def staged_not_archived(torn: bool) -> Callable[[Path, Path], None]:
 
 def ledger_entry_missing(root: Path, run: Path) -> None:
     """Killed after run.json recorded c's outcome, before the ledger entry was appended."""
-    drop_ledger_tail(root / "reports", 2)
+    drop_ledger_from_outcome_of(root / "reports", "c")
     set_running(run)
     (run / "c.html").unlink()
 

@@ -132,7 +132,7 @@ def test_policy_version_changes_with_the_policy() -> None:
     ({"qa": {"approvers": []}}, "configs/gates.yaml: policies.qa.approvers: List should have"),
     ({"qa": {"approvers": ["alice"], "quorom": 1}},
      "configs/gates.yaml: policies.qa.quorom: unknown key; expected one of ['approvers', "
-     "'quorum', 'allow_self_approval', 'valid_for', 'require_comment']"),
+     "'quorum', 'allow_self_approval', 'valid_for', 'require_comment', 'identity_sources']"),
 ])
 def test_bad_policies_are_reported(policies: dict[str, Any], message: str) -> None:
     import yaml
@@ -166,13 +166,23 @@ def test_identity_sources(monkeypatch: pytest.MonkeyPatch) -> None:
     assert identity.current().source == "os"
     typed = identity.current("alice")
     assert (typed.name, typed.source) == ("alice", "typed") and typed.os_user
-    monkeypatch.setenv("GITHUB_ACTOR", "octocat")
-    assert identity.current() == identity.current("octocat")
-    assert identity.current().source == "github"
-    with pytest.raises(identity.IdentityError, match="you are 'octocat' according to github"):
-        identity.current("alice")
-    monkeypatch.setenv("JUPYTERHUB_USER", "hubuser")  # the most specific source wins
-    assert identity.current().model_dump()["source"] == "jupyterhub"
+    assert typed.model_dump() == {"name": "alice", "source": "typed", "os_user": typed.os_user}
+
+
+def test_a_platform_variable_set_by_hand_is_only_a_typed_name(monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """GITHUB_ACTOR, JUPYTERHUB_USER, BUILD_USER_ID, GITLAB_USER_LOGIN set by hand claim a name
+    nobody vouches for: it counts as typed by the OS user, and says why."""
+    for name in identity.PLATFORM_IDENTITIES:
+        monkeypatch.delenv(name[0], raising=False)
+    for variable, source in identity.PLATFORM_IDENTITIES:
+        monkeypatch.setenv(variable, "dave")
+        found = identity.current()
+        assert (found.name, found.source) == ("dave", "typed"), variable
+        assert found.unvouched and found.unvouched.startswith(f"{source}: "), found.unvouched
+        assert found.person() == f"os:{found.os_user}" and identity.platform_identity() is None
+        assert identity.current("carol").name == "carol"  # nothing vouched: no contradiction
+        monkeypatch.delenv(variable)
 
 
 # --- append-only records ------------------------------------------------------------------

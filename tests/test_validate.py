@@ -142,8 +142,8 @@ CASES: dict[str, Case] = {
         rename_stage_key("evaluate", "parameters", "paramters"), PIPELINE,
         "stages[1](evaluate).paramters",
         "unknown key; expected one of ['name', 'notebook', 'needs', 'parameters', 'outputs', "
-        "'timeout', 'startup_timeout', 'cell_timeout', 'hang_timeout', 'retry', 'environment', "
-        "'gate', 'cache', 'preload']"),
+        "'timeout', 'startup_timeout', 'cell_timeout', 'hang_timeout', 'output_limit_mb', 'retry', "
+        "'environment', 'gate', 'cache', 'preload']"),
     "timeout-wrong-type": Case(
         set_stage_key("train", "timeout", "soon"), PIPELINE, "stages[0](train).timeout",
         'Input should be a valid number, unable to parse string as a number (got "soon")'),

@@ -94,7 +94,8 @@ _REFS = TypeAdapter(dict[str, Ref])  # errors located at the parameter: (name, "
 
 
 # How a stage attempt can fail; each class has its own retry count (see :class:`Retry`).
-FailureClass = Literal["startup", "kernel_died", "hang", "cell_timeout", "deadline", "error"]
+FailureClass = Literal["startup", "kernel_died", "hang", "cell_timeout", "deadline",
+                       "output_limit", "error"]
 FAILURE_CLASSES: tuple[FailureClass, ...] = typing.get_args(FailureClass)
 RetryCount = Annotated[int, Field(strict=True, ge=0, le=10)]
 Seconds = Annotated[float, Field(gt=0)]
@@ -108,6 +109,7 @@ class Retry(Strict):
     hang: RetryCount | None = None  # no output for ``hang_timeout`` seconds
     cell_timeout: RetryCount | None = None  # one cell ran longer than ``cell_timeout``
     deadline: RetryCount | None = None  # the whole stage ran longer than ``timeout``
+    output_limit: RetryCount | None = None  # the cells output more than ``output_limit_mb``
     error: RetryCount | None = None  # a cell raised, or an output is missing or mistyped
 
     def merged(self, fallback: Retry) -> dict[str, int]:
@@ -126,6 +128,9 @@ class Stage(Strict):
     startup_timeout: Seconds = 60.0  # the kernel must answer within this
     cell_timeout: Seconds | None = None  # bound on each cell (default: none)
     hang_timeout: Seconds | None = None  # no output for this long is a hang (default: off)
+    # what the stage's cells may output in all (MB); more stops the stage, and the archived
+    # notebook keeps a note in place of what was over
+    output_limit_mb: Annotated[float, Field(gt=0, le=10_000)] = 50.0
     retry: Retry = Retry()  # per failure class; unset classes inherit the pipeline's
     environment: str | None = None  # env.* references resolve here (default: the run's)
     gate: str | None = None  # an approval gate for this environment (configs/gates.yaml)
@@ -285,6 +290,9 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
+IdentitySource = Literal["jupyterhub", "github", "gitlab", "jenkins", "os", "typed"]
+
+
 class GatePolicy(Strict):
     """Who may approve a release into one environment, and what an approval needs."""
 
@@ -293,6 +301,8 @@ class GatePolicy(Strict):
     allow_self_approval: bool | None = None  # requester or trainer approves; default: not prod
     valid_for: str = "7d"
     require_comment: bool | None = None  # default: prod; a rejection always needs one
+    # identity sources whose approvals count here (default: any); e.g. [github, jupyterhub]
+    identity_sources: list[IdentitySource] | None = None
 
     @field_validator("valid_for")
     @classmethod
@@ -340,6 +350,8 @@ class Gates(Strict):
         """sha256 of the policy that applies (with its groups expanded): its version."""
         policy = self.policies[environment].model_dump()
         policy["approvers"] = sorted(self.approvers(environment))
+        if policy.get("identity_sources") is None:  # the version of policies without it
+            policy.pop("identity_sources", None)  # stays what earlier releases computed
         blob = json.dumps(policy, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -375,8 +387,7 @@ class Config(Strict):
     @property
     def digest(self) -> str:
         """sha256 over the raw config files: the config hash recorded with every run."""
-        blob = json.dumps(self.sources, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return sources_digest(self.sources)
 
     def stage(self, name: str) -> Stage:
         found = next((s for s in self.pipeline.stages if s.name == name), None)
@@ -387,6 +398,11 @@ class Config(Strict):
     def environment_rank(self, name: str) -> int:
         """Position in the promotion order: the order of configs/environments.yaml."""
         return list(self.environments).index(name)
+
+
+def sources_digest(sources: dict[str, str]) -> str:
+    """sha256 over config files' texts (file name -> text): a run's config hash."""
+    return hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()
 
 
 def _key_path(loc: tuple[Any, ...], data: Any) -> str:
@@ -454,17 +470,91 @@ def _parse(model: type[BaseModel], data: Any, file: str) -> tuple[Any, list[Prob
         return None, list(seen.values())
 
 
+MAX_YAML_VALUES = 100_000  # what aliases may expand a file to (an alias bomb is refused)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys (YAML says a key is unique; PyYAML keeps
+    the last) and documents whose aliases expand beyond :data:`MAX_YAML_VALUES` values."""
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        expanded = _expanded_size(node, {})
+        if expanded > MAX_YAML_VALUES:
+            raise yaml.YAMLError(f"its aliases expand to more than {MAX_YAML_VALUES} values "
+                                 f"(an alias bomb?)")
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                try:
+                    key = self.construct_object(key_node, deep=True)
+                    hash(key)
+                except TypeError:
+                    continue  # PyYAML's own error follows
+                if key in seen:
+                    first = seen[key].start_mark.line + 1
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first}); a key may "
+                        f"appear once", key_node.start_mark)
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded (counted once per
+    distinct node, so a bomb costs linear time to measure)."""
+    stack: list[tuple[Any, bool]] = [(node, False)]
+    while stack:
+        current, children_done = stack.pop()
+        if id(current) in sizes:
+            continue
+        children = _children(current)
+        if children_done or not children:
+            sizes[id(current)] = min(1 + sum(sizes[id(c)] for c in children),
+                                     MAX_YAML_VALUES + 1)
+            continue
+        stack.append((current, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+    return sizes[id(node)]
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def decode_text(data: bytes, label: str) -> tuple[str | None, list[Problem]]:
+    """A config file's bytes as text; a file that is not UTF-8 is a problem naming the byte."""
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start:exc.start + 1].hex()
+        hint = " (it looks like UTF-16: save it as UTF-8)" if data[:2] in (b"\xff\xfe",
+                                                                            b"\xfe\xff") else ""
+        return None, [Problem(label, "", f"is not UTF-8 text: byte 0x{bad} at offset "
+                                         f"{exc.start}{hint}")]
+
+
 def read_yaml(text: str | None, label: str) -> tuple[Any, list[Problem]]:
-    """Parse one YAML file's text; syntax errors become problems with line and column."""
+    """Parse one YAML file's text; syntax errors, duplicate keys, alias bombs and nesting too
+    deep to read become problems with line and column."""
     if text is None:
         return None, [Problem(label, "", "file is missing")]
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # nosec B506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         return None, [Problem(label, where, f"invalid YAML: {problem}")]
+    except RecursionError:
+        return None, [Problem(label, "", "invalid YAML: nested too deeply to read")]
     if not isinstance(data, dict):
         kind = type(data).__name__
         return None, [Problem(label, "", f"expected a mapping at the top, got {kind}")]
@@ -474,9 +564,16 @@ def read_yaml(text: str | None, label: str) -> tuple[Any, list[Problem]]:
 def load_config(configs_dir: Path) -> Config:
     """Load and validate the config files; raise :class:`ConfigError` listing all problems."""
     texts: dict[str, str | None] = {}
+    unreadable: list[Problem] = []
     for file in (*CONFIG_FILES, *OPTIONAL_FILES):
         path = configs_dir / file
-        texts[file] = path.read_text(encoding="utf-8") if path.is_file() else None
+        if not path.is_file():
+            texts[file] = None
+            continue
+        texts[file], found = decode_text(path.read_bytes(), f"configs/{file}")
+        unreadable += found
+    if unreadable:
+        raise ConfigError(unreadable)
     key = tuple(texts.items())
     if key not in _parsed:  # a command reads the same files more than once
         _parsed.clear()

@@ -219,6 +219,7 @@ class StageRecorded(Event):
     archived: Path | None
     seq: int
     publish: bool = True  # HTML and MLflow artifacts wanted (not for a run being interrupted)
+    secrets: Any = None  # the run's known secret values (Secrets): nothing shown may hold one
 
 
 @dataclass(kw_only=True)
@@ -231,6 +232,7 @@ class StageViewsMissing(Event):
     record: Any
     stage: str
     archived: Path
+    secrets: Any = None
 
 
 @dataclass(kw_only=True)

@@ -19,6 +19,12 @@ def _git(root: Path, *args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def changed_files(root: Path) -> list[str]:
+    """Tracked files with uncommitted changes (empty outside a git work tree)."""
+    listing = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return [line[3:] for line in (listing or "").splitlines() if len(line) > 3]
+
+
 def commit(root: Path) -> tuple[str, bool]:
     """(full commit SHA or ``"unknown"``, whether the work tree has uncommitted changes)."""
     sha = _git(root, "rev-parse", "HEAD")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from workbench.atomic import write_json
+from workbench.atomic import write_bytes
 from workbench.clock import stamped_id
 from workbench.config import FailureClass
 from workbench.errors import WorkbenchError
@@ -108,8 +110,20 @@ class RunRecord(BaseModel):
     options: RunOptions = RunOptions()
 
 
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it can name a run folder (letters, digits, ``.``, ``_``, ``-``; never a
+    path), else :class:`RunRecordError`: checked before anything is read or written."""
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
+        raise RunRecordError(f"{run_id!r} is not a run id (expected letters, digits, '.', '_' "
+                             f"or '-', such as 20261127T093000Z-3fa2c1)")
+    return run_id
+
+
 def run_dir(project: Project, run_id: str) -> Path:
-    return project.runs / run_id
+    return project.runs / check_run_id(run_id)
 
 
 def notebook_path(project: Project, record: RunRecord, name: str) -> Path | None:
@@ -123,10 +137,16 @@ def notebook_path(project: Project, record: RunRecord, name: str) -> Path | None
 _saving = threading.Lock()  # stages finishing in parallel threads save one at a time
 
 
-def save(project: Project, record: RunRecord) -> Path:
+def serialized(record: RunRecord) -> bytes:
+    """The bytes ``save`` writes for ``record`` (so their digest can be recorded first)."""
+    return (json.dumps(record.model_dump(mode="json"), indent=2, default=str) + "\n").encode()
+
+
+def save(project: Project, record: RunRecord, data: bytes | None = None) -> Path:
+    """Write the run record atomically (``data``: its :func:`serialized` bytes, if made)."""
     path = run_dir(project, record.id) / RUN_FILE
     with _saving:
-        write_json(path, record.model_dump(mode="json"))
+        write_bytes(path, data if data is not None else serialized(record))
     return path
 
 

@@ -49,26 +49,69 @@ def ledger_path(reports: Path) -> Path:
     return reports / LEDGER_FILE
 
 
-def _last_line(path: Path) -> bytes | None:
-    """The file's last line (without reading the whole file); None if it is empty."""
+def _tail(path: Path) -> tuple[bytes | None, bytes | None]:
+    """The file's last two lines (the one before the last, the last), read from the end; None
+    for a line that is not there. A last line without its newline is a torn write."""
     with path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
+        size = handle.seek(0, os.SEEK_END)
         if size == 0:
-            return None
+            return None, None
         block, position, tail = 4096, size, b""
         while position > 0:
             step = min(block, position)
             position -= step
             handle.seek(position)
             tail = handle.read(step) + tail
-            if tail.count(b"\n") >= 2 or position == 0:
+            if tail.count(b"\n") >= 3 or position == 0:
                 break
-        if not tail.endswith(b"\n"):
-            raise LedgerError(f"{path} ends with an incomplete entry (a torn write: a crash "
-                              f"during an append); `workbench resume RUN` of the interrupted "
-                              f"run sets it aside and repairs the ledger")
-        return tail[:-1].rsplit(b"\n", 1)[-1]
+    if not tail.endswith(b"\n"):
+        raise LedgerError(f"{path} ends with an incomplete entry (a torn write: a crash "
+                          f"during an append); `workbench resume RUN` of the interrupted "
+                          f"run sets it aside and repairs the ledger")
+    lines = tail[:-1].split(b"\n")
+    if position > 0:
+        lines = lines[1:]  # the first piece may be the end of a longer line
+    last = lines[-1] if lines else None
+    before = lines[-2] if len(lines) > 1 else None
+    return before, last
+
+
+def _parsed(line: bytes | None) -> dict[str, Any] | None:
+    try:
+        entry = json.loads(line) if line is not None else None
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def _head(path: Path) -> dict[str, Any] | None:
+    """The last entry, after checking that it is one: its own hash and form, and its link to
+    the entry before it. A head that does not verify is refused, so nothing is ever appended
+    after a forged or garbage line; None for an empty ledger."""
+    before, last = _tail(path)
+    if last is None:
+        return None
+    entry = _parsed(last)
+    problem = None
+    if entry is None:
+        problem = "is not a ledger entry (not a JSON object)"
+    elif entry.get("hash") != entry_hash(entry) or last != canonical(entry):
+        problem = "does not match its hash (edited or forged)"
+    else:
+        previous = _parsed(before) if before is not None else None
+        expected_seq = previous["seq"] + 1 if previous and isinstance(
+            previous.get("seq"), int) else 1
+        expected_link = previous.get("hash") if previous else GENESIS
+        if before is not None and previous is None:
+            problem = "follows a line that is not a ledger entry"
+        elif entry.get("seq") != expected_seq or entry.get("prev") != expected_link:
+            problem = "does not link to the entry before it"
+    if problem:
+        raise LedgerError(f"{path}: its last entry (seq {entry.get('seq') if entry else '?'}) "
+                          f"{problem}; nothing is appended after it. `workbench audit verify` "
+                          f"names every problem; `workbench audit repair` sets a garbage tail "
+                          f"aside")
+    return entry
 
 
 def append(reports: Path, event: str, *, actor: dict[str, Any] | None, run_id: str | None,
@@ -85,8 +128,7 @@ def append(reports: Path, event: str, *, actor: dict[str, Any] | None, run_id: s
 def _append_locked(path: Path, event: str, actor: dict[str, Any] | None, run_id: str | None,
                    data: dict[str, Any], digests: dict[str, str]) -> dict[str, Any]:
     """Append one entry; the caller holds the ledger lock."""
-    last = _last_line(path) if path.exists() else None
-    head = json.loads(last) if last else None
+    head = _head(path) if path.exists() else None
     entry = CHAIN.seal({"time": utc_now(), "actor": actor, "event": event, "run_id": run_id,
                         "data": data, "files": digests}, head)
     line = canonical(entry) + b"\n"
@@ -99,15 +141,19 @@ def _append_locked(path: Path, event: str, actor: dict[str, Any] | None, run_id:
     return entry
 
 
-def repair(reports: Path, actor: dict[str, Any] | None, run_id: str | None = None
-           ) -> dict[str, Any] | None:
-    """Set aside a torn last entry (left by a crash during an append) and record that.
+def repair(reports: Path, actor: dict[str, Any] | None, run_id: str | None = None,
+           garbage: bool = False) -> dict[str, Any] | None:
+    """Set aside a torn last entry (left by a crash during an append) and record that; with
+    ``garbage``, also a tail of complete lines that are no valid entries (``workbench audit
+    repair``).
 
-    The incomplete bytes are kept in ``reports/ledger.torn/`` and the ledger is cut back to its
-    last complete entry, then a ``ledger_repaired`` entry records where the cut was, how many
+    The bytes are kept in ``reports/ledger.torn/`` and the ledger is cut back to its last
+    entry that verifies, then a ``ledger_repaired`` entry records where the cut was, how many
     bytes were set aside and their digest. An append that never completed was never
-    acknowledged, so nothing that had been recorded is lost. Returns that entry, or None when
-    the ledger was intact.
+    acknowledged, and a line that is no valid entry recorded nothing, so nothing that had been
+    recorded is lost. History is never cut: a tail is set aside only when no line in it is an
+    entry that verifies on its own (:class:`LedgerError` otherwise). Returns the entry, or None
+    when there was nothing to set aside.
     """
     path = ledger_path(reports)
     with FileLock(reports / LOCK_FILE, timeout=120):
@@ -116,6 +162,8 @@ def repair(reports: Path, actor: dict[str, Any] | None, run_id: str | None = Non
         with path.open("rb+") as handle:
             size = handle.seek(0, os.SEEK_END)
             cut = _after_last_newline(handle, size)
+            if garbage:
+                cut = _garbage_tail(handle, cut)
             if cut == size:
                 return None
             handle.seek(cut)
@@ -130,6 +178,31 @@ def repair(reports: Path, actor: dict[str, Any] | None, run_id: str | None = Non
         data = {"offset": cut, "bytes": len(fragment), "sha256": digest}
         files = {kept.relative_to(reports).as_posix(): digest}
         return _append_locked(path, "ledger_repaired", actor, run_id, data, files)
+
+
+def _garbage_tail(handle: Any, complete: int) -> int:
+    """Where the tail of complete lines (up to offset ``complete``) that do not continue the
+    chain starts; ``complete`` when every line does. Refuses a tail holding an entry that
+    verifies on its own: that is an edit in the middle, not garbage at the end."""
+    handle.seek(0)
+    offset, previous, expected, start = 0, GENESIS, 1, None
+    for number, line in enumerate(handle, start=1):
+        if offset >= complete:
+            break
+        entry = _parsed(line.rstrip(b"\n"))
+        valid_alone = entry is not None and entry.get("hash") == entry_hash(entry)
+        continues = valid_alone and entry is not None and entry.get("seq") == expected and \
+            entry.get("prev") == previous
+        if start is None and continues and entry is not None:
+            previous, expected = entry["hash"], expected + 1
+        elif start is None:
+            start = offset
+        elif valid_alone:
+            raise LedgerError(f"{LEDGER_FILE} line {number}: a valid entry follows lines that do "
+                              f"not verify; that is an edit of the history, not a garbage tail, "
+                              f"and is not repaired (`workbench audit verify` names it)")
+        offset += len(line)
+    return complete if start is None else start
 
 
 def _after_last_newline(handle: Any, size: int) -> int:
@@ -154,15 +227,50 @@ def entries(reports: Path) -> Iterator[dict[str, Any]]:
     with path.open("rb") as handle:
         for line in handle:
             if line.strip() and line.endswith(b"\n"):  # a torn last line is not an entry
-                yield json.loads(line)
+                entry = _parsed(line)
+                if entry is not None:  # a garbage line is no entry (verify names it)
+                    yield entry
 
 
 def head(reports: Path) -> dict[str, Any]:
-    """The anchor: the last entry's ``seq`` and ``hash`` (seq 0 for an empty ledger)."""
+    """The anchor: the last entry's ``seq`` and ``hash`` (seq 0 for an empty ledger), once it
+    verifies (:class:`LedgerError` otherwise)."""
     path = ledger_path(reports)
-    last = _last_line(path) if path.exists() else None
-    entry = json.loads(last) if last else {"seq": 0, "hash": GENESIS}
+    entry = (_head(path) if path.exists() else None) or {"seq": 0, "hash": GENESIS}
     return {"seq": entry["seq"], "hash": entry["hash"], "ledger": LEDGER_FILE}
+
+
+@dataclass
+class LedgerIndex:
+    """What the ledger says, read once: the digest each file was last recorded with, and the
+    entries of each run (for the gate's checks, which trust the ledger, never a file)."""
+
+    files: dict[str, tuple[str, int]] = field(default_factory=dict)  # path -> (sha256, seq)
+    by_run: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def recorded(self, path: str) -> tuple[str, int] | None:
+        """(digest, seq) of the last entry naming ``path`` (under ``reports/``), if any."""
+        return self.files.get(path)
+
+    def first(self, run_id: str, event: str) -> dict[str, Any] | None:
+        return next((e for e in self.by_run.get(run_id, []) if e.get("event") == event), None)
+
+    def of_run(self, run_id: str, event: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.by_run.get(run_id, []) if event is None or e.get("event") == event]
+
+
+def index(reports: Path) -> LedgerIndex:
+    """One pass over the ledger (entries as stored; :func:`verify` checks them)."""
+    found = LedgerIndex()
+    for entry in entries(reports):
+        files = entry.get("files")
+        if isinstance(files, dict):
+            for name, digest in files.items():
+                found.files[str(name)] = (str(digest), int(entry.get("seq") or 0))
+        run_id = entry.get("run_id")
+        if isinstance(run_id, str):
+            found.by_run.setdefault(run_id, []).append(entry)
+    return found
 
 
 @dataclass

@@ -10,16 +10,17 @@ URL-quoted and base64 forms, and archiving fails if any remains.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote
 
 from workbench.errors import WorkbenchError
 
-MIN_LENGTH = 4  # shorter values would redact ordinary text; they are refused instead
+MIN_LENGTH = 8  # shorter values would redact ordinary text; they are refused instead
 
 
 class SecretError(WorkbenchError, RuntimeError):
@@ -76,9 +77,23 @@ class Secrets:
                 base64.urlsafe_b64encode(raw).decode().rstrip("=")}
 
     def found_in(self, text: str) -> list[str]:
-        """Names of the secrets whose value (in any known form) occurs in ``text``."""
+        """Names of the secrets whose value (in any known form) occurs in ``text``, also once
+        HTML character references (``&#115;``, ``&amp;``) and percent escapes are decoded."""
+        if not self.values:
+            return []
+        views = decoded_views(text)
         return sorted(name for name, value in self.values.items()
-                      if any(form in text for form in self.forms(value)))
+                      if any(form in view for form in self.forms(value) for view in views))
+
+    def check_config(self, sources: dict[str, str]) -> None:
+        """Refuse a secret whose value appears in a configuration file: the redacted copy of
+        the configuration that every run keeps could then never be read back."""
+        for file, text in sorted(sources.items()):
+            leaked = self.found_in(text)
+            if leaked:
+                raise SecretError(f"configs/{file} contains the value of secret {leaked[0]}; a "
+                                  f"secret's value must not appear in the configuration (choose "
+                                  f"another value, or rename what it collides with)")
 
     def check_parameters(self, stage: str, parameters: dict[str, Any]) -> None:
         """Refuse to pass a secret's value as a papermill parameter."""
@@ -87,6 +102,18 @@ class Secrets:
             raise SecretError(f"stage {stage}: a parameter holds the value of secret "
                               f"{leaked[0]}; stages read secrets from the environment "
                               f"(os.environ[{leaked[0]!r}]), never as parameters")
+
+
+def decoded_views(text: str) -> list[str]:
+    """``text`` and what it says once decoded the ways a page or a URL hides characters: HTML
+    character references (twice: ``&amp;#115;``) and percent escapes."""
+    views = [text]
+    if "&" in text:
+        once = html.unescape(text)
+        views += [once, html.unescape(once)]
+    if "%" in text:
+        views.append(unquote(text))
+    return views
 
 
 def redact_notebook_text(text: str, secrets: Secrets, label: str) -> str:

@@ -161,9 +161,29 @@ def main() -> None:
             sys.exit(130)
         if options["debug"]:
             raise
+        full = _disk_full(exc)
+        if full is not None:  # what was archived before is kept; nothing half-written counts
+            typer.echo(f"error: no space left on the device{full}; free some and run the "
+                       f"command again (use --debug for a traceback)", err=True)
+            sys.exit(EXIT_FAILED)
         typer.echo(f"error: {type(exc).__name__}: {exc} (use --debug for a traceback)", err=True)
         sys.exit(EXIT_FAILED)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """`` (writing FILE)`` (or empty) when ``exc`` or an exception it came from says the disk
+    is full (ENOSPC, or SQLite's "database or disk is full"); None otherwise."""
+    import errno
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return f" (writing {seen.filename})" if seen.filename else ""
+        if "database or disk is full" in str(seen):
+            return " (writing the MLflow store)"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _is_usage_error(exc: Exception) -> bool:

@@ -23,6 +23,8 @@ def verify(
     files: Annotated[bool, typer.Option(help="Re-hash every referenced file.")] = True,
 ) -> None:
     """Recompute every ledger hash and link and re-hash every archived file; name each problem."""
+    from workbench.audit import coverage
+    from workbench.audit.ledger import index
     from workbench.audit.ledger import verify as verify_ledger
 
     project = _project()
@@ -36,6 +38,12 @@ def verify(
             raise UsageError(f"--anchor {anchor}: expected a JSON object with seq and hash")
     started = time.perf_counter()
     result = verify_ledger(project.reports, saved, check_files=files)
+    if files:  # the archive beside the ledger: records, run records, files nothing recorded
+        covered = coverage.check(project.reports, index(project.reports))
+        result.problems += covered.problems
+        for what, count in covered.predating.items():
+            typer.echo(f"note: {count} item(s) not checked for {what}: they predate that "
+                       f"check", err=True)
     took = time.perf_counter() - started
     for problem in result.problems:
         typer.echo(f"FAIL {problem}", err=True)
@@ -58,3 +66,20 @@ def anchor_command(
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
     typer.echo(text)
+
+
+@audit_app.command()
+def repair() -> None:
+    """Set aside a torn or garbage tail of the ledger (lines that are no valid entries), and
+    record that; never cuts history (an edited entry in the middle is refused)."""
+    from workbench.audit.ledger import TORN_DIR
+    from workbench.audit.ledger import repair as repair_ledger
+    from workbench.identity import current
+
+    project = _project()
+    done = repair_ledger(project.reports, current().model_dump(), garbage=True)
+    if done is None:
+        typer.echo("the ledger ends in a valid entry: nothing to repair")
+        return
+    typer.echo(f"set aside {done['data']['bytes']} bytes after offset {done['data']['offset']} "
+               f"in reports/{TORN_DIR}/; recorded as seq {done['seq']} (ledger_repaired)")

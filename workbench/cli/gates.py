@@ -19,8 +19,9 @@ def _decide(project: Project, run_id: str, env: str, decision: Any, name: str | 
 
     who = identity.current(name)
     record = run_record.load(project, run_id)
-    entry, bundle = approvals.submit(project, record, env, decision, who, comment, via="cli")
-    verdict, _ = approvals.status(project, record, env, bundle=bundle)
+    entry, bundle, trust = approvals.submit(project, record, env, decision, who, comment,
+                                            via="cli")
+    verdict, _ = approvals.status(project, record, env, bundle=bundle, trust=trust)
     typer.echo(f"recorded #{entry.seq}: {decision} by {who} for {env}, bundle "
                f"{entry.bundle_digest[:12]}")
     typer.echo(verdict.describe(run_id))
@@ -53,6 +54,7 @@ def approvals(run_id: RunArg, as_json: Annotated[bool, typer.Option("--json")] =
     """Every decision recorded for a run, and each gate's verdict for the current bundle."""
     from workbench.governance import approvals as gov
     from workbench.governance.bundle import BundleError
+    from workbench.governance.trust import TrustError
     from workbench.run_record import load
 
     project = _project()
@@ -63,7 +65,7 @@ def approvals(run_id: RunArg, as_json: Annotated[bool, typer.Option("--json")] =
     for env in gov.run_config(record).gates.policies:
         try:
             verdicts[env] = gov.status(project, record, env)[0]
-        except BundleError as exc:
+        except (BundleError, TrustError) as exc:
             verdicts[env] = str(exc)
     if as_json:
         typer.echo(json.dumps({"records": [r.model_dump(mode="json") for r in records],

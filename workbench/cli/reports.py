@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import Annotated
 
@@ -31,7 +32,7 @@ def build(
 
 @reports_app.command()
 def serve(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 8000,
     token: Annotated[str | None, typer.Option(envvar="WORKBENCH_REPORTS_TOKEN",
                                               help="Require this access token.")] = None,
 ) -> None:
@@ -46,3 +47,8 @@ def serve(
         serve_reports(project.reports, host="127.0.0.1", port=port, token=token)
     except ValueError as exc:  # a token with unusable characters
         raise UsageError(f"--token: {exc}") from None
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise UsageError(f"--port {port}: 127.0.0.1:{port} is in use by another process; "
+                         f"choose another port") from None

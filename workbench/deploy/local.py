@@ -27,6 +27,7 @@ from typing import Any
 
 from workbench.atomic import write_json
 from workbench.errors import EXIT_FAILED, WorkbenchError
+from workbench.execution.reaper import STAGE_VARIABLE
 from workbench.project import Project
 
 HOST = "127.0.0.1"
@@ -178,6 +179,10 @@ def stop(project: Project, environment: str, grace: float = 10.0) -> Server | No
     """
     path = _state_file(project, environment)
     server = current(project, environment)
+    keep = {server.pid, server.backend_pid} if server is not None else set()
+    for pid in _orphans(project, environment, keep):
+        stop_group(pid, grace)
+    _pending_file(project, environment).unlink(missing_ok=True)
     if server is None and path.is_file():  # one of the two died: stop the other one too
         with contextlib.suppress(ValueError, TypeError, OSError):
             stale = json.loads(path.read_text(encoding="utf-8"))
@@ -200,10 +205,57 @@ def _log_tail(log: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _spawn(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+ENDPOINT_VARIABLE = "WORKBENCH_ENDPOINT"  # <project>::<environment>, in every server of ours
+
+
+def _marker(project: Project, environment: str) -> str:
+    return f"{project.root}::{environment}"
+
+
+def _spawn(project: Project, environment: str, command: list[str], log: Path,
+           env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start a server of the environment's endpoint, marked so that ``stop`` finds it after any
+    crash, and recorded before it is waited for (``<env>.pending.json``). It outlives the stage
+    that deployed it, so it does not carry the stage's process tag (which the stage's end
+    would stop)."""
+    service = {key: value for key, value in env.items() if key != STAGE_VARIABLE}
+    service[ENDPOINT_VARIABLE] = _marker(project, environment)
     with open(log, "ab") as sink:
-        return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=service,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    pending = _pending_file(project, environment)
+    try:
+        known = json.loads(pending.read_text(encoding="utf-8")).get("pids", [])
+    except (OSError, ValueError, AttributeError):
+        known = []
+    write_json(pending, {"pids": [*known, process.pid]})
+    return process
+
+
+def _pending_file(project: Project, environment: str) -> Path:
+    return project.servers / f"{environment}.pending.json"
+
+
+def _orphans(project: Project, environment: str, keep: set[int]) -> list[int]:
+    """Servers of ours for ``environment`` that no endpoint record names (a crash between
+    their start and the record, or a deploy that died): by their marker, or the pending
+    record."""
+    marker = f"{ENDPOINT_VARIABLE}={_marker(project, environment)}".encode()
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.add(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    try:
+        pending = json.loads(_pending_file(project, environment).read_text(encoding="utf-8"))
+        found |= {pid for pid in pending.get("pids", []) if isinstance(pid, int) and (
+            _is_ours(pid, "workbench.deploy.proxy") or
+            _is_ours(pid, "workbench.deploy.model_server"))}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return sorted(found - keep - {os.getpid()})
 
 
 def _wait_ready(process: subprocess.Popen[bytes], url: str, what: str, log: Path,
@@ -227,9 +279,10 @@ def start_model_server(project: Project, environment: str, model_name: str, vers
     port = _free_port()
     log = project.servers / f"{environment}.model-{port}.log"
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    process = _spawn([sys.executable, "-m", "workbench.deploy.model_server", "--model-uri",
-                      f"models:/{model_name}/{version}", "--name", model_name, "--version",
-                      str(version), "--port", str(port)], log, env)
+    process = _spawn(project, environment, [
+        sys.executable, "-m", "workbench.deploy.model_server", "--model-uri",
+        f"models:/{model_name}/{version}", "--name", model_name, "--version", str(version),
+        "--port", str(port)], log, env)
     url = f"http://{HOST}:{port}"
     try:
         _wait_ready(process, url, f"model server for {environment!r} ({model_name} "
@@ -264,9 +317,24 @@ def serve(project: Project, environment: str, port: int, model_name: str, versio
     """Serve ``models:/<name>/<version>`` on the environment's endpoint without dropping traffic.
 
     The new model server must be up and report ``version`` before any request reaches it; if
-    it fails, the old one keeps serving and the error names its log.
+    it fails, the old one keeps serving and the error names its log. Deploys to one
+    environment take turns (a lock beside its record), so two runs never interleave theirs.
     """
+    from filelock import FileLock
+
     project.servers.mkdir(parents=True, exist_ok=True)
+    with FileLock(project.servers / f"{environment}.lock", timeout=DEPLOY_LOCK_S):
+        server = _serve(project, environment, port, model_name, version, tracking_uri,
+                        ready_timeout)
+        _pending_file(project, environment).unlink(missing_ok=True)  # the record names them
+        return server
+
+
+DEPLOY_LOCK_S = 600.0
+
+
+def _serve(project: Project, environment: str, port: int, model_name: str, version: str,
+           tracking_uri: str, ready_timeout: float) -> Server:
     old = current(project, environment)
     if old is None:
         stop(project, environment)  # leftovers of a half-dead endpoint
@@ -282,8 +350,9 @@ def serve(project: Project, environment: str, port: int, model_name: str, versio
         write_json(route_file(project, environment), {"port": backend_port,
                                                       "version": str(version)})
         log = project.servers / f"{environment}.proxy.log"
-        proxy = _spawn([sys.executable, "-m", "workbench.deploy.proxy", "--port", str(port),
-                        "--route", str(route_file(project, environment))], log, dict(os.environ))
+        proxy = _spawn(project, environment, [
+            sys.executable, "-m", "workbench.deploy.proxy", "--port", str(port), "--route",
+            str(route_file(project, environment))], log, dict(os.environ))
         try:
             _wait_ready(proxy, f"http://{HOST}:{port}", f"proxy for {environment!r}", log, 60)
         except BaseException:

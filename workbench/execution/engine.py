@@ -24,16 +24,23 @@ _lock = threading.Lock()
 class Activity:
     """When the running notebook last showed life: a cell started or an output arrived."""
 
-    def __init__(self) -> None:
+    def __init__(self, output_limit: int | None = None) -> None:
         self.last = time.monotonic()
         self.cell: int | None = None  # index of the cell executing (or last executed)
         self.source = ""  # its first line, for messages
+        self.output_bytes = 0  # what the cells have output so far (text and data)
+        self.output_limit = output_limit
 
     def cell_started(self, index: int, source: str) -> None:
         self.cell, self.source, self.last = index, source, time.monotonic()
 
-    def output(self) -> None:
+    def output(self, size: int = 0) -> None:
         self.last = time.monotonic()
+        self.output_bytes += size
+
+    @property
+    def over_output_limit(self) -> bool:
+        return self.output_limit is not None and self.output_bytes > self.output_limit
 
     @property
     def started(self) -> bool:
@@ -68,6 +75,17 @@ class AtomicHandler:
         return path
 
 
+def output_size(output: Any) -> int:
+    """About how many bytes an output holds (its text, or its data by type)."""
+    if not isinstance(output, dict):
+        return 0
+    size = len(str(output.get("text", ""))) + len(str(output.get("traceback", "")))
+    data = output.get("data")
+    if isinstance(data, dict):
+        size += sum(len(str(value)) for value in data.values())
+    return size
+
+
 def write_atomically(path: Path) -> None:
     """Route papermill's writes of ``path`` through :class:`AtomicHandler`."""
     from papermill.iorw import papermill_io
@@ -100,7 +118,7 @@ def register_engine() -> None:
             def process_message(self, *args: Any, **kwargs: Any) -> Any:
                 output = super().process_message(*args, **kwargs)
                 if output is not None and self.activity is not None:
-                    self.activity.output()
+                    self.activity.output(output_size(output))
                 return output
 
         class WatchedEngine(NBClientEngine):

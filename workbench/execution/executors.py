@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from workbench.errors import WorkbenchError
+from workbench.execution.reaper import stage_tag
 from workbench.execution.stage import CellCallback, KernelLimits, StageResult, execute_stage
 from workbench.execution.warm import StageKernel
 from workbench.plugins import Registry, UnknownPlugin
@@ -75,7 +76,9 @@ class LocalExecutor:
         return execute_stage(request.notebook, request.output, request.parameters,
                              request.declared_outputs, cwd=request.cwd, timeout=request.timeout,
                              on_cell=request.on_cell, limits=request.limits,
-                             kernel=request.kernel, cancel=request.cancel)
+                             kernel=request.kernel, cancel=request.cancel,
+                             process_tag=stage_tag(request.run_id, request.stage)
+                             if request.run_id and request.stage else None)
 
 
 EXECUTORS: Registry[type[ExecutorPlugin]] = Registry("executor", "workbench.executors")

@@ -64,7 +64,8 @@ def _exit_status(returncode: int | None) -> str:
 
 def describe(failure: str, exc: BaseException | None, activity: Activity, *,
              timeout: float, cell_timeout: float | None, hang_timeout: float | None,
-             startup_timeout: float, returncode: int | None = None) -> str:
+             startup_timeout: float, returncode: int | None = None,
+             output_limit_mb: float | None = None) -> str:
     """One line naming the class, where it happened and the limit that applied."""
     from papermill.exceptions import PapermillExecutionError
 
@@ -73,6 +74,10 @@ def describe(failure: str, exc: BaseException | None, activity: Activity, *,
         return f"stage exceeded its timeout of {timeout:g} s"
     if failure == "interrupted":
         return f"interrupted{where}: the run was stopped"
+    if failure == "output_limit":
+        return (f"output limit: the cells output {activity.output_bytes / 1e6:.1f} MB{where}, "
+                f"more than the stage's output_limit_mb of {output_limit_mb:g}; the kernel was "
+                f"stopped")
     if failure == "hang":
         return f"hang: no output for {hang_timeout:g} s{where}; the kernel was stopped"
     if failure == "cell_timeout":
@@ -92,12 +97,16 @@ def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), text)
 
 
-def annotate(path: Path, failure: str, message: str, activity: Activity) -> None:
-    """Record the failure in the staged notebook (metadata, cell states and a banner)."""
+def annotate(path: Path, failure: str, message: str, activity: Activity,
+             trim_to: int | None = None) -> None:
+    """Record the failure in the staged notebook (metadata, cell states and a banner); with
+    ``trim_to``, replace the largest outputs by a note until the notebook's outputs fit."""
     try:
         nb = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return  # nothing usable was written; the record says what happened
+    if trim_to is not None:
+        trim_outputs(nb, trim_to)
     nb.setdefault("metadata", {})["workbench"] = {"failure": failure, "message": message,
                                                   "cell": activity.cell}
     if failure != "error":  # papermill already banners and marks a cell that raised
@@ -105,6 +114,26 @@ def annotate(path: Path, failure: str, message: str, activity: Activity) -> None
         nb["cells"] = [_banner(failure, message), *nb.get("cells", [])]
     AtomicHandler().write(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n",
                           str(path))
+
+
+def trim_outputs(nb: dict[str, Any], limit: int) -> int:
+    """Replace the largest outputs of ``nb`` by a short note until what is left is at most
+    ``limit`` bytes; return how many were replaced."""
+    from workbench.execution.engine import output_size
+
+    outputs = [(output_size(out), cell, index) for cell in nb.get("cells", [])
+               for index, out in enumerate(cell.get("outputs", []))]
+    total = sum(size for size, _, _ in outputs)
+    replaced = 0
+    for size, cell, index in sorted(outputs, key=lambda item: -item[0]):
+        if total <= limit:
+            break
+        cell["outputs"][index] = {"name": "stderr", "output_type": "stream", "text":
+                                  f"[workbench: {size / 1e6:.1f} MB of output removed: over "
+                                  f"the stage's output limit]\n"}
+        total -= size
+        replaced += 1
+    return replaced
 
 
 def _mark_cells(cells: list[dict[str, Any]], failed: int | None) -> None:

@@ -8,17 +8,14 @@ and nbformat (about 3 s here) in ``workbench validate``.
 from __future__ import annotations
 
 import ast
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import WorkbenchError
+from workbench.execution.notebook_file import NotebookError, load_checked
 from workbench.execution.outputs import PYTHON_TYPES as SIMPLE_TYPES
 
-
-class NotebookError(WorkbenchError, ValueError):
-    """The notebook cannot be used as a stage (unreadable, no parameters cell, bad cell)."""
+__all__ = ["Declared", "NotebookError", "declared_parameters", "parameters_cell"]
 
 
 @dataclass(frozen=True)
@@ -81,10 +78,7 @@ def parameters_cell(nb: dict[str, Any]) -> str | None:
 
 def declared_parameters(path: Path) -> dict[str, Declared]:
     """Parameters declared in the notebook at ``path``; raises :class:`NotebookError`."""
-    try:
-        nb = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise NotebookError(f"cannot read notebook: {exc}") from exc
+    nb = load_checked(path)
     source = parameters_cell(nb)
     if source is None:
         raise NotebookError("has no code cell tagged 'parameters'")
@@ -92,6 +86,8 @@ def declared_parameters(path: Path) -> dict[str, Declared]:
         tree = ast.parse(source)
     except SyntaxError as exc:
         raise NotebookError(f"parameters cell line {exc.lineno}: {exc.msg}") from exc
+    except (RecursionError, MemoryError):
+        raise NotebookError("parameters cell is nested too deeply to read") from None
     found: dict[str, Declared] = {}
     for node in tree.body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
@@ -105,7 +101,7 @@ def declared_parameters(path: Path) -> dict[str, Declared]:
             continue
         try:
             default = ast.literal_eval(value) if value is not None else None
-        except ValueError:
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
             default = None  # computed default: known name, type from annotation only
         found[name] = Declared(name, annotation, default)
     return found

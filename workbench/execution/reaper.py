@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -32,6 +33,50 @@ def _is_kernel(pid: int) -> bool:
     except OSError:
         return False
     return b"ipykernel" in cmdline
+
+
+STAGE_VARIABLE = "WORKBENCH_STAGE"  # <run-id>/<stage>: every process a stage's kernel starts
+# inherits it (also one started in a new session), so the stage can end them all
+
+
+def stage_tag(run_id: str, stage: str) -> str:
+    return f"{run_id}/{stage}"
+
+
+def _processes(project_root: Path, match: Callable[[dict[str, str]], bool]) -> list[int]:
+    if not PROC.is_dir():
+        return []
+    found = []
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        env = _environment(int(entry.name))
+        if env.get("WORKBENCH_PROJECT") == str(project_root) and match(env):
+            found.append(int(entry.name))
+    return found
+
+
+def _kill(pids: list[int]) -> list[int]:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def stop_stage_processes(project_root: Path, tag: str) -> list[int]:
+    """Kill every process still running that a stage (``tag``) started: its kernel is done, so
+    anything it left (a child in a new session, a double fork) ends with it."""
+    return _kill(_processes(project_root, lambda env: env.get(STAGE_VARIABLE) == tag))
+
+
+def stop_run_stage_processes(project_root: Path, run_id: str) -> list[int]:
+    """Kill what any stage of ``run_id`` left running (a dead run's, before it resumes)."""
+    prefix = f"{run_id}/"
+    return _kill(_processes(project_root,
+                            lambda env: env.get(STAGE_VARIABLE, "").startswith(prefix)))
 
 
 def run_kernels(project_root: Path, run_id: str) -> list[int]:

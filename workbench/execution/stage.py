@@ -18,6 +18,7 @@ from workbench.execution.failures import annotate, classify, describe
 from workbench.execution.notebook_file import kernel_name as notebook_kernel
 from workbench.execution.notebook_file import read_notebook
 from workbench.execution.outputs import output_problems
+from workbench.execution.reaper import STAGE_VARIABLE, stop_stage_processes
 from workbench.execution.warm import StageKernel, launch, new_kernel, retire
 from workbench.run_record import Failure
 from workbench.scraps import read_scraps
@@ -44,6 +45,7 @@ class KernelLimits:
     startup_timeout: float = 60.0  # the kernel must start and answer within this
     cell_timeout: float | None = None  # one cell (papermill's execution timeout)
     hang_timeout: float | None = None  # no output for this long while a cell runs
+    output_limit_mb: float | None = None  # what all cells may output, in MB
 
 
 def _first_line(cell: Any) -> str:
@@ -99,6 +101,8 @@ def _supervise(worker: threading.Thread, kernel: Any, timeout: float, activity: 
                     fired = "deadline"
                 elif hang_timeout and activity.started and activity.quiet_for() >= hang_timeout:
                     fired = "hang"
+                elif activity.over_output_limit:
+                    fired = "output_limit"
                 if fired is not None:
                     fired_at = now
                     _signal_kernel(kernel, signal.SIGKILL if fired == "interrupted"
@@ -143,6 +147,7 @@ def execute_stage(
     limits: KernelLimits | None = None,
     kernel: StageKernel | None = None,
     cancel: threading.Event | None = None,
+    process_tag: str | None = None,
 ) -> StageResult:
     """Execute ``notebook`` into ``output`` with papermill and check its declared outputs.
 
@@ -153,6 +158,7 @@ def execute_stage(
     A failed result carries its failure class, also written into the notebook. ``kernel`` is
     a pre-warmed kernel to execute on (one is started otherwise); either way it is stopped
     before this returns. ``cancel`` set by another thread interrupts the stage.
+    ``process_tag`` marks every process the kernel starts; they are ended with the stage.
     """
     started = time.monotonic()
     limits = limits or KernelLimits()
@@ -160,7 +166,7 @@ def execute_stage(
     import papermill
     from jupyter_core.utils import run_sync
 
-    activity = Activity()
+    activity = Activity(int(limits.output_limit_mb * 1e6) if limits.output_limit_mb else None)
 
     def cell_started(cell: Any, cell_index: int, **_: Any) -> None:
         activity.cell_started(cell_index, _first_line(cell))
@@ -181,7 +187,7 @@ def execute_stage(
     def work() -> None:
         try:
             if not manager.has_kernel:
-                launch(kernel, cwd)
+                launch(kernel, cwd, {STAGE_VARIABLE: process_tag} if process_tag else None)
             # papermill's own ``cwd`` would chdir this whole process, which stages running in
             # parallel threads cannot share; the kernel was started in ``cwd`` instead.
             papermill.execute_notebook(
@@ -207,11 +213,16 @@ def execute_stage(
     try:
         fired = _supervise(worker, manager, timeout, activity, limits.hang_timeout, cancel)
     finally:
+        def sweep() -> None:  # what the stage started and left running ends with it
+            if process_tag:
+                stop_stage_processes(cwd, process_tag)
+
         if fired is None and not failure:
-            retire(kernel)  # done: shut down gracefully (atexit handlers run) off the clock
+            retire(kernel, then=sweep)  # shut down gracefully (atexit runs) off the clock
         else:
             _stop_kernel(manager)
             kernel.close()
+            sweep()
     returncode = exit_code[0] if exit_code else None
     duration = time.monotonic() - started
     exc = failure[0] if failure else None
@@ -219,9 +230,12 @@ def execute_stage(
         kind = classify(fired, exc, activity)
         error = describe(kind, exc, activity, timeout=timeout, returncode=returncode,
                          cell_timeout=limits.cell_timeout, hang_timeout=limits.hang_timeout,
-                         startup_timeout=limits.startup_timeout)
+                         startup_timeout=limits.startup_timeout,
+                         output_limit_mb=limits.output_limit_mb)
         if output.exists():
-            annotate(output, kind, error, activity)
+            annotate(output, kind, error, activity,
+                     trim_to=int(limits.output_limit_mb * 1e6) if kind == "output_limit" and
+                     limits.output_limit_mb else None)
         return StageResult(False, error=error, duration_s=duration, failure=kind)
     scraps = read_scraps(read_notebook(output))
     outputs = {name: scraps[name] for name in declared_outputs if name in scraps}

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.execution import kernel_output
+from workbench.execution.reaper import STAGE_VARIABLE, stage_tag
 
 if TYPE_CHECKING:
     from workbench.execution.forkserver import ForkServer
@@ -72,10 +73,11 @@ _retired: list[Future[None]] = []
 _retired_lock = threading.Lock()
 
 
-def retire(kernel: StageKernel) -> None:
+def retire(kernel: StageKernel, then: Callable[[], None] | None = None) -> None:
     """Shut down a kernel whose stage is complete in the background: a graceful shutdown lets
     its atexit handlers run (1-3 s with MLflow loaded), which the next stage need not wait for.
-    It is killed if it does not exit in jupyter_client's shutdown wait time."""
+    It is killed if it does not exit in jupyter_client's shutdown wait time; ``then`` runs once
+    it is gone."""
     def shut_down() -> None:
         from jupyter_core.utils import run_sync
 
@@ -83,6 +85,8 @@ def retire(kernel: StageKernel) -> None:
             if kernel.manager.has_kernel:
                 run_sync(kernel.manager.shutdown_kernel)(now=False)
         kernel.close()
+        if then is not None:
+            then()
 
     with _retired_lock:
         _retired[:] = [f for f in _retired if not f.done()]
@@ -237,8 +241,10 @@ class KernelPool:
             if self.fork_server is None and self.fork_preload:
                 self.fork_server = _fork_server(self.fork_preload, self.cwd, self.env)
                 self.fork_preload = ()  # one attempt
+            env = {**(self.env or {}), STAGE_VARIABLE: stage_tag(
+                (self.env or {}).get("WORKBENCH_RUN_ID", ""), stage)}
             self._kernels[stage] = self._threads.submit(
-                start_kernel, kernel_name, cwd, startup_timeout, tuple(preload), self.env,
+                start_kernel, kernel_name, cwd, startup_timeout, tuple(preload), env,
                 self.fork_server)
             return True
 

@@ -6,6 +6,8 @@ file each, never edited. Refused attempts are recorded too, and never count.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -15,9 +17,11 @@ from pydantic import BaseModel
 
 from workbench import clock, run_record
 from workbench.audit import journal
-from workbench.config import Config, Gates, parse_config
+from workbench.config import Config, GatePolicy, Gates, parse_config
+from workbench.digests import file_sha256
 from workbench.errors import EXIT_FAILED, WorkbenchError
 from workbench.governance.bundle import Bundle, compute, gate_stage
+from workbench.governance.trust import Trusted, trusted
 from workbench.identity import Identity
 from workbench.project import Project
 from workbench.records import ApprovalRecord, Decision
@@ -79,37 +83,85 @@ class Verdict(BaseModel):
         return "\n".join(lines)
 
 
-def excluded_names(gates: Gates, environment: str, requester: Identity | None,
-                   trainer: Identity | None) -> dict[str, str]:
-    """Names the separation-of-duties rule keeps out of this environment's gate."""
+Trainers = Identity | Sequence[Identity] | None
+
+
+def _as_list(trainers: Trainers) -> list[Identity]:
+    if trainers is None:
+        return []
+    return [trainers] if isinstance(trainers, Identity) else list(trainers)
+
+
+@dataclass(frozen=True)
+class Duties:
+    """Who the separation-of-duties rule keeps out of an environment's gate: by name, and by
+    person (an OS user typing another name is still that OS user)."""
+
+    names: dict[str, str]
+    people: dict[str, str]
+
+    def reason(self, approver: Identity) -> str | None:
+        if approver.name in self.names:
+            return self.names[approver.name]
+        person = approver.person()
+        if person in self.people:
+            return f"{self.people[person]} (the same {_person_kind(person)})"
+        return None
+
+
+def _person_kind(person: str) -> str:
+    kind, _, who = person.partition(":")
+    return f"OS user {who}" if kind == "os" else f"{kind} account {who}"
+
+
+def duties(gates: Gates, environment: str, requester: Identity | None,
+           trainers: Trainers) -> Duties:
+    """The separation-of-duties rule for ``environment`` (nothing when it allows self-approval)."""
     if gates.allows_self_approval(environment):
-        return {}
-    reasons: dict[str, list[str]] = {}
-    if requester is not None:
-        reasons.setdefault(requester.name, []).append("requested the release")
-    if trainer is not None:
-        reasons.setdefault(trainer.name, []).append("trained the model")
-    return {name: " and ".join(why) for name, why in reasons.items()}
+        return Duties({}, {})
+    names: dict[str, list[str]] = {}
+    people: dict[str, list[str]] = {}
+    roles = [(requester, "requested the release")] if requester is not None else []
+    roles += [(trainer, "trained the model") for trainer in _as_list(trainers)]
+    for who, role in roles:
+        for key, table in ((who.name, names), (who.person(), people)):
+            if role not in table.setdefault(key, []):
+                table[key].append(role)
+    return Duties({k: " and ".join(v) for k, v in names.items()},
+                  {k: " and ".join(v) for k, v in people.items()})
+
+
+def excluded_names(gates: Gates, environment: str, requester: Identity | None,
+                   trainers: Trainers) -> dict[str, str]:
+    """Names the separation-of-duties rule keeps out of this environment's gate."""
+    return duties(gates, environment, requester, trainers).names
 
 
 def evaluate(records: list[ApprovalRecord], gates: Gates, environment: str, gate: str,
-             bundle_digest: str, requester: Identity | None, trainer: Identity | None,
-             now: datetime | None = None) -> Verdict:
-    """Apply the policy to the recorded decisions; pure, so every rule is testable alone."""
+             bundle_digest: str, requester: Identity | None, trainers: Trainers,
+             now: datetime | None = None, ledgered: set[int] | None = None) -> Verdict:
+    """Apply the policy to the recorded decisions; pure, so every rule is testable alone.
+
+    ``ledgered``: the records (seq) the ledger vouches for (None: all of them); quorum counts
+    distinct people, so names one OS user typed count once."""
     now = now or datetime.now(UTC)
     policy = gates.policies[environment]
     allowed = gates.approvers(environment)
-    excluded = excluded_names(gates, environment, requester, trainer)
+    rule = duties(gates, environment, requester, trainers)
     verdict = Verdict(environment=environment, gate=gate, state="awaiting",
                       bundle_digest=bundle_digest, policy_version=gates.version(environment),
-                      quorum=policy.quorum, eligible=sorted(allowed - set(excluded)),
-                      excluded={k: v for k, v in excluded.items() if k in allowed})
+                      quorum=policy.quorum, eligible=sorted(allowed - set(rule.names)),
+                      excluded={k: v for k, v in rule.names.items() if k in allowed})
+    counted: dict[str, int] = {}  # person -> the seq that counted for them
     for record in records:
         if record.environment != environment or record.kind != "approval":
             continue
         name = record.approver.name
-        reason = _why_not_counted(record, allowed, excluded, bundle_digest, policy.valid_for_s,
-                                  now)
+        reason = _why_not_counted(record, allowed, rule, bundle_digest, policy, now, ledgered)
+        person = record.approver.person()
+        if reason is None and record.decision == "approve" and person in counted:
+            reason = (f"the same person as #{counted[person]} "
+                      f"({_person_kind(person)}): one person counts once")
         if reason:
             verdict.not_counted.append({"seq": record.seq, "approver": name,
                                         "decision": record.decision, "reason": reason})
@@ -117,28 +169,38 @@ def evaluate(records: list[ApprovalRecord], gates: Gates, environment: str, gate
             verdict.state = "rejected"
             verdict.rejection = {"seq": record.seq, "approver": name,
                                  "comment": record.comment, "time": record.time}
-        elif name not in verdict.approved_by:
-            verdict.approved_by.append(name)
+        else:
+            counted[person] = record.seq
+            if name not in verdict.approved_by:
+                verdict.approved_by.append(name)
             verdict.approval_seqs.append(record.seq)
-    if verdict.state != "rejected" and len(verdict.approved_by) >= policy.quorum:
+    if verdict.state != "rejected" and len(counted) >= policy.quorum:
         verdict.state = "approved"
     return verdict
 
 
-def _why_not_counted(record: ApprovalRecord, allowed: set[str], excluded: dict[str, str],
-                     bundle_digest: str, valid_for_s: float, now: datetime) -> str | None:
+def _why_not_counted(record: ApprovalRecord, allowed: set[str], rule: Duties,
+                     bundle_digest: str, policy: GatePolicy, now: datetime,
+                     ledgered: set[int] | None) -> str | None:
     name = record.approver.name
+    if ledgered is not None and record.seq not in ledgered:
+        return "not in the ledger: the record was written or changed by hand"
     if not record.accepted:
         return f"refused: {record.refused}"
     if record.bundle_digest != bundle_digest:
         return f"for another bundle {record.bundle_digest[:12]}"
     if name not in allowed:
         return "not an approver under the current policy"
-    if name in excluded:
-        return f"may not approve: {excluded[name]}"
+    sources = policy.identity_sources
+    if sources is not None and record.approver.source not in sources:
+        return (f"identity source {record.approver.source} does not count here (the policy "
+                f"counts {', '.join(sources)})")
+    excluded = rule.reason(record.approver)
+    if excluded:
+        return f"may not approve: {excluded}"
     age = (now - clock.parse(record.time)).total_seconds()
-    if record.decision == "approve" and age > valid_for_s:  # a rejection stands
-        return f"expired: given {record.time}, valid for {valid_for_s:.0f} s"
+    if record.decision == "approve" and age > policy.valid_for_s:  # a rejection stands
+        return f"expired: given {record.time}, valid for {policy.valid_for_s:.0f} s"
     return None
 
 
@@ -174,22 +236,28 @@ def _check_environment(config: Config, environment: str) -> str:
 
 
 def status(project: Project, record: RunRecord, environment: str,
-           bundle: Bundle | None = None) -> tuple[Verdict, Bundle]:
-    """The gate's verdict for the run's current bundle (``bundle``: one just computed)."""
+           bundle: Bundle | None = None, trust: Trusted | None = None
+           ) -> tuple[Verdict, Bundle]:
+    """The gate's verdict for the run's current bundle (``bundle``, ``trust``: computed just
+    before for the same decision). Only what the ledger vouches for counts (see
+    :mod:`workbench.governance.trust`)."""
     config = run_config(record)
     gate = _check_environment(config, environment)
-    bundle = bundle or compute(project, config, record, environment)
-    verdict = evaluate(read_records(project, record.id), config.gates, environment, gate,
-                       bundle.digest, record.requested_by, record.trained_by)
+    trust = trust or trusted(project, record, config)
+    bundle = bundle or compute(project, config, record, environment, trust)
+    records = read_records(project, record.id)
+    verdict = evaluate(records, config.gates, environment, gate, bundle.digest,
+                       trust.requester, trust.trainers,
+                       ledgered=trust.ledgered(project, records, record.id))
     return verdict, bundle
 
 
 def submit(project: Project, record: RunRecord, environment: str, decision: Decision,
            approver: Identity, comment: str | None, via: str
-           ) -> tuple[ApprovalRecord, Bundle]:
-    """Record a decision on the run's current bundle; return it and the bundle it binds to.
-    Raise :class:`ApprovalRefused` if the policy forbids it (after recording the refused
-    attempt)."""
+           ) -> tuple[ApprovalRecord, Bundle, Trusted]:
+    """Record a decision on the run's current bundle; return it, the bundle it binds to and
+    what the ledger vouched for. Raise :class:`ApprovalRefused` if the policy forbids it
+    (after recording the refused attempt)."""
     config = run_config(record)
     _check_environment(config, environment)
     gates = config.gates
@@ -197,27 +265,72 @@ def submit(project: Project, record: RunRecord, environment: str, decision: Deci
     if comment is None and (decision == "reject" or gates.requires_comment(environment)):
         what = "a rejection" if decision == "reject" else f"a decision for {environment}"
         raise ApprovalUsageError(f"{what} needs a comment (--comment TEXT)")
-    bundle = compute(project, config, record, environment)
-    refused = None
-    excluded = excluded_names(gates, environment, record.requested_by, record.trained_by)
-    if approver.name not in gates.approvers(environment):
-        refused = (f"{approver.name!r} is not an approver for {environment}; the policy "
-                   f"allows {sorted(gates.approvers(environment))}")
-    elif approver.name in excluded:
-        refused = (f"{approver.name!r} {excluded[approver.name]} and the {environment} policy "
-                   f"forbids self-approval")
+    trust = trusted(project, record, config)
+    bundle = compute(project, config, record, environment, trust)
+    refused = _refusal(gates, environment, approver,
+                       duties(gates, environment, trust.requester, trust.trainers))
     approval = ApprovalRecord(
         run_id=record.id, environment=environment, decision=decision,
         accepted=refused is None, refused=refused, approver=approver, via=via,
         time=clock.utc_now(), comment=comment, bundle_digest=bundle.digest,
-        evidence=bundle.parts["notebooks"], policy_version=gates.version(environment))
-    entry, _ = journal.append_recorded(
+        evidence=bundle.evidence, policy_version=gates.version(environment))
+    entry, recorded = journal.append_recorded(
         project.reports, approvals_dir(project, record.id), approval.body(), event="approval",
         actor=approver.model_dump(), run_id=record.id,
         ledger_data=lambda stored: {"environment": environment, "decision": decision,
                                     "accepted": refused is None, "seq": stored["seq"],
                                     "bundle_digest": bundle.digest})
+    trust.index.files.update({name: (digest, recorded["seq"])
+                              for name, digest in recorded["files"].items()})
     stored = ApprovalRecord.model_validate(entry)
     if refused:
         raise ApprovalRefused(f"refused and recorded as #{stored.seq}: {refused}")
-    return stored, bundle
+    return stored, bundle, trust
+
+
+def _refusal(gates: Gates, environment: str, approver: Identity, rule: Duties) -> str | None:
+    """Why the policy refuses ``approver`` any decision here, or None."""
+    allowed = gates.approvers(environment)
+    sources = gates.policies[environment].identity_sources
+    if approver.name not in allowed:
+        return (f"{approver.name!r} is not an approver for {environment}; the policy allows "
+                f"{sorted(allowed)}")
+    if sources is not None and approver.source not in sources:
+        why = f" ({approver.unvouched})" if approver.unvouched else ""
+        return (f"{approver.name!r} is a {approver.source} identity{why}; the {environment} "
+                f"policy counts {', '.join(sources)} identities only")
+    excluded = rule.reason(approver)
+    if excluded:
+        return (f"{approver.name!r} {excluded} and the {environment} policy forbids "
+                f"self-approval")
+    return None
+
+
+def changed_since_approval(project: Project, record: RunRecord) -> list[str]:
+    """What changed in the files an approval covers, for every gate whose released stages are
+    still to run: ``path (approval #N for ENV)`` for each notebook whose digest differs from
+    the one the latest accepted approval recorded as evidence."""
+    from workbench.governance.bundle import released_stages
+
+    config = run_config(record)
+    records = read_records(project, record.id)
+    changed: list[str] = []
+    for environment in config.gates.policies:
+        gate = next((s.name for s in config.pipeline.stages if s.gate == environment), None)
+        if gate is None or not any(record.stages[name].status == "pending"
+                                   for name in released_stages(config, gate)):
+            continue
+        accepted = [r for r in records if r.environment == environment and r.accepted
+                    and r.decision == "approve"]
+        if not accepted:
+            continue
+        latest = accepted[-1]
+        for name in released_stages(config, gate):
+            notebook = config.stage(name).notebook
+            if notebook not in latest.evidence:
+                continue  # an approval of an earlier version, which recorded no such file
+            path = project.root / notebook
+            now = file_sha256(path) if path.is_file() else "missing"
+            if now != latest.evidence[notebook]:
+                changed.append(f"{notebook} (approval #{latest.seq} for {environment})")
+    return changed

@@ -1,8 +1,10 @@
 """The release bundle: a digest over exactly what a gate releases.
 
 Parts: the model version and a digest of its artifact files, the executed notebooks of every
-stage upstream of the gate (the evaluation among them), the config snapshot, the git commit and
-the resolved parameters of those stages. An approval binds to the digest; change any part and
+stage upstream of the gate (the evaluation among them, each checked against the digest the
+ledger recorded), the config snapshot (its digest recomputed), the git commit, the resolved
+parameters of those stages, and the notebooks of the stages the gate releases (up to the next
+gate: what will run on this approval). An approval binds to the digest; change any part and
 earlier approvals stop counting.
 """
 
@@ -11,17 +13,20 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel
 
 from workbench import run_record
-from workbench.config import Config
+from workbench.config import Config, sources_digest
 from workbench.digests import canonical, file_sha256
 from workbench.errors import WorkbenchError
 from workbench.project import Project
 from workbench.stage_graph import ancestors
+
+if TYPE_CHECKING:
+    from workbench.governance.trust import Trusted
 
 
 class BundleError(WorkbenchError, RuntimeError):
@@ -33,10 +38,23 @@ class Bundle(BaseModel):
     digest: str
     parts: dict[str, Any]
 
+    @property
+    def evidence(self) -> dict[str, str]:
+        """What a reviewer approves, file by file: the archived notebooks of the stages before
+        the gate and the project notebooks of the stages it releases (digests)."""
+        return {**self.parts["notebooks"], **self.parts.get("released", {})}
+
+
+# Written into a model's own folder by MLflow whenever a registered version is loaded
+# (``models_artifact_repo``): which name and version loaded it last, not part of the model.
+REWRITTEN_ON_LOAD = frozenset({"registered_model_meta"})
+
 
 def tree_digest(root: Path) -> str:
-    """sha256 over every file below ``root``: relative path and content digest, sorted."""
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    """sha256 over every file below ``root``: relative path and content digest, sorted (the
+    files MLflow rewrites on load left out)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file()
+                   and p.relative_to(root).as_posix() not in REWRITTEN_ON_LOAD)
     listing = [(p.relative_to(root).as_posix(), file_sha256(p)) for p in files]
     return hashlib.sha256(canonical(listing)).hexdigest()
 
@@ -82,9 +100,32 @@ def gate_stage(config: Config, environment: str) -> str:
     return found[0]
 
 
-def compute(project: Project, config: Config, record: run_record.RunRecord, environment: str
-            ) -> Bundle:
-    """The bundle the gate for ``environment`` would release for this run, as of now."""
+def released_stages(config: Config, gate: str) -> list[str]:
+    """The stages an approval at ``gate`` lets run: those after it, up to (not including) the
+    next gates, in pipeline order."""
+    upstream = ancestors(config)
+    later_gates = {name for name, ups in upstream.items()
+                   if gate in ups and config.stage(name).gate}
+    return [s.name for s in config.pipeline.stages
+            if gate in upstream[s.name] and not s.gate
+            and not later_gates & upstream[s.name]]
+
+
+def _released_files(project: Project, config: Config, gate: str) -> dict[str, str]:
+    """The project files the released stages will execute (their notebooks), by path, with
+    their digest as they are now: what an approval covers besides the evidence."""
+    found: dict[str, str] = {}
+    for name in released_stages(config, gate):
+        notebook = config.stage(name).notebook
+        path = project.root / notebook
+        found[notebook] = file_sha256(path) if path.is_file() else "missing"
+    return found
+
+
+def compute(project: Project, config: Config, record: run_record.RunRecord, environment: str,
+            trust: Trusted) -> Bundle:
+    """The bundle the gate for ``environment`` would release for this run, as of now: every
+    part recomputed, every archived notebook checked against the digest the ledger recorded."""
     gate = gate_stage(config, environment)
     if record.model_version is None:
         raise BundleError(f"run {record.id} has no registered model version yet; the stages "
@@ -99,6 +140,7 @@ def compute(project: Project, config: Config, record: run_record.RunRecord, envi
             raise BundleError(f"stage {name!r} (before gate {gate!r}) has not succeeded")
         if not path.is_file():
             raise BundleError(f"{path} is missing from the archive")
+        trust.check_evidence(project, path)
         notebooks[path.name] = file_sha256(path)
         parameters[name] = entry.parameters
     model = record.model_version
@@ -108,9 +150,10 @@ def compute(project: Project, config: Config, record: run_record.RunRecord, envi
                   "artifact_digest": model_artifact_digest(record.tracking_uri, model.name,
                                                            model.version)},
         "notebooks": notebooks,
-        "config_hash": record.config_hash,
+        "config_hash": sources_digest(config.sources),
         "git_commit": record.git_commit,
         "parameters": parameters,
+        "released": _released_files(project, config, gate),
     }
     return Bundle(environment=environment, parts=parts,
                   digest=hashlib.sha256(canonical(parts)).hexdigest())

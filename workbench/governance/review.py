@@ -145,16 +145,18 @@ class Review:
                via: str = "notebook") -> ApprovalRecord:
         """Record a decision through the library call the CLI uses."""
         who = identity.current(name or None)
-        entry, bundle = approvals.submit(self.project, self.record, self.environment, decision,
-                                         who, comment, via=via)
+        entry, bundle, trust = approvals.submit(self.project, self.record, self.environment,
+                                                decision, who, comment, via=via)
         self.submitted.append(entry)
-        self.refresh(bundle)
+        self.verdict, self.bundle = approvals.status(self.project, self.record,
+                                                     self.environment, bundle=bundle,
+                                                     trust=trust)
         return entry
 
-    def refresh(self, bundle: Bundle | None = None) -> approvals.Verdict:
-        """The verdict as of now (``bundle``: one just computed for the same release)."""
+    def refresh(self) -> approvals.Verdict:
+        """The verdict as of now."""
         self.verdict, self.bundle = approvals.status(self.project, self.record,
-                                                     self.environment, bundle=bundle)
+                                                     self.environment)
         return self.verdict
 
     def form(self) -> ApprovalForm:

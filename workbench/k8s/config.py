@@ -12,7 +12,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from workbench.config import Config, ConfigError, Problem, Strict, _parse, read_yaml
+from workbench.config import (
+    Config,
+    ConfigError,
+    Problem,
+    Strict,
+    _parse,
+    decode_text,
+    read_yaml,
+)
 from workbench.k8s.names import is_dns_label, is_dns_subdomain, parse_quantity
 from workbench.project import Project
 
@@ -288,7 +296,10 @@ def read_kubernetes(project: Project) -> KubernetesConfig | None:
     path = project.configs / KUBERNETES_FILE
     if not path.is_file():
         return None
-    return parse_kubernetes(path.read_text(encoding="utf-8"))
+    text, problems = decode_text(path.read_bytes(), LABEL)
+    if text is None:
+        raise ConfigError(problems)
+    return parse_kubernetes(text)
 
 
 def kubernetes_environments(config: Config) -> list[str]:

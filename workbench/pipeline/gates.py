@@ -11,6 +11,7 @@ from workbench.config import Config
 from workbench.events import Bus, GateAwaiting, StageFinished, StageStarted
 from workbench.governance import approvals, promotion
 from workbench.governance.bundle import BundleError
+from workbench.governance.trust import TrustError
 from workbench.identity import Identity
 from workbench.pipeline.recorder import Recorder
 from workbench.pipeline.stage_run import run_archived_stage
@@ -32,7 +33,7 @@ def run_gate(project: Project, config: Config, recorder: Recorder, bus: Bus, nam
     entry.started = utc_now()
     try:
         verdict, _bundle = approvals.status(project, record, environment)
-    except (BundleError, JournalError) as exc:
+    except (BundleError, JournalError, TrustError) as exc:
         _finish(recorder, bus, name, "failed", f"gate {name} ({environment}): {exc}")
         return
     entry.gate = verdict.model_dump()

@@ -10,12 +10,14 @@ already hold the outcome.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 from typing import Any
 
 from workbench import run_record
 from workbench.audit import ledger
+from workbench.audit.redact import Secrets
 from workbench.digests import file_sha256
 from workbench.events import AliasMoved, Bus, Deployed, RunRecorded, StageRecorded
 from workbench.identity import Identity
@@ -26,8 +28,10 @@ from workbench.run_record import Attempt, RunRecord
 class Recorder:
     """Records one run: ``save``, then the ledger, then the listeners."""
 
-    def __init__(self, project: Project, record: RunRecord, bus: Bus):
+    def __init__(self, project: Project, record: RunRecord, bus: Bus,
+                 secrets: Secrets | None = None):
         self.project, self.record, self.bus = project, record, bus
+        self.secrets = secrets or Secrets({})
         self._lock = threading.RLock()  # stages finishing in parallel threads record in turn
 
     # ---------------------------------------------------------------- the run record only
@@ -49,12 +53,18 @@ class Recorder:
         that had finished), then the record; then ``run_recorded`` for the listeners."""
         record = self.record
         with self._lock:
+            body = run_record.serialized(record)
+            digest = hashlib.sha256(body).hexdigest()  # of the record about to be written
             if not ledger_has_it:
                 self._append("run_" + record.status, actor.model_dump(),
                              {"status": record.status,
                               "model_version": record.model_version and
-                              record.model_version.model_dump()})
-            self.save()
+                              record.model_version.model_dump(),
+                              "record_sha256": digest})
+            else:  # the outcome was recorded before the crash; the record as written now is
+                self._append("run_record_saved", actor.model_dump(),
+                             {"status": record.status, "record_sha256": digest})
+            run_record.save(self.project, record, body)
         self.bus.emit(RunRecorded(project=self.project, record=record))
 
     def run_recovered(self, actor: Identity, notes: list[str]) -> dict[str, Any]:
@@ -89,7 +99,8 @@ class Recorder:
             self.save()
             appended = self._append(event, actor, data, [archived] if archived else [])
         self.bus.emit(StageRecorded(project=self.project, record=record, stage=name,
-                                    archived=archived, seq=appended["seq"], publish=publish))
+                                    archived=archived, seq=appended["seq"], publish=publish,
+                                    secrets=self.secrets))
         return appended
 
     def attempt(self, name: str, attempt: Attempt) -> dict[str, Any]:

@@ -35,14 +35,15 @@ from workbench.audit.redact import SecretError, Secrets
 from workbench.clock import utc_now
 from workbench.config import FAILURE_CLASSES
 from workbench.events import StageViewsMissing
-from workbench.execution.reaper import stop_run_kernels
+from workbench.execution.reaper import stop_run_kernels, stop_run_stage_processes
 from workbench.identity import Identity
 from workbench.pipeline.recorder import Recorder
 from workbench.project import Project
 from workbench.run_record import Failure
 
 INTERRUPTED = "the run's process ended during this attempt (killed or crashed); resumed"
-BOOKKEEPING = ("run_recovered", "ledger_repaired")  # entries the recovery itself appends
+# entries that say nothing of a run's outcome: the recovery's own, and records of views
+BOOKKEEPING = ("run_recovered", "ledger_repaired", "run_record_saved", "stage_rendered")
 
 
 def was_interrupted(record: run_record.RunRecord) -> bool:
@@ -85,6 +86,8 @@ def recover(project: Project, recorder: Recorder, secrets: Secrets, actor: Ident
         notes.append(f"the ledger ended in a torn entry ({torn['data']['bytes']} bytes): set "
                      f"aside as reports/{kept}, recorded as seq {torn['seq']}")
     killed = stop_run_kernels(project.root, record.id)
+    killed += [pid for pid in stop_run_stage_processes(project.root, record.id)
+               if pid not in killed]
     if killed:
         notes.append(f"stopped kernels left running: pid {', '.join(map(str, killed))}")
     _remove_temporary_files(project, record)
@@ -205,7 +208,7 @@ def _reconcile(project: Project, recorder: Recorder, name: str, known: _Ledger,
         notes.append(f"stage {name}: its {entry.status} outcome recorded in the ledger")
     elif archived is not None and not archived.with_suffix(".html").exists():
         recorder.bus.emit(StageViewsMissing(project=project, record=record, stage=name,
-                                            archived=archived))
+                                            archived=archived, secrets=recorder.secrets))
     if entry.status == "succeeded":
         notes += _side_effects(project, recorder, name, known, actor, environment_of)
     return notes

@@ -161,6 +161,7 @@ def start_run(project: Project, config: Config, environment: str, listeners: Ite
     """
     actor = identity.current()
     secrets = Secrets.from_environment(config.pipeline.secrets)  # refuses unusable values
+    secrets.check_config(config.sources)
     ledger.head(project.reports)  # a ledger ending in a torn entry is refused before anything
     store = mlflow_store.resolve(project, config.pipeline.mlflow)
     record = _new_record(project, config, environment, store.tracking_uri, actor)
@@ -174,7 +175,7 @@ def start_run(project: Project, config: Config, environment: str, listeners: Ite
         record.trained_by = record.trained_by or base.trained_by
     _claim_folder(project, record)
     bus = make_bus(listeners)
-    recorder = Recorder(project, record, bus)
+    recorder = Recorder(project, record, bus, secrets)
     with kernel_output.captured(_kernel_log(project, record.id), secrets.redact_text):
         # the first stages' kernels start (and import) while the store is prepared
         scheduler = Scheduler(project, config, recorder, bus, actor, None, secrets,
@@ -256,9 +257,11 @@ def resume_run(project: Project, run_id: str, listeners: Iterable[Any],
         if until is not None and until not in config.environments:
             raise ResumeError(f"unknown environment {until!r}; this run's configuration "
                               f"defines {', '.join(config.environments)}")
-        bus = make_bus(listeners)
-        recorder = Recorder(project, record, bus)
+        _check_what_will_run(project, config, record, until)
         secrets = Secrets.from_environment(config.pipeline.secrets)
+        secrets.check_config(record.config)
+        bus = make_bus(listeners)
+        recorder = Recorder(project, record, bus, secrets)
         try:
             with kernel_output.captured(_kernel_log(project, run_id), secrets.redact_text):
                 if dead:
@@ -271,6 +274,29 @@ def resume_run(project: Project, run_id: str, listeners: Iterable[Any],
                 return _execute(project, config, recorder, actor, until=until, recovered=dead)
         finally:
             bus.close()
+
+
+def _check_what_will_run(project: Project, config: Config, record: RunRecord,
+                         until: str | None) -> None:
+    """Refuse to go on when what an approval covers changed since it was given, or when a
+    gated environment would run code that is not committed."""
+    from workbench.governance.approvals import changed_since_approval
+
+    changed = changed_since_approval(project, record)
+    if changed:
+        raise ResumeError(f"changed since it was approved: {'; '.join(changed)}. An approval "
+                          f"covers the notebooks of the stages it releases: restore them, or "
+                          f"start a new run and ask for approval of that")
+    gated = [name for name, entry in record.stages.items() if entry.status in (
+        "pending", "awaiting_approval") and stage_environment(config, record, name) in
+        config.gates.policies and (until is None or config.environment_rank(
+            stage_environment(config, record, name)) <= config.environment_rank(until))]
+    dirty = gitinfo.changed_files(project.root) if gated else []
+    if dirty:
+        shown = ", ".join(dirty[:8]) + (f" and {len(dirty) - 8} more" if len(dirty) > 8 else "")
+        raise ResumeError(f"the work tree has uncommitted changes ({shown}); stages of a gated "
+                          f"environment ({', '.join(gated)}) run only committed code: commit "
+                          f"or revert them first")
 
 
 def _recover(project: Project, config: Config, recorder: Recorder,

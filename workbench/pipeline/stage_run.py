@@ -4,6 +4,7 @@ another executor) into the staging folder, outputs and errors redacted, the note
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +15,29 @@ from workbench.execution.executors import ExecutionRequest, LocalExecutor, Stage
 from workbench.execution.stage import CellCallback, KernelLimits, StageResult
 from workbench.execution.warm import StageKernel
 from workbench.project import Project
-from workbench.registry.secret_guard import leaked_in_run
+from workbench.registry import secret_guard
 from workbench.run_record import RunRecord
+
+
+def _mlflow_leaks(record: RunRecord, result: StageResult, started_ms: int, secrets: Secrets
+                  ) -> list[secret_guard.Leak]:
+    """Secret values the stage left in MLflow, each removed from the store already."""
+    run_ids = [*record.mlflow_run_ids]
+    named = result.outputs.get("mlflow_run_id")
+    if isinstance(named, str) and named and named not in run_ids:
+        run_ids.append(named)
+    if record.tracking_uri.startswith("sqlite:///"):
+        from workbench.registry.store import sqlite_file
+
+        database = sqlite_file(record.tracking_uri)
+        if database is None or not database.is_file():
+            return []  # no store yet: nothing was written to it
+    try:
+        leaks = secret_guard.scan(record.tracking_uri, run_ids, started_ms, secrets)
+    except Exception as exc:  # noqa: BLE001 - a store we cannot read is a failure here
+        return [secret_guard.Leak("?", f"the store could not be searched for secrets: "
+                                       f"{type(exc).__name__}: {exc}")]
+    return secret_guard.purge(record.tracking_uri, leaks, secrets) if leaks else []
 
 
 def run_archived_stage(project: Project, record: RunRecord, name: str, stage: Stage,
@@ -44,20 +66,21 @@ def run_archived_stage(project: Project, record: RunRecord, name: str, stage: St
         declared_outputs=stage.outputs, cwd=project.root, timeout=stage.timeout,
         run_id=record.id, stage=name, environment=environment, on_cell=on_cell,
         limits=KernelLimits(startup_timeout=stage.startup_timeout,
-                            cell_timeout=stage.cell_timeout, hang_timeout=stage.hang_timeout),
+                            cell_timeout=stage.cell_timeout, hang_timeout=stage.hang_timeout,
+                            output_limit_mb=stage.output_limit_mb),
         kernel=kernel, cancel=cancel)
+    started_ms = int(time.time() * 1000) - 1000  # MLflow keeps milliseconds; clocks drift
     result = (executor or LocalExecutor()).execute(request)
     if not result.succeeded and result.failure is None:
         result.failure = "error"  # an executor that does not classify its failures
     result.outputs = secrets.redact(result.outputs)
     result.error = secrets.redact_text(result.error) if result.error else result.error
-    run_id = result.outputs.get("mlflow_run_id")
-    if secrets and isinstance(run_id, str) and run_id:
-        leaked = leaked_in_run(record.tracking_uri, run_id, secrets)
-        if leaked:
+    if secrets:
+        leaks = _mlflow_leaks(record, result, started_ms, secrets)
+        if leaks:
             result.succeeded, result.failure = False, "error"
-            result.error = (f"the value of secret {leaked[0]} reached MLflow run {run_id} "
-                            f"(params or tags); delete that run")
+            result.error = "; ".join(leak.describe() for leak in leaks[:3]) + (
+                f" (and {len(leaks) - 3} more)" if len(leaks) > 3 else "")
     if not staged.exists() or (cancel is not None and cancel.is_set()):
         return result, None
     try:

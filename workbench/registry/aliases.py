@@ -13,8 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from workbench.registry.client import version_holding
-from workbench.registry.store import sqlite_file
+from workbench.registry.client import sqlite_file, version_holding
 
 LOCK_TIMEOUT_S = 300
 

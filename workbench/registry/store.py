@@ -17,6 +17,9 @@ from urllib.parse import urlparse
 from workbench.atomic import fsync_dir
 from workbench.config import ConfigError, MlflowSettings, Problem
 from workbench.project import Project
+from workbench.registry.client import sqlite_file
+
+__all__ = ["Store", "StoreUnreachable", "connect", "prepare", "resolve", "sqlite_file"]
 
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 
@@ -58,14 +61,6 @@ def resolve(project: Project, settings: MlflowSettings) -> Store:
 
 class StoreUnreachable(ConfigError):
     """The configured tracking server does not accept connections (exit 2, nothing ran)."""
-
-
-def sqlite_file(tracking_uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None for any other store)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
 
 
 def prepare(store: Store) -> str:

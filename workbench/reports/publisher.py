@@ -1,7 +1,7 @@
-"""Publishing a run as it goes: every archived stage rendered to HTML and logged to MLflow, and
-the report site rebuilt when the run's outcome is recorded. Both are listeners of the run's
-events (:mod:`workbench.events`); neither can fail a release whose record is already safe in
-the archive and the ledger: a failure is a warning.
+"""Publishing a run as it goes: every archived stage rendered to HTML and logged to MLflow, by a
+listener of the run's events (:mod:`workbench.events`; the site's own listener is
+:class:`workbench.reports.site.SiteBuilder`). Neither can fail a release whose record is
+already safe in the archive and the ledger: a failure is a warning.
 
 Each stage's archived notebook (and its HTML) become artifacts of that stage's MLflow run: the
 one it reports as ``mlflow_run_id``, or a small run of its own named ``<run-id>/<stage>``. That
@@ -15,19 +15,38 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from workbench.events import Bus, RunRecorded, StageRecorded, StageViewsMissing
+from workbench.audit import ledger
+from workbench.audit.redact import Secrets
+from workbench.errors import EXIT_FAILED, WorkbenchError
+from workbench.events import Bus, StageRecorded, StageViewsMissing
 from workbench.project import Project
 from workbench.run_record import RunRecord
 
 
-def render_stage(project: Project, record: RunRecord, name: str, archived: Path) -> Path:
-    """``<stage>.html`` beside the archived notebook, through the project's offline template."""
+class LeakInView(WorkbenchError, RuntimeError):
+    """A rendered page would show a secret's value (in a form the notebook's checks missed)."""
+
+    exit_code = EXIT_FAILED
+
+
+def render_stage(project: Project, record: RunRecord, name: str, archived: Path,
+                 secrets: Secrets | None = None) -> Path:
+    """``<stage>.html`` beside the archived notebook, through the project's offline template;
+    scanned like the notebook (character references and escapes decoded) before it is kept,
+    then recorded in the ledger (``stage_rendered``) so ``audit verify`` covers it."""
     from workbench.reports.render import copy_static, render_notebook
 
     copy_static(project.reports)
     target = archived.with_suffix(".html")
     render_notebook(archived, target, static_url="../../static",
                     title=f"{record.id} / {name}", run_id=record.id, stage=name)
+    leaked = secrets.found_in(target.read_text(encoding="utf-8", errors="replace")) \
+        if secrets else []
+    if leaked:
+        target.unlink(missing_ok=True)
+        raise LeakInView(f"its page would show the value of secret {leaked[0]}; not published")
+    ledger.append(project.reports, "stage_rendered", actor=None, run_id=record.id,
+                  data={"stage": name, "notebook": archived.name}, files=[target])
     return target
 
 
@@ -57,14 +76,16 @@ def log_stage(record: RunRecord, name: str, files: list[Path], ledger_seq: int) 
     return str(run_id)
 
 
-def publish_views(project: Project, record: RunRecord, name: str, archived: Path, seq: int
-                  ) -> list[str]:
+def publish_views(project: Project, record: RunRecord, name: str, archived: Path, seq: int,
+                  secrets: Secrets | None = None) -> list[str]:
     """The HTML rendering and the MLflow artifacts of a stage already in the ledger (entry
     ``seq``); returns warnings instead of raising."""
     warnings: list[str] = []
     files = [archived]
     try:
-        files.append(render_stage(project, record, name, archived))
+        files.append(render_stage(project, record, name, archived, secrets))
+    except LeakInView as exc:
+        warnings.append(f"stage {name}: {exc}")
     except Exception as exc:  # noqa: BLE001 - reported, the archive is already complete
         warnings.append(f"stage {name}: HTML rendering failed: {exc}")
     try:
@@ -93,7 +114,8 @@ class StagePublisher:
     def on_stage_views_missing(self, event: StageViewsMissing) -> None:
         """A recovered run's stage whose HTML was never rendered: render it now."""
         try:
-            render_stage(event.project, event.record, event.stage, event.archived)
+            render_stage(event.project, event.record, event.stage, event.archived,
+                         event.secrets)
         except Exception as exc:  # noqa: BLE001 - the record is complete; HTML is a view
             self._warn(f"stage {event.stage}: HTML rendering failed: {exc}")
 
@@ -101,7 +123,7 @@ class StagePublisher:
         if event.archived is None:
             return
         for warning in publish_views(event.project, event.record, event.stage, event.archived,
-                                     event.seq):
+                                     event.seq, event.secrets):
             self._warn(warning)
 
     def _warn(self, message: str) -> None:
@@ -115,23 +137,3 @@ class StagePublisher:
     def close(self) -> None:
         self.drain()
         self._pool.shutdown(wait=True)
-
-
-class SiteBuilder:
-    """Rebuilds the report site's index, history and the run's page once its outcome is
-    recorded."""
-
-    def __init__(self) -> None:
-        self._bus: Bus | None = None
-
-    def bind(self, bus: Bus) -> None:
-        self._bus = bus
-
-    def on_run_recorded(self, event: RunRecorded) -> None:
-        from workbench.reports.site import build
-
-        try:
-            build(event.project, event.record.id)
-        except Exception as exc:  # noqa: BLE001 - the run and its archive are complete already
-            if self._bus is not None:
-                self._bus.warn(f"report site not updated: {exc}")

@@ -28,6 +28,7 @@ import jinja2
 from workbench import run_record
 from workbench.atomic import write_text
 from workbench.audit import ledger
+from workbench.events import Bus, RunRecorded
 from workbench.project import Project
 
 CACHE_FILE = ".site-cache.json"
@@ -254,17 +255,48 @@ def build(project: Project, run_id: str | None = None) -> Path:
 
 
 def render_missing(project: Project) -> int:
-    """Render every archived notebook that has no HTML beside it yet; return how many."""
-    from workbench.reports.render import copy_static, render_notebook
+    """Render every archived notebook that has no HTML beside it yet (scanned for secrets and
+    recorded in the ledger as a run renders its own); return how many."""
+    from workbench.audit.redact import Secrets
+    from workbench.reports.publisher import render_stage
 
-    copy_static(project.reports)
     count = 0
     for notebook in sorted(project.runs.glob("*/*.ipynb")) if project.runs.is_dir() else []:
-        target = notebook.with_suffix(".html")
-        if notebook.parent.name.startswith(".") or target.exists():
+        if notebook.parent.name.startswith(".") or notebook.with_suffix(".html").exists():
             continue
-        render_notebook(notebook, target, static_url="../../static",
-                        title=f"{notebook.parent.name} / {notebook.stem}",
-                        run_id=notebook.parent.name, stage=notebook.stem)
+        try:
+            record = run_record.load(project, notebook.parent.name)
+        except run_record.RunRecordError:
+            continue  # not a run's folder: nothing of ours to render
+        names = _secret_names(record.config)
+        render_stage(project, record, notebook.stem, notebook, Secrets.from_environment(names))
         count += 1
     return count
+
+
+def _secret_names(sources: dict[str, str]) -> list[str]:
+    """The secrets a run's configuration names (none when it cannot be read)."""
+    from workbench.config import ConfigError, parse_config
+
+    try:
+        return list(parse_config(dict(sources)).pipeline.secrets)
+    except ConfigError:
+        return []
+
+
+class SiteBuilder:
+    """Rebuilds the report site's index, history and the run's page once its outcome is
+    recorded."""
+
+    def __init__(self) -> None:
+        self._bus: Bus | None = None
+
+    def bind(self, bus: Bus) -> None:
+        self._bus = bus
+
+    def on_run_recorded(self, event: RunRecorded) -> None:
+        try:
+            build(event.project, event.record.id)
+        except Exception as exc:  # noqa: BLE001 - the run and its archive are complete already
+            if self._bus is not None:
+                self._bus.warn(f"report site not updated: {exc}")

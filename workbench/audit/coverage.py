@@ -1,0 +1,118 @@
+"""What ``workbench audit verify`` checks beyond the ledger's own chain: that the archive holds
+nothing the ledger does not account for, and that every record beside it is the one recorded.
+
+- every file of a record folder (``runs/<id>/approvals/``, ``promotions/``, ``rollbacks/``)
+  must be named by a ledger entry with its current digest: a record written by hand has none;
+- every run record (``runs/<id>/run.json``) must have the digest the run's last outcome entry
+  recorded (``record_sha256``), unless the run is still running;
+- every other file under a run folder must be named by a ledger entry (notebooks, attempts,
+  rendered pages), apart from what is regenerated or private: the site's ``index.html``, the
+  run's lock, the record folders' locks and the reviewers' working copies in ``reviews/``.
+
+Archives written before a check existed (no ``record_sha256``, pages rendered before they were
+recorded) are not failed by it: each is counted as predating that check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbench.audit.ledger import LedgerIndex
+from workbench.digests import file_sha256
+
+RECORD_FOLDERS = ("approvals", "promotions")
+UNRECORDED = frozenset({"index.html", ".run.lock", "run.json"})  # regenerated, or checked apart
+LOCKS = frozenset({".lock"})
+REVIEWS = "reviews"  # a reviewer's working copy of the approval notebook, saved as they work
+
+
+@dataclass
+class Coverage:
+    problems: list[str] = field(default_factory=list)
+    predating: dict[str, int] = field(default_factory=dict)  # check -> runs that predate it
+
+
+def check(reports: Path, index: LedgerIndex) -> Coverage:
+    """Every problem of the archive's coverage by the ledger (see the module doc)."""
+    found = Coverage()
+    _record_folder(reports, reports / "rollbacks", index, found)
+    renders = [e.get("seq") or 0 for entries in index.by_run.values() for e in entries
+               if e.get("event") == "stage_rendered"]
+    first_render = min(renders, default=None)  # pages recorded since this ledger entry
+    runs = reports / "runs"
+    for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
+        if folder.is_dir() and not folder.name.startswith("."):
+            _run_folder(reports, folder, index, found, first_render)
+    return found
+
+
+def _count(found: Coverage, what: str) -> None:
+    found.predating[what] = found.predating.get(what, 0) + 1
+
+
+def _relative(reports: Path, path: Path) -> str:
+    return path.relative_to(reports).as_posix()
+
+
+def _record_folder(reports: Path, folder: Path, index: LedgerIndex, found: Coverage) -> None:
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.name in LOCKS or path.is_dir():
+            continue
+        name = _relative(reports, path)
+        recorded = index.recorded(name)
+        if recorded is None:
+            found.problems.append(f"reports/{name}: in no ledger entry (a record written by "
+                                  f"hand, or one the ledger lost)")
+        elif file_sha256(path) != recorded[0]:
+            found.problems.append(f"reports/{name}: content changed since the ledger recorded it "
+                                  f"(seq {recorded[1]})")
+
+
+def _run_folder(reports: Path, folder: Path, index: LedgerIndex, found: Coverage,
+                first_render: int | None) -> None:
+    for sub in RECORD_FOLDERS:
+        _record_folder(reports, folder / sub, index, found)
+    _run_record(reports, folder, index, found)
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() or path.name in UNRECORDED or path.name.startswith("."):
+            continue
+        name = _relative(reports, path)
+        if index.recorded(name) is not None:
+            continue  # its digest is checked with the entry that names it
+        notebook = index.recorded(_relative(reports, path.with_suffix(".ipynb")))
+        if path.suffix == ".html" and notebook is not None and (
+                first_render is None or notebook[1] < first_render):
+            _count(found, "pages recorded in the ledger")  # rendered before pages were
+            continue
+        found.problems.append(f"reports/{name}: in no ledger entry (nothing the run recorded "
+                              f"wrote it)")
+    for path in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if path.name in (*RECORD_FOLDERS, REVIEWS):
+            continue
+        found.problems.append(f"reports/{_relative(reports, path)}/: a folder no run writes")
+
+
+def _run_record(reports: Path, folder: Path, index: LedgerIndex, found: Coverage) -> None:
+    path = folder / "run.json"
+    if not path.is_file():
+        return
+    digests = [(e.get("seq"), (e.get("data") or {}).get("record_sha256"))
+               for e in index.of_run(folder.name)]
+    digests = [(seq, digest) for seq, digest in digests if digest]
+    if not digests:
+        _count(found, "run record digests")
+        return
+    import json
+
+    try:
+        status = json.loads(path.read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        status = None
+    seq, digest = digests[-1]
+    if status == "running":
+        _count(found, "a recorded outcome (running, or interrupted)")  # rewritten after every
+        return  # stage until the run records its outcome
+    if file_sha256(path) != digest:
+        found.problems.append(f"reports/{_relative(reports, path)}: content changed since the "
+                              f"run recorded it (seq {seq})")
