@@ -44,7 +44,11 @@ def notebook(*cells: str, parameters: str = "") -> dict[str, Any]:
     }
 
 
-IDENTITY_VARIABLES = ("JUPYTERHUB_USER", "GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILD_USER_ID")
+IDENTITY_VARIABLES = ("JUPYTERHUB_USER", "GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILD_USER_ID",
+                      "GITHUB_ACTIONS", "ACTIONS_ID_TOKEN_REQUEST_URL",
+                      "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "WORKBENCH_OIDC_ISSUER",
+                      "WORKBENCH_ID_TOKEN", "JUPYTERHUB_API_TOKEN", "JUPYTERHUB_API_URL",
+                      "JENKINS_API_TOKEN")
 
 
 def clean_environment() -> dict[str, str]:
@@ -103,6 +107,16 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
                  "JPY_SESSION_NAME", *IDENTITY_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture
+def oidc() -> Iterator[Any]:
+    """A GitHub-Actions-like OIDC issuer on 127.0.0.1 (tests/tools/oidc.py): ``oidc.github(NAME)``
+    gives the variables of a job in which GitHub vouches for NAME."""
+    from tests.tools.oidc import Issuer
+
+    with Issuer() as issuer:
+        yield issuer
 
 
 @pytest.fixture

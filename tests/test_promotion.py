@@ -44,9 +44,9 @@ def alias_version(record: dict[str, Any], alias: str) -> str:
     return str(client.get_model_version_by_alias("mini", alias).version)
 
 
-def test_release_through_both_gates(gated_project: Workspace) -> None:
+def test_release_through_both_gates(gated_project: Workspace, oidc: Any) -> None:
     ws = gated_project
-    started = ws.cli("run", env={"GITHUB_ACTOR": "carol"})
+    started = ws.cli("run", env=oidc.github("carol"))  # GitHub vouches for carol
     assert started.returncode == 3, started.stdout + started.stderr
     record = ws.run_record()
     run_id, folder = record["id"], ws.runs()[-1]
@@ -71,8 +71,7 @@ def test_release_through_both_gates(gated_project: Workspace) -> None:
     assert records(folder, "approvals")[-1]["accepted"] is False
 
     # A CI actor cannot approve in someone else's name.
-    spoofed = ws.cli("approve", run_id, "--env", "qa", "--as", "alice",
-                     env={"GITHUB_ACTOR": "bob"})
+    spoofed = ws.cli("approve", run_id, "--env", "qa", "--as", "alice", env=oidc.github("bob"))
     assert spoofed.returncode == 2 and "you are 'bob' according to github" in spoofed.stderr
 
     approved = ws.cli("approve", "latest", "--env", "qa", "--as", "alice",
@@ -109,6 +108,10 @@ def test_release_through_both_gates(gated_project: Workspace) -> None:
     for _ in range(2):  # the same person twice is still one approval
         twice = ws.cli("approve", run_id, "--env", "prod", "--as", "dave", "--comment", "ok")
         assert twice.returncode == 0 and "needs 1 more of 2" in twice.stdout
+    # Another name typed by the same OS user is the same person: it does not make a quorum.
+    typed = ws.cli("approve", run_id, "--env", "prod", "--as", "erin", "--comment", "me too")
+    assert typed.returncode == 0 and "needs 1 more of 2" in typed.stdout
+    assert "erin (the same person as #4 (OS user" in typed.stdout
     waiting = ws.cli("resume", run_id)
     assert waiting.returncode == 3 and "may approve: erin" in waiting.stderr
     assert "may not approve: carol (requested the release and trained" in waiting.stderr
@@ -118,8 +121,9 @@ def test_release_through_both_gates(gated_project: Workspace) -> None:
     gates = json.loads(listing.stdout)["gates"]
     assert gates["qa"]["state"] == "approved" and gates["prod"]["approved_by"] == ["dave"]
 
-    assert ws.cli("approve", run_id, "--env", "prod", "--as", "erin", "--comment",
-                  "load fine").returncode == 0
+    # erin in her own CI job, vouched for by GitHub: a second person.
+    assert ws.cli("approve", run_id, "--env", "prod", "--comment", "load fine",
+                  env=oidc.github("erin")).returncode == 0
     finished = ws.cli("resume", run_id)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     record = ws.run_record()
@@ -127,12 +131,15 @@ def test_release_through_both_gates(gated_project: Workspace) -> None:
     assert all(stage["status"] == "succeeded" for stage in record["stages"].values())
     assert alias_version(record, "prod") == "1"
     prod_move = records(folder, "promotions")[-1]
-    assert prod_move["alias"] == "prod" and sorted(prod_move["approvals"]) == [4, 6]
+    assert prod_move["alias"] == "prod" and sorted(prod_move["approvals"]) == [4, 7]
     assert_kept(folder, kept)
     entries = records(folder, "approvals")
-    assert [(e["decision"], e["approver"]["name"], e["accepted"]) for e in entries] == [
-        ("approve", "mallory", False), ("approve", "alice", True), ("approve", "carol", False),
-        ("approve", "dave", True), ("approve", "dave", True), ("approve", "erin", True)]
+    assert [(e["decision"], e["approver"]["name"], e["approver"]["source"], e["accepted"])
+            for e in entries] == [
+        ("approve", "mallory", "typed", False), ("approve", "alice", "typed", True),
+        ("approve", "carol", "typed", False), ("approve", "dave", "typed", True),
+        ("approve", "dave", "typed", True), ("approve", "erin", "typed", True),
+        ("approve", "erin", "github", True)]
     assert all(e["environment"] in ("qa", "prod") and e["evidence"] for e in entries)
     assert ws.cli("resume", run_id).returncode == 2, "a finished run is not resumed"
 
@@ -150,15 +157,21 @@ def test_rejection_expiry_and_changed_bundle(gated_project: Workspace) -> None:
     expired = ws.cli("resume", run_id)
     assert expired.returncode == 3 and "not counted: #1 alice (expired" in expired.stderr
 
-    # Any change to what is released voids earlier approvals: here the archived build notebook.
+    # Any change to what is released voids earlier approvals: here the notebook of the stage
+    # the qa gate releases (release_qa), edited after bob approved.
     assert ws.cli("approve", run_id, "--env", "qa", "--as", "bob").returncode == 0
-    build = folder / "build.ipynb"
-    original = build.read_bytes()
-    build.write_bytes(original.replace(b'"released', b'"releasd') + b"\n")
+    release = ws.root / "notebooks" / "release.ipynb"
+    original = release.read_bytes()
+    release.write_bytes(original.replace(b"released v", b"shipped v"))
     changed = ws.cli("resume", run_id)
-    assert changed.returncode == 3 and "not counted: #2 bob (for another bundle" in \
+    assert changed.returncode == 2, changed.stdout + changed.stderr
+    assert "changed since it was approved: notebooks/release.ipynb (approval #2 for qa)" in \
         changed.stderr
-    build.write_bytes(original)  # restored: bob's approval would count again
+    assert ws.run_record()["stages"]["release_qa"]["status"] == "pending", "nothing ran"
+    listing = ws.cli("approvals", run_id)
+    assert "not counted: #2 bob (for another bundle" in listing.stdout
+    release.write_bytes(original)  # restored: bob's approval counts again
+    assert "approved for bundle" in ws.cli("approvals", run_id).stdout
     kept = snapshot(folder)
 
     no_reason = ws.cli("reject", run_id, "--env", "qa", "--as", "dave")
