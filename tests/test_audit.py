@@ -235,10 +235,13 @@ def test_a_secret_is_never_a_parameter(mini_project: Workspace) -> None:
         {"name": "a", "notebook": "notebooks/a.ipynb", "parameters": {"value": SECRET}}]})
     ws.write_notebook("a", notebook("print(len(value))", parameters='value: str = ""'))
     done = ws.cli("run", env={"API_TOKEN": SECRET})
-    assert done.returncode == 1
-    assert "a parameter holds the value of secret API_TOKEN" in done.stderr
-    assert not (ws.runs()[-1] / "a.ipynb").exists(), "the stage never ran"
-    assert SECRET not in (ws.runs()[-1] / "run.json").read_text()
+    assert done.returncode == 2  # refused before anything runs: it is in the configuration
+    assert "configs/pipeline.yaml contains the value of secret API_TOKEN" in done.stderr
+    assert not (ws.root / "reports" / "runs").exists(), "no run was started"
+    from workbench.audit.redact import SecretError, Secrets
+
+    with pytest.raises(SecretError, match="a parameter holds the value of secret API_TOKEN"):
+        Secrets({"API_TOKEN": SECRET}).check_parameters("a", {"value": [f"x{SECRET}"]})
 
 
 def test_redaction_covers_keys_and_refuses_encoded_leftovers() -> None:

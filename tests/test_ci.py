@@ -122,8 +122,9 @@ def expand(text: str, values: dict[str, str]) -> str:
 class GithubJobRunner:
     """Runs a job's ``run:`` steps with bash, as a GitHub runner would, in the project."""
 
-    def __init__(self, ws: Workspace, workflow: dict[str, Any], tmp: Path):
+    def __init__(self, ws: Workspace, workflow: dict[str, Any], tmp: Path, github: Any):
         self.ws, self.workflow, self.tmp = ws, workflow, tmp
+        self.github = github  # GitHub's OIDC issuer and approvals API (tests/tools/oidc.py)
         self.outputs: dict[str, dict[str, str]] = {}
         self.bin = tmp / "bin"
         self.bin.mkdir()
@@ -143,7 +144,7 @@ class GithubJobRunner:
         spec = self.workflow["jobs"][job]
         output_file, summary = self.tmp / f"{job}.output", self.tmp / "step-summary.md"
         env = {**os.environ, "PATH": f"{self.bin}:{Path(sys.executable).parent}:"
-               f"{os.environ['PATH']}", "GITHUB_ACTIONS": "true", "GITHUB_ACTOR": actor,
+               f"{os.environ['PATH']}", **self.github.github(actor),
                "GITHUB_OUTPUT": str(output_file), "GITHUB_STEP_SUMMARY": str(summary),
                "GH_STUB_APPROVALS": str(self.tmp / "approvals.json"), "CI": "true"}
         for key in ("MLFLOW_TRACKING_URI", "WORKBENCH_PROJECT", "JUPYTERHUB_USER"):
@@ -179,13 +180,21 @@ def junit_cases(path: Path) -> dict[str, tuple[str, str]]:
 @pytest.mark.slow
 def test_github_workflow_commands_run_here_in_order(gated_project: Workspace,
                                                      tmp_path: Path) -> None:
+    from tests.tools.oidc import Issuer
+
     ws = gated_project
     assert ws.cli("ci", "init", "github").returncode == 0
     workflow = yaml.safe_load((ws.root / GITHUB_FILES[0]).read_text())
-    runner = GithubJobRunner(ws, workflow, tmp_path)
-    (tmp_path / "approvals.json").write_text(json.dumps(
-        {"qa": [["alice", "qa looks good"]], "prod": [["dave", "ok"], ["erin", "ok too"]]}))
+    granted = {"qa": [["alice", "qa looks good"]], "prod": [["dave", "ok"], ["erin", "ok too"]]}
+    (tmp_path / "approvals.json").write_text(json.dumps(granted))
+    with Issuer(repository="acme/models") as github:
+        for environment, approvals in granted.items():
+            for login, comment in approvals:
+                github.approve(environment, login, comment)
+        check_github_flow(ws, GithubJobRunner(ws, workflow, tmp_path, github), tmp_path)
 
+
+def check_github_flow(ws: Workspace, runner: GithubJobRunner, tmp_path: Path) -> None:
     assert [name for name, _ in runner.run("test", actor="carol")] == [
         "Lint", "Unit tests", "Validate configuration"]
 

@@ -193,14 +193,15 @@ def test_rejection_expiry_and_changed_bundle(gated_project: Workspace) -> None:
     assert ws.cli("resume", run_id).returncode == 2
 
 
-def test_promote_stops_at_the_target_and_tampering_is_caught(gated_project: Workspace) -> None:
+def test_promote_stops_at_the_target_and_tampering_is_caught(gated_project: Workspace,
+                                                             oidc: Any) -> None:
     ws = gated_project
     assert ws.cli("run").returncode == 3
     run_id, folder = ws.run_record()["id"], ws.runs()[-1]
     # prod is approved in advance; promote --to qa must still not release to prod.
     for name in ("dave", "erin"):
-        assert ws.cli("approve", run_id, "--env", "prod", "--as", name,
-                      "--comment", "pre-approved").returncode == 2, "prod is not reachable yet"
+        assert ws.cli("approve", run_id, "--env", "prod", "--comment", "pre-approved",
+                      env=oidc.github(name)).returncode == 2, "prod is not reachable yet"
     promoted = ws.cli("promote", run_id, "--to", "qa", "--as", "bob")
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     assert f"run {run_id} promoted to qa" in promoted.stdout
@@ -211,8 +212,8 @@ def test_promote_stops_at_the_target_and_tampering_is_caught(gated_project: Work
 
     # An edited approval record is refused, named, and stops the gate.
     for name in ("dave", "erin"):
-        assert ws.cli("approve", run_id, "--env", "prod", "--as", name,
-                      "--comment", "ok").returncode == 0
+        assert ws.cli("approve", run_id, "--env", "prod", "--comment", "ok",
+                      env=oidc.github(name)).returncode == 0
     first = folder / "approvals" / "0001.json"
     first.chmod(0o644)
     first.write_text(first.read_text().replace('"bob"', '"eve"'))

@@ -345,19 +345,21 @@ display(widgets.IntSlider(value=7, description="speed"))
 """
 
 
-def release(ws: Workspace) -> str:
-    """Run the gated pipeline through both gates with the CLI; return the run id."""
+def release(ws: Workspace, oidc: Any) -> str:
+    """Run the gated pipeline through both gates with the CLI (requested by carol in CI, prod
+    approved by dave and erin in CI jobs of their own); return the run id."""
     def cli(*args: str, expect: int, env: dict[str, str] | None = None) -> None:
         done = ws.cli(*args, env=env)
         assert done.returncode == expect, f"{args}: {done.stdout}{done.stderr}"
 
-    cli("run", expect=3, env={"GITHUB_ACTOR": "carol"})
+    cli("run", expect=3, env=oidc.github("carol"))
     run_id = ws.run_record()["id"]
     cli("approve", run_id, "--env", "qa", "--as", "alice", "--comment", "metrics hold", expect=0)
     cli("resume", run_id, expect=3)
-    cli("approve", run_id, "--env", "prod", "--as", "dave", "--comment", f"ok {HOSTILE}",
-        expect=0)
-    cli("approve", run_id, "--env", "prod", "--as", "erin", "--comment", "load fine", expect=0)
+    cli("approve", run_id, "--env", "prod", "--comment", f"ok {HOSTILE}", expect=0,
+        env=oidc.github("dave"))
+    cli("approve", run_id, "--env", "prod", "--comment", "load fine", expect=0,
+        env=oidc.github("erin"))
     cli("resume", run_id, expect=0)
     assert ws.run_record()["status"] == "succeeded"
     return run_id
@@ -420,7 +422,8 @@ def local_input(moment: datetime) -> str:
 
 
 @pytest.mark.slow
-def test_release_site_in_chromium(gated_project: Workspace, tmp_path: Path) -> None:
+def test_release_site_in_chromium(gated_project: Workspace, tmp_path: Path, oidc: Any
+                                  ) -> None:
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing (apt-get install chromium)"
     from playwright.sync_api import ConsoleMessage, Route, expect, sync_playwright
 
@@ -428,7 +431,7 @@ def test_release_site_in_chromium(gated_project: Workspace, tmp_path: Path) -> N
     # The build stage also shows a widget, so its page needs the vendored embed script.
     ws.write_notebook("build", notebook(BUILD_STAGE, WIDGET_CELL,
                                         parameters='model_name: str = "mini"\nrun_id: str = ""'))
-    run_id = release(ws)
+    run_id = release(ws, oidc)
     project = Project(ws.root)
     # Two archived runs beside the real one, so that filtering and sorting have work to do.
     run_record.save(project, make_record(OLD, qa=["bob"], prod=["carol", "dave"], version="0"))

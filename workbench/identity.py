@@ -110,6 +110,21 @@ def platform_identity() -> Identity | None:
     return Identity(name=claimed, source=source, os_user=_os_user())
 
 
+def reviewer(claimed: str | None, environment: str) -> Identity:
+    """The identity deciding a gate for ``environment``: :func:`current`, or, in a GitHub
+    Actions job, a reviewer GitHub says approved this run's deployment to the GitHub
+    environment of that name (the generated workflows record those approvals)."""
+    who = current(claimed)
+    if who.vouched or os.environ.get("GITHUB_ACTIONS") != "true":
+        return who
+    from workbench.vouching import github_reviewer
+
+    answer = github_reviewer(dict(os.environ), who.name, environment)
+    if answer.name is None:
+        return who
+    return Identity(name=answer.name, source="github", os_user=who.os_user)
+
+
 def current(claimed: str | None = None) -> Identity:
     """The acting identity: the platform's (when it vouches), else a typed name (``claimed``,
     or the name a platform variable claims unconfirmed), else the OS user.

@@ -146,6 +146,31 @@ def jenkins(env: dict[str, str]) -> Vouched:
     return Vouched("jenkins", claimed)
 
 
+def github_reviewer(env: dict[str, str], claimed: str, environment: str) -> Vouched:
+    """Whether GitHub says ``claimed`` approved the workflow run's deployment to the GitHub
+    environment ``environment`` (its required reviewers: ``GET
+    /repos/{repo}/actions/runs/{run}/approvals``, asked with the job's token)."""
+    token = env.get("GH_TOKEN") or env.get("GITHUB_TOKEN") or ""
+    repository, run = env.get("GITHUB_REPOSITORY", ""), env.get("GITHUB_RUN_ID", "")
+    api = env.get("GITHUB_API_URL") or "https://api.github.com"
+    if env.get("GITHUB_ACTIONS") != "true" or not (token and repository and run):
+        return Vouched("github", None, "no GitHub token and run to ask for the environment's "
+                                       "approvals")
+    try:
+        approvals = _get_json(f"{api.rstrip('/')}/repos/{repository}/actions/runs/{run}/"
+                              f"approvals", {"Authorization": f"Bearer {token}",
+                                             "Accept": "application/vnd.github+json"})
+    except (OSError, ValueError) as exc:
+        return Vouched("github", None, f"GitHub did not answer ({type(exc).__name__})")
+    for approval in approvals if isinstance(approvals, list) else []:
+        login = (approval.get("user") or {}).get("login")
+        names = {e.get("name") for e in approval.get("environments") or []}
+        if login == claimed and environment in names and approval.get("state") == "approved":
+            return Vouched("github", claimed)
+    return Vouched("github", None, f"GitHub records no approval by {claimed!r} of "
+                                   f"environment {environment!r} in this run")
+
+
 # claimed by, most specific first: (variable that claims a name, the platform to ask)
 PLATFORMS = (("JUPYTERHUB_USER", jupyterhub), ("GITHUB_ACTOR", github),
              ("GITLAB_USER_LOGIN", gitlab), ("BUILD_USER_ID", jenkins))

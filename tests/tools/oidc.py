@@ -5,7 +5,9 @@ it: ``/.well-known/openid-configuration`` names the ``jwks_uri``, ``/jwks`` publ
 key, and ``/token?audience=A`` (GitHub's ACTIONS_ID_TOKEN_REQUEST_URL) answers ``{"value":
 JWT}`` for the bearer token's holder: the test gives each actor's token as the bearer, and the
 JWT carries ``actor`` (GitHub) and ``user_login`` (GitLab) claims, signed RS256. ``/wrong``
-mints a token with another key, for tests of a forged token.
+mints a token with another key, for tests of a forged token. As GitHub's REST API it answers
+``/repos/{repo}/actions/runs/{run}/approvals`` with :attr:`Issuer.approvals` (the environment
+reviewers' decisions the test grants).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Issuer:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.repository = repository
+        self.approvals: list[dict[str, Any]] = []  # as GitHub lists a run's approvals
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,6 +45,9 @@ class Issuer:
                 elif url.path == "/jwks":
                     public = json.loads(RSAAlgorithm.to_jwk(issuer.key.public_key()))
                     self._json({"keys": [{**public, "kid": "k1", "use": "sig", "alg": "RS256"}]})
+                elif url.path.startswith(f"/repos/{issuer.repository}/actions/runs/") and \
+                        url.path.endswith("/approvals"):
+                    self._json(issuer.approvals)
                 elif url.path in ("/token", "/wrong"):
                     bearer = self.headers.get("Authorization", "").partition(" ")[2]
                     audience = parse_qs(url.query).get("audience", ["workbench"])[0]
@@ -69,10 +75,16 @@ class Issuer:
                   "sub": f"repo:{self.repository}:ref:refs/heads/main"}
         return jwt.encode(claims, key or self.key, algorithm="RS256", headers={"kid": "k1"})
 
+    def approve(self, environment: str, login: str, comment: str = "") -> None:
+        """A required reviewer approves this run's deployment to a GitHub environment."""
+        self.approvals.append({"user": {"login": login}, "state": "approved", "comment": comment,
+                               "environments": [{"name": environment}]})
+
     def github(self, actor: str, forged: bool = False) -> dict[str, str]:
         """The variables a GitHub Actions job with ``id-token: write`` has, for ``actor``."""
         return {"GITHUB_ACTIONS": "true", "GITHUB_ACTOR": actor,
-                "GITHUB_REPOSITORY": self.repository,
+                "GITHUB_REPOSITORY": self.repository, "GITHUB_RUN_ID": "4242",
+                "GITHUB_API_URL": self.url,
                 "ACTIONS_ID_TOKEN_REQUEST_URL": f"{self.url}/{'wrong' if forged else 'token'}",
                 "ACTIONS_ID_TOKEN_REQUEST_TOKEN": actor, "WORKBENCH_OIDC_ISSUER": self.url}
 

@@ -93,6 +93,27 @@ def _run_folder(reports: Path, folder: Path, index: LedgerIndex, found: Coverage
         found.problems.append(f"reports/{_relative(reports, path)}/: a folder no run writes")
 
 
+def _config_snapshot(reports: Path, folder: Path, index: LedgerIndex, found: Coverage) -> None:
+    """The run record's configuration snapshot must be the one the run started with."""
+    import json
+
+    from workbench.config import sources_digest
+
+    started = next(iter(index.of_run(folder.name, "run_started")), None)
+    try:
+        sources = json.loads((folder / "run.json").read_text(encoding="utf-8"))["config"]
+        actual = sources_digest(sources)
+    except (OSError, ValueError, KeyError, TypeError):
+        found.problems.append(f"reports/{_relative(reports, folder)}/run.json: not a readable "
+                              f"run record")
+        return
+    recorded = (started or {}).get("data", {}).get("config_hash")
+    if started is not None and recorded != actual:
+        found.problems.append(f"reports/{_relative(reports, folder)}/run.json: its configuration "
+                              f"snapshot is not the one the run started with (seq "
+                              f"{started.get('seq')})")
+
+
 def _run_record(reports: Path, folder: Path, index: LedgerIndex, found: Coverage) -> None:
     path = folder / "run.json"
     if not path.is_file():
@@ -109,6 +130,7 @@ def _run_record(reports: Path, folder: Path, index: LedgerIndex, found: Coverage
         status = json.loads(path.read_text(encoding="utf-8")).get("status")
     except (OSError, ValueError, AttributeError):
         status = None
+    _config_snapshot(reports, folder, index, found)
     seq, digest = digests[-1]
     if status == "running":
         _count(found, "a recorded outcome (running, or interrupted)")  # rewritten after every

@@ -17,7 +17,7 @@ def _decide(project: Project, run_id: str, env: str, decision: Any, name: str | 
     from workbench import identity, run_record
     from workbench.governance import approvals
 
-    who = identity.current(name)
+    who = identity.reviewer(name, env)
     record = run_record.load(project, run_id)
     entry, bundle, trust = approvals.submit(project, record, env, decision, who, comment,
                                             via="cli")

@@ -88,7 +88,9 @@ def run(
         except SelectionError as exc:
             raise UsageError(str(exc)) from None
         needed = needed_upstream(config, chosen)
-        base_run = find_base(project, config, needed, _run_id(project, base) if base else None)
+        if needed or base:  # a selection that needs nothing from earlier runs reuses nothing
+            base_run = find_base(project, config, needed,
+                                 _run_id(project, base) if base else None)
     options = run_options(jobs, no_warm, no_cache, no_fork)
     record = _drive(lambda report: start_run(project, config, env, report, chosen, base_run,
                                              executor, options), as_json)

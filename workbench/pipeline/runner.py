@@ -135,13 +135,14 @@ def find_base(project: Project, config: Config, needed: set[str], explicit: str 
                       f"the selection")
 
 
-def _reuse(record: RunRecord, config: Config, chosen: set[str], base: RunRecord) -> None:
+def _reuse(record: RunRecord, config: Config, chosen: set[str], base: RunRecord | None
+           ) -> None:
     """Take the unselected stages the selection needs from ``base``; leave out the rest."""
     needed = needed_upstream(config, chosen)
     for name, entry in record.stages.items():
         if name in chosen:
             continue
-        if name not in needed:
+        if name not in needed or base is None:
             entry.status = "not_selected"
             continue
         old = base.stages[name]
@@ -169,10 +170,12 @@ def start_run(project: Project, config: Config, environment: str, listeners: Ite
     record.options = options or run_record.RunOptions(jobs=default_jobs())
     record.config = secrets.redact(record.config)  # a secret pasted into a config file
     if chosen is not None:
-        if base is None:
-            raise ValueError("a partial run needs a run to reuse stages from")
+        if base is None and needed_upstream(config, chosen):
+            raise ValueError("a partial run that needs earlier stages needs a run to reuse "
+                             "them from")
         _reuse(record, config, chosen, base)
-        record.trained_by = record.trained_by or base.trained_by
+        if base is not None:
+            record.trained_by = record.trained_by or base.trained_by
     _claim_folder(project, record)
     bus = make_bus(listeners)
     recorder = Recorder(project, record, bus, secrets)
@@ -278,10 +281,13 @@ def resume_run(project: Project, run_id: str, listeners: Iterable[Any],
 
 def _check_what_will_run(project: Project, config: Config, record: RunRecord,
                          until: str | None) -> None:
-    """Refuse to go on when what an approval covers changed since it was given, or when a
+    """Refuse to go on when the run record is not the one the ledger vouches for (its config
+    snapshot edited), when what an approval covers changed since it was given, or when a
     gated environment would run code that is not committed."""
     from workbench.governance.approvals import changed_since_approval
+    from workbench.governance.trust import trusted
 
+    trusted(project, record, config)
     changed = changed_since_approval(project, record)
     if changed:
         raise ResumeError(f"changed since it was approved: {'; '.join(changed)}. An approval "

@@ -160,6 +160,15 @@ def purge(tracking_uri: str, leaks: list[Leak], secrets: Secrets) -> list[Leak]:
             _redact_registered(client, leak, secrets)
             removed = "the value was redacted in the registry"
         done.append(Leak(leak.secret, leak.where, removed))
+    database = sqlite_file(tracking_uri)
+    if database is not None and done:  # freed pages still hold the bytes until rewritten
+        import sqlite3
+
+        connection = sqlite3.connect(database, timeout=60)
+        try:
+            connection.execute("VACUUM")
+        finally:
+            connection.close()
     return done
 
 
