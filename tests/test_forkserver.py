@@ -163,3 +163,20 @@ def test_a_preload_that_starts_a_thread_is_not_forked_from(tmp_path: Path) -> No
         assert server.process.wait(15) == 0  # it said so and exited
     finally:
         server.kill()
+
+
+@pytest.mark.slow
+def test_a_forked_kernel_ends_when_its_server_is_gone(server: ForkServer, tmp_path: Path
+                                                      ) -> None:
+    """A killed workbench takes its fork server with it; the server's kernels must follow
+    (ipykernel's parent poller: its trait default was read before the fork, so the kernel is
+    told its parent explicitly)."""
+    kernel = start_kernel("python3", tmp_path, 60, (), fork_server=server)
+    try:
+        found = run(kernel, PROBE)
+        assert found["ppid"] == server.process.pid
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        assert _gone(found["pid"], timeout=15), "the kernel outlived its fork server"
+    finally:
+        kernel.close()

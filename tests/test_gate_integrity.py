@@ -103,7 +103,7 @@ def test_an_edited_policy_in_the_run_record_is_refused(gated_project: Workspace)
     assert resumed.returncode == 1, resumed.stdout + resumed.stderr
     assert "the snapshot (and the approval policy in it) was edited" in resumed.stderr
     assert json.loads((folder / "run.json").read_text())["stages"]["release_prod"][
-        "status"] == "skipped"
+        "status"] == "pending", "refused before anything ran"
     checked = verify(ws)
     assert checked.returncode == 1
     assert f"reports/runs/{run_id}/run.json: content changed since the run recorded it" in \

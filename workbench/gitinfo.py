@@ -21,8 +21,8 @@ def _git(root: Path, *args: str) -> str | None:
 
 def changed_files(root: Path) -> list[str]:
     """Tracked files with uncommitted changes (empty outside a git work tree)."""
-    listing = _git(root, "status", "--porcelain", "--untracked-files=no")
-    return [line[3:] for line in (listing or "").splitlines() if len(line) > 3]
+    listing = _git(root, "diff", "--name-only", "HEAD")
+    return [line for line in (listing or "").splitlines() if line.strip()]
 
 
 def commit(root: Path) -> tuple[str, bool]:

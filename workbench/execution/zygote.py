@@ -158,7 +158,10 @@ def run_kernel(request: dict[str, Any]) -> int:
     os.environ.update(request["env"])
     os.environ["JPY_PARENT_PID"] = str(os.getppid())  # it exits when this server is gone
     _reseed()
-    sys.argv = [LAUNCHER, *request["argv"][3:]]
+    # ipykernel reads JPY_PARENT_PID into a trait default when it is imported, which was here,
+    # before the fork: without the option its parent poller would never start, and a kernel
+    # whose workbench was killed would live on
+    sys.argv = [LAUNCHER, *request["argv"][3:], f"--IPKernelApp.parent_handle={os.getppid()}"]
     try:
         runpy.run_module(LAUNCHER, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
