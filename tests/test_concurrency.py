@@ -92,10 +92,13 @@ def test_concurrent_runs_lose_nothing(tmp_path: Path) -> None:
     entries = list(ledger.entries(reports))
     per_run = Counter(e["run_id"] for e in entries)
     expected = ["run_started", "stage_executed", "alias_move", "stage_executed", "run_succeeded"]
-    for record in records:
-        events = [e["event"] for e in entries if e["run_id"] == record["id"]]
+    rendered = Counter(e["run_id"] for e in entries if e["event"] == "stage_rendered")
+    for record in records:  # each page's record comes after its stage, before the outcome
+        events = [e["event"] for e in entries if e["run_id"] == record["id"]
+                  and e["event"] != "stage_rendered"]
         assert events == expected, (record["id"], events)
-    assert sum(per_run.values()) == len(entries) == len(expected) * len(records)
+        assert rendered[record["id"]] == 2, "both stages' pages are recorded"
+    assert sum(per_run.values()) == len(entries) == (len(expected) + 2) * len(records)
 
     # model versions: unique per registered model, 1..n, each tagged with its own run
     from mlflow import MlflowClient

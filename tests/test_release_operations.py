@@ -24,8 +24,10 @@ def set_environment(ws: Workspace, name: str, **sections: Any) -> None:
     ws.write_yaml("environments.yaml", environments)
 
 
-def release(ws: Workspace, *run_args: str, through_qa_only: bool = False) -> tuple[str, Any]:
-    """Run, approve qa, resume to the prod gate, approve prod twice, resume; the last result."""
+def release(ws: Workspace, oidc: Any, *run_args: str, through_qa_only: bool = False
+            ) -> tuple[str, Any]:
+    """Run, approve qa, resume to the prod gate, approve prod twice (carol and dave in CI jobs
+    of their own, vouched for by GitHub), resume; the last result."""
     started = ws.cli("run", *run_args)
     assert started.returncode == 3, started.stdout + started.stderr
     run_id = ws.run_record()["id"]
@@ -34,13 +36,14 @@ def release(ws: Workspace, *run_args: str, through_qa_only: bool = False) -> tup
     if through_qa_only or to_prod_gate.returncode != 3:
         return run_id, to_prod_gate
     for who in ("carol", "dave"):
-        approved = ws.cli("approve", run_id, "--env", "prod", "--as", who, "--comment", "ok")
+        approved = ws.cli("approve", run_id, "--env", "prod", "--comment", "ok",
+                          env=oidc.github(who))
         assert approved.returncode == 0, approved.stderr
     return run_id, ws.cli("resume", run_id)
 
 
 @pytest.mark.timeout(1800)  # three releases on real kernels; about 5 minutes on an idle machine
-def test_slo_and_monitor_gate_the_release(release_project: Workspace) -> None:
+def test_slo_and_monitor_gate_the_release(release_project: Workspace, oidc: Any) -> None:
     ws = release_project
     project = Project(ws.root)
     set_environment(ws, "qa", load_test={"concurrency": 2, "duration": "2s", "warmup": "0.5s"})
@@ -48,7 +51,7 @@ def test_slo_and_monitor_gate_the_release(release_project: Workspace) -> None:
                                          "max_p95_ms": 2000})
 
     # 1. The first release goes all the way: no production baseline yet, a healthy monitor.
-    first, done = release(ws)
+    first, done = release(ws, oidc)
     assert done.returncode == 0, done.stdout + done.stderr
     record = ws.run_record()
     load = record["stages"]["load_test"]["outputs"]
@@ -65,7 +68,7 @@ def test_slo_and_monitor_gate_the_release(release_project: Workspace) -> None:
     #    and breaks prod's monitor threshold: prod goes back to v1, and the run fails.
     set_environment(ws, "prod", monitor={"window": "2s", "interval": "0.25s",
                                          "max_p95_ms": 0.001})
-    second, done = release(ws)
+    second, done = release(ws, oidc)
     assert done.returncode == 1, done.stdout + done.stderr
     record = ws.run_record()
     assert record["id"] == second and record["status"] == "failed"
@@ -94,7 +97,7 @@ def test_slo_and_monitor_gate_the_release(release_project: Workspace) -> None:
     # 3. A release that misses qa's SLO stops at the load test, with the numbers (a partial
     #    run: v2 stays on qa, the load test runs again after a new qa approval).
     set_environment(ws, "qa", slo={"p95_ms": 0.001, "max_error_rate": 0.0})
-    third, done = release(ws, "--from", "load_test", through_qa_only=True)
+    third, done = release(ws, oidc, "--from", "load_test", through_qa_only=True)
     assert done.returncode == 1, done.stdout + done.stderr
     record = ws.run_record()
     stages = record["stages"]

@@ -537,7 +537,7 @@ def test_release_site_in_chromium(gated_project: Workspace, tmp_path: Path, oidc
             approvals = page.locator("#approvals tbody tr")
             expect(approvals).to_have_count(3)
             expect(approvals.locator("td:nth-child(4)")).to_have_text(
-                ["alice (typed)", "dave (typed)", "erin (typed)"])
+                ["alice (typed)", "dave (github)", "erin (github)"])
             expect(approvals.locator("td:nth-child(5)").first).not_to_be_empty()
             expect(approvals.locator("td:nth-child(6)")).to_have_text(
                 ["metrics hold", f"ok {HOSTILE}", "load fine"])  # shown as text, not run
@@ -568,7 +568,7 @@ def test_release_site_in_chromium(gated_project: Workspace, tmp_path: Path, oidc
                 expect(page.locator(f'table[data-env="{environment}"] tbody tr')).to_have_count(
                     1)
             expect(page.locator('table[data-env="prod"]')).to_contain_text("mini v1")
-            expect(page.locator('table[data-env="prod"]')).to_contain_text("dave (typed")
+            expect(page.locator('table[data-env="prod"]')).to_contain_text("dave (github")
             page.locator("#at").fill(local_input(between))
             expect(page.locator("#answer")).to_contain_text(f"qa: v1 (run {run_id})")
             expect(page.locator("#answer")).not_to_contain_text("prod")

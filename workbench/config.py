@@ -547,7 +547,8 @@ def read_yaml(text: str | None, label: str) -> tuple[Any, list[Problem]]:
     if text is None:
         return None, [Problem(label, "", "file is missing")]
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # nosec B506 - a SafeLoader subclass
+        # a SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictLoader)  # nosec B506
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

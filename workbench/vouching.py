@@ -34,7 +34,8 @@ AUDIENCE = "workbench"
 TIMEOUT_S = 5.0
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 ISSUER_VARIABLE = "WORKBENCH_OIDC_ISSUER"  # GitHub Enterprise Server's issuer, for instance
-GITLAB_TOKEN_VARIABLE = "WORKBENCH_ID_TOKEN"
+# the name of the variable holding the ID token, not a token
+GITLAB_TOKEN_VARIABLE = "WORKBENCH_ID_TOKEN"  # nosec B105
 
 
 @dataclass(frozen=True)

@@ -81,27 +81,11 @@ def stop_run_stage_processes(project_root: Path, run_id: str) -> list[int]:
 
 def run_kernels(project_root: Path, run_id: str) -> list[int]:
     """Pids of live kernels started for ``run_id`` of the project at ``project_root``."""
-    if not PROC.is_dir():
-        return []
-    found = []
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        pid = int(entry.name)
-        env = _environment(pid)
-        if env.get("WORKBENCH_RUN_ID") == run_id and \
-                env.get("WORKBENCH_PROJECT") == str(project_root) and _is_kernel(pid):
-            found.append(pid)
-    return found
+    return [pid for pid in _processes(project_root,
+                                      lambda env: env.get("WORKBENCH_RUN_ID") == run_id)
+            if _is_kernel(pid)]
 
 
 def stop_run_kernels(project_root: Path, run_id: str) -> list[int]:
     """Kill the kernels (with their process groups) a dead run left; return their pids."""
-    pids = run_kernels(project_root, run_id)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
-    return pids
+    return _kill(run_kernels(project_root, run_id))
