@@ -245,3 +245,81 @@ def test_a_full_disk_is_one_message() -> None:
 def test_status_takes_latest(project: Workspace) -> None:
     done = project.cli("status", "latest")
     assert done.returncode == 2 and "no runs yet" in done.stderr, done.stderr
+
+
+# --- 4: each platform vouches, or the name is typed -------------------------------------------
+
+
+def _json_server(routes: dict[str, object]) -> tuple[object, str]:
+    """A tiny HTTP server on 127.0.0.1 answering GET path -> JSON (and the headers it saw)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *_: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(dict(self.headers))
+            body = json.dumps(routes.get(self.path.split("?")[0], {})).encode()
+            self.send_response(200 if self.path.split("?")[0] in routes else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.seen = seen  # type: ignore[attr-defined]
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_jupyterhub_vouches_through_its_api() -> None:
+    from workbench.vouching import jupyterhub
+
+    server, url = _json_server({"/hub/api/user": {"name": "hubuser"}})
+    try:
+        env = {"JUPYTERHUB_USER": "hubuser", "JUPYTERHUB_API_URL": f"{url}/hub/api",
+               "JUPYTERHUB_API_TOKEN": "token-of-hubuser"}
+        assert jupyterhub(env).name == "hubuser"
+        assert server.seen[-1]["Authorization"] == "token token-of-hubuser"  # type: ignore
+        assert jupyterhub({**env, "JUPYTERHUB_USER": "dave"}).name is None
+        assert jupyterhub({"JUPYTERHUB_USER": "hubuser"}).why_not.startswith("no JupyterHub")
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+
+
+def test_gitlab_vouches_with_its_signed_id_token() -> None:
+    from tests.tools.oidc import Issuer
+    from workbench.vouching import gitlab
+
+    with Issuer() as issuer:
+        env = {"GITLAB_USER_LOGIN": "carol", "CI_SERVER_URL": issuer.url,
+               "WORKBENCH_ID_TOKEN": issuer.mint("carol")}
+        assert gitlab(env).name == "carol"
+        assert gitlab({**env, "WORKBENCH_ID_TOKEN": issuer.mint("dave")}).name is None
+        forged = issuer.mint("carol", key=issuer.other)
+        assert "did not verify" in (gitlab({**env, "WORKBENCH_ID_TOKEN": forged}).why_not or "")
+        other_audience = issuer.mint("carol", audience="someone-else")
+        assert gitlab({**env, "WORKBENCH_ID_TOKEN": other_audience}).name is None
+
+
+def test_jenkins_vouches_for_the_input_submitter_through_the_build_api() -> None:
+    from workbench.vouching import jenkins
+
+    build = {"actions": [{"_class": "hudson.model.CauseAction",
+                          "causes": [{"userId": "carol"}]},
+                         {"_class": "org.jenkinsci.plugins.workflow.support.steps.input."
+                                    "ApproverAction", "userId": "dave"}]}
+    server, url = _json_server({"/job/release/7/api/json": build})
+    try:
+        env = {"BUILD_USER_ID": "dave", "BUILD_URL": f"{url}/job/release/7/",
+               "JENKINS_USER_ID": "ci", "JENKINS_API_TOKEN": "api-token-1"}
+        assert jenkins(env).name == "dave"
+        assert server.seen[-1]["Authorization"].startswith("Basic ")  # type: ignore
+        assert jenkins({**env, "BUILD_USER_ID": "carol"}).name is None, \
+            "with an input approver recorded, only that person approved"
+        assert jenkins({**env, "BUILD_USER_ID": "erin"}).name is None
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
