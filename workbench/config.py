@@ -24,7 +24,16 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from workbench.errors import WorkbenchError
 
@@ -41,8 +50,25 @@ DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
 REF_ROOTS = ("model", "env", "run")
 RUN_FIELDS = ("id", "git_commit", "config_hash", "environment")
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
-# outputs by which a stage reports a side effect: serving a model, moving a registry alias
-SIDE_EFFECT_OUTPUTS = frozenset({"served_version", "endpoint", "alias_move"})
+# What the engine reads from a stage's outputs, by role (README: output roles). An output
+# takes a role by declaring it (``version: {type: str, role: model_version}``), or by having
+# the role's standard name (``STANDARD_NAMES``) when no output of its stage declares that role.
+OutputRole = Literal["model_version", "trained_run", "metrics", "champion", "verdict",
+                     "served_version", "endpoint", "alias_move", "load_test"]
+OUTPUT_ROLES: tuple[OutputRole, ...] = typing.get_args(OutputRole)
+STANDARD_NAMES: dict[str, OutputRole] = {
+    "model_version": "model_version",  # the registered model version (str): gates release it
+    "mlflow_run_id": "trained_run",  # the MLflow run that trained the model: its trainer
+    "metrics": "metrics",  # {name: number}: the evidence table, the run index, plots shown
+    "champion": "champion",  # {name: number, "version": v}: the champion's, beside metrics
+    "passed": "verdict",  # bool: the evaluation's verdict, shown with the metrics
+    "served_version": "served_version",  # a deploy: the version now served
+    "endpoint": "endpoint",  # a deploy: the URL it serves at
+    "alias_move": "alias_move",  # a registry alias move: {"seq": ...} from the journal
+}
+# roles by which a stage reports a side effect: serving a model, moving a registry alias
+SIDE_EFFECT_ROLES: frozenset[OutputRole] = frozenset({"served_version", "endpoint",
+                                                      "alias_move"})
 
 
 @dataclass(frozen=True)
@@ -89,8 +115,27 @@ class Ref(Strict):
         return self.source.split(".")[1:]
 
 
+# a literal list or mapping may hold references at any depth: ``[1, {from: run.id}]``
 ParamValue = Ref | str | bool | int | float | list | dict | None
-_REFS = TypeAdapter(dict[str, Ref])  # errors located at the parameter: (name, "from")
+_REF = TypeAdapter(Ref)
+
+
+def _read_refs(value: Any, loc: tuple[Any, ...], errors: list[Any]) -> Any:
+    """``value`` with every ``{from: ...}`` mapping in it, at any depth, read as a :class:`Ref`;
+    a bad one adds its errors to ``errors``, located at ``loc`` (its key path under
+    ``parameters``), e.g. ``("hyperparameters", "alpha", "from")``."""
+    if isinstance(value, dict) and "from" in value:
+        try:
+            return _REF.validate_python(value)
+        except ValidationError as exc:
+            errors += [{"type": e["type"], "loc": (*loc, *e["loc"]), "input": e["input"],
+                        **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]
+            return value
+    if isinstance(value, dict):
+        return {k: _read_refs(v, (*loc, k), errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_read_refs(v, (*loc, i), errors) for i, v in enumerate(value)]
+    return value
 
 
 # How a stage attempt can fail; each class has its own retry count (see :class:`Retry`).
@@ -118,12 +163,28 @@ class Retry(Strict):
                             if v is not None), 0) for name in FAILURE_CLASSES}
 
 
+class Output(Strict):
+    """A declared output in its long form: ``{type: dict, role: metrics}``."""
+
+    type: OutputType
+    role: OutputRole | None = None
+
+
+def _output_form(value: Any) -> str:
+    return "long_form" if isinstance(value, dict | Output) else "short_form"
+
+
+# an output is declared as its type (``score: float``) or as ``{type: ..., role: ...}``
+OutputSpec = Annotated[Annotated[OutputType, Tag("short_form")]
+                       | Annotated[Output, Tag("long_form")], Discriminator(_output_form)]
+
+
 class Stage(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     notebook: str
     needs: list[str] = []
     parameters: dict[str, ParamValue] = {}
-    outputs: dict[str, OutputType] = {}
+    outputs: dict[str, OutputSpec] = {}
     timeout: Seconds = 1800.0  # deadline of the whole stage
     startup_timeout: Seconds = 60.0  # the kernel must answer within this
     cell_timeout: Seconds | None = None  # bound on each cell (default: none)
@@ -154,24 +215,60 @@ class Stage(Strict):
             return "it is an approval gate"
         if self.environment:
             return f"it acts on environment {self.environment!r}"
-        found = sorted(SIDE_EFFECT_OUTPUTS & set(self.outputs))
+        found = sorted(name for role, name in self.roles.items() if role in SIDE_EFFECT_ROLES)
         if found:
             return f"it declares output {found[0]!r} (a deploy or a registry change)"
         return None
 
     @property
+    def output_types(self) -> dict[str, OutputType]:
+        """Each declared output's type."""
+        return {name: spec.type if isinstance(spec, Output) else spec
+                for name, spec in self.outputs.items()}
+
+    @property
+    def roles(self) -> dict[str, str]:
+        """Role -> the output that plays it: declared roles, then standard names for the
+        roles no output declares."""
+        declared: dict[str, str] = {spec.role: name for name, spec in self.outputs.items()
+                                    if isinstance(spec, Output) and spec.role}
+        standard: dict[str, str] = {
+            STANDARD_NAMES[name]: name for name, spec in self.outputs.items()
+            if name in STANDARD_NAMES and not (isinstance(spec, Output) and spec.role)}
+        return {**{r: n for r, n in standard.items() if r not in declared}, **declared}
+
+    @property
     def cacheable(self) -> bool:
         return self.cache is not False and self.side_effect is None
+
+    @field_validator("outputs")
+    @classmethod
+    def _one_output_a_role(cls, value: dict[str, OutputType | Output]
+                           ) -> dict[str, OutputType | Output]:
+        seen: dict[str, str] = {}
+        for name, spec in value.items():
+            if isinstance(spec, Output) and spec.role:
+                if spec.role in seen:
+                    raise ValueError(f"outputs {seen[spec.role]!r} and {name!r} both declare "
+                                     f"role {spec.role!r}; one output plays a role")
+                seen[spec.role] = name
+        return value
 
     @field_validator("parameters", mode="before")
     @classmethod
     def _refs_first(cls, value: Any) -> Any:
-        """Read ``{from: ...}`` mappings as references, everything else as literals."""
-        if isinstance(value, dict):
-            refs = _REFS.validate_python(
-                {k: v for k, v in value.items() if isinstance(v, dict) and "from" in v})
-            return {k: refs.get(k, v) for k, v in value.items()}
-        return value
+        """Read ``{from: ...}`` mappings as references, at any depth of a literal list or
+        mapping too; everything else as literals."""
+        if not isinstance(value, dict):
+            return value
+        errors: list[Any] = []
+        try:
+            read = {k: _read_refs(v, (k,), errors) for k, v in value.items()}
+        except RecursionError:
+            raise ValueError("parameters are nested too deeply to read") from None
+        if errors:
+            raise ValidationError.from_exception_data("parameters", errors)
+        return read
 
 
 class MlflowSettings(Strict):
@@ -420,7 +517,8 @@ def _key_path(loc: tuple[Any, ...], data: Any) -> str:
                 node = None
             parts.append(label)
             continue
-        if item in {"Ref", "str", "bool", "int", "float", "list", "dict", "none"}:
+        if item in {"Ref", "str", "bool", "int", "float", "list", "dict", "none", "short_form",
+                    "long_form"}:
             continue  # union branch names say nothing to the user
         parts.append(f".{item}" if parts else str(item))
         node = node.get(item) if isinstance(node, dict) else None

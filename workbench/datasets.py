@@ -8,6 +8,7 @@ REGRESSION = {"diabetes"}
 
 
 def task_of(dataset: str) -> str:
+    """``"regression"`` or ``"classification"``: what kind of model ``dataset`` calls for."""
     return "regression" if dataset in REGRESSION else "classification"
 
 

@@ -1,4 +1,4 @@
-"""The notebook API: what stage notebooks import for platform work, one module.
+"""The notebook API: everything a stage notebook imports for platform work, in one module.
 
     from workbench import notebook as wb
 
@@ -6,8 +6,31 @@
     setup = wb.load_test_setup("qa", ...)         # endpoint, profile, SLO, request body
     result = wb.run_load(f"{setup.endpoint}/invocations", setup.body, setup.profile)
 
+This is the stable, public surface for notebooks: the shipped notebooks use nothing else from
+``workbench``, and the modules behind these names may move. By purpose:
+
+Scraps
+    :func:`glue` records a stage output.
+Data
+    :func:`load_split` (the held-out split every stage shares), :func:`task_of`.
+Model logging & registration
+    :func:`connect` (the project's MLflow store), :func:`log_sklearn_model`,
+    :func:`latest_model_uri`, :func:`record_evaluation`, :func:`recorded_evaluation`,
+    :func:`register`.
+Champion lookup
+    :func:`champion`, :func:`version_by_alias`.
+Deploy & smoke test
+    :func:`deploy_model`, :func:`smoke_test`, :func:`check_served_version`.
+Review form
+    :func:`load_review` (evidence, form and summary of one release),
+    :func:`resolve_review_mode` (interactive or headless).
+Load test & monitor setup
+    :func:`load_test_setup`, :func:`run_load`, :func:`evaluate_slo`, :func:`enforce`,
+    :func:`as_dicts`, :func:`timeline`; :func:`monitor_setup`, :func:`watch`,
+    :func:`breaches`, :func:`describe_breaches`.
+
 Names are loaded on first use, so importing this module costs a kernel nothing beyond
-:mod:`workbench.scraps`.
+:mod:`workbench.scraps` (no MLflow, no scikit-learn).
 """
 
 from __future__ import annotations
@@ -18,13 +41,49 @@ from typing import TYPE_CHECKING, Any
 from workbench.scraps import glue
 
 if TYPE_CHECKING:
+    from workbench.datasets import load_split, task_of
+    from workbench.deploy import deploy_model
+    from workbench.deploy.smoke import check_served_version, smoke_test
+    from workbench.governance.review import load as load_review
+    from workbench.governance.review import resolve_mode as resolve_review_mode
     from workbench.operations.loadtest import as_dicts, enforce, evaluate_slo, run_load, timeline
     from workbench.operations.monitor import breaches, watch
     from workbench.operations.monitor import describe as describe_breaches
     from workbench.operations.setup import load_test_setup, monitor_setup
+    from workbench.registry.models import (
+        champion,
+        latest_model_uri,
+        log_sklearn_model,
+        record_evaluation,
+        recorded_evaluation,
+        register,
+        version_by_alias,
+    )
+    from workbench.registry.store import connect
 
 # name -> "module:attribute", imported when first used
 _LAZY = {
+    # data
+    "load_split": "workbench.datasets:load_split",
+    "task_of": "workbench.datasets:task_of",
+    # model logging & registration
+    "connect": "workbench.registry.store:connect",
+    "log_sklearn_model": "workbench.registry.models:log_sklearn_model",
+    "latest_model_uri": "workbench.registry.models:latest_model_uri",
+    "record_evaluation": "workbench.registry.models:record_evaluation",
+    "recorded_evaluation": "workbench.registry.models:recorded_evaluation",
+    "register": "workbench.registry.models:register",
+    # champion lookup
+    "champion": "workbench.registry.models:champion",
+    "version_by_alias": "workbench.registry.models:version_by_alias",
+    # deploy & smoke test
+    "deploy_model": "workbench.deploy:deploy_model",
+    "smoke_test": "workbench.deploy.smoke:smoke_test",
+    "check_served_version": "workbench.deploy.smoke:check_served_version",
+    # review form
+    "load_review": "workbench.governance.review:load",
+    "resolve_review_mode": "workbench.governance.review:resolve_mode",
+    # load test & monitor setup
     "load_test_setup": "workbench.operations.setup:load_test_setup",
     "monitor_setup": "workbench.operations.setup:monitor_setup",
     "run_load": "workbench.operations.loadtest:run_load",
@@ -37,8 +96,13 @@ _LAZY = {
     "describe_breaches": "workbench.operations.monitor:describe",
 }
 
-__all__ = ["as_dicts", "breaches", "describe_breaches", "enforce", "evaluate_slo", "glue",
-           "load_test_setup", "monitor_setup", "run_load", "timeline", "watch"]
+__all__ = [
+    "as_dicts", "breaches", "champion", "check_served_version", "connect", "deploy_model",
+    "describe_breaches", "enforce", "evaluate_slo", "glue", "latest_model_uri", "load_review",
+    "load_split", "load_test_setup", "log_sklearn_model", "monitor_setup", "record_evaluation",
+    "recorded_evaluation", "register", "resolve_review_mode", "run_load", "smoke_test",
+    "task_of", "timeline", "version_by_alias", "watch",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -65,4 +65,6 @@ def find_project(start: Path | None = None) -> Project:
     for candidate in (here, *here.parents):
         if (candidate / MARKER).is_file():
             return Project(candidate)
-    raise ProjectNotFoundError(f"no {MARKER} in {here} or any parent directory")
+    raise ProjectNotFoundError(f"no {MARKER} in {here} or any parent directory; start a "
+                               f"project with `workbench init DIR` (`workbench init --list` "
+                               f"shows the templates)")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from workbench.atomic import write_bytes
 from workbench.clock import stamped_id
-from workbench.config import FailureClass
+from workbench.config import STANDARD_NAMES, FailureClass
 from workbench.errors import WorkbenchError
 from workbench.identity import Identity
 from workbench.project import Project
@@ -72,6 +72,17 @@ class StageRecord(BaseModel):
     # pre-started (and preloaded) kernel, one forked from the run's fork server, or neither
     kernel: Literal["warm", "forked", "cold"] | None = None
     gate: dict[str, Any] | None = None  # a gate stage's verdict: state, bundle, approvals
+    # role -> the output that plays it, as the pipeline declared (README: output roles);
+    # empty in records written before roles were recorded: the standard names apply there
+    roles: dict[str, str] = {}
+
+    def output(self, role: str) -> Any:
+        """The value of the output that plays ``role``, or None."""
+        name = self.roles.get(role) if self.roles else _STANDARD_NAME_OF.get(role)
+        return self.outputs.get(name) if name else None
+
+
+_STANDARD_NAME_OF: dict[str, str] = {role: name for name, role in STANDARD_NAMES.items()}
 
 
 class ModelVersion(BaseModel):

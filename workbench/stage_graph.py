@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import graphlib
+from collections.abc import Iterator
 from typing import Any
 
 from workbench.config import PIPELINE_FILE, REF_ROOTS, RUN_FIELDS, Config, Problem, Ref, Stage
@@ -155,17 +156,32 @@ def needed_upstream(config: Config, chosen: set[str]) -> set[str]:
     return {up for name in chosen for up in upstream[name]} - chosen
 
 
+def refs_in(value: Any, path: str = "") -> Iterator[tuple[str, Ref]]:
+    """Every reference in a parameter's value, at any depth of its lists and mappings, with its
+    key path appended to ``path`` (``""`` for the value itself, ``".alpha"``, ``"[1]"``)."""
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, Ref):
+            yield where, node
+        elif isinstance(node, dict):
+            stack.extend((f"{where}.{key}", item) for key, item in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in reversed(list(enumerate(node))))
+
+
 def reference_problems(config: Config) -> list[Problem]:
-    """References to unknown roots, keys, run fields, or outputs no upstream stage declares."""
+    """References to unknown roots, keys, run fields, or outputs no upstream stage declares
+    (references nested in a literal list or mapping too, named by their full key path)."""
     problems: list[Problem] = []
     upstream = ancestors(config)
     for index, stage in enumerate(config.pipeline.stages):
         for param, value in stage.parameters.items():
-            if isinstance(value, Ref):
-                message = _reference_problem(config, stage, value, upstream[stage.name])
+            for where, ref in refs_in(value, f"parameters.{param}"):
+                message = _reference_problem(config, stage, ref, upstream[stage.name])
                 if message:
-                    where = _where(index, stage, f"parameters.{param}")
-                    problems.append(Problem(PIPELINE_LABEL, where, message))
+                    problems.append(Problem(PIPELINE_LABEL, _where(index, stage, where),
+                                            message))
     return problems
 
 
@@ -215,10 +231,15 @@ def resolve_parameters(
     environment = stage.target_environment or environment
     env = {"name": environment, **config.environments[environment].model_dump()}
     roots: dict[str, Any] = {"model": config.model.model_dump(), "env": env, "run": run, **outputs}
-    resolved: dict[str, Any] = {}
-    for name, value in stage.parameters.items():
-        if isinstance(value, Ref):
-            resolved[name] = lookup(roots[value.root], value.keys)
-        else:
-            resolved[name] = value
-    return resolved
+    return {name: _resolve(value, roots) for name, value in stage.parameters.items()}
+
+
+def _resolve(value: Any, roots: dict[str, Any]) -> Any:
+    """``value`` with each reference in it, at any depth, replaced by what it points at."""
+    if isinstance(value, Ref):
+        return lookup(roots[value.root], value.keys)
+    if isinstance(value, dict):
+        return {key: _resolve(item, roots) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_resolve(item, roots) for item in value]
+    return value

@@ -1,1 +1,2 @@
-"""CI integration: JUnit XML, Markdown summaries, log groups and pipeline templates."""
+"""CI integration: JUnit XML, Markdown summaries, and pipeline definitions generated from the
+project (GitHub Actions, GitLab CI, Jenkins)."""

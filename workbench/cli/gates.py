@@ -90,8 +90,9 @@ def lab(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8888,
     no_browser: Annotated[bool, typer.Option("--no-browser")] = False,
-    review: Annotated[str | None, typer.Option(metavar="RUN", help="Open a copy of "
-                      "approve.ipynb for RUN, kept in the run's reviews/ folder.")] = None,
+    review: Annotated[str | None, typer.Option(metavar="RUN", help="Open a copy of the "
+                      "approval notebook of the --env gate (the notebook of the stage with "
+                      "'gate: ENV') for RUN, kept in the run's reviews/ folder.")] = None,
     env: Annotated[str, typer.Option("--env", help="Environment to review for.")] = "qa",
 ) -> None:
     """Open JupyterLab on the project (127.0.0.1 only; widget state is saved with notebooks).

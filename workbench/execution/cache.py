@@ -182,7 +182,7 @@ def stage_key(stage: Stage, root: Path, state_dir: Path, parameters: dict[str, A
         "stage": stage.name,
         "notebook": hashlib.sha256(notebook).hexdigest(),
         "kernel": _kernel_spec(notebook.decode("utf-8", errors="replace")),
-        "outputs": stage.outputs,
+        "outputs": stage.output_types,
         "parameters": inputs,
         "files": _file_inputs(inputs, root),
         "upstream": upstream_outputs,

@@ -1,21 +1,30 @@
 """The ``parameters`` cell of a notebook: what it declares, and whether a value fits.
 
-We parse the cell with :mod:`ast` instead of ``papermill.inspect_notebook``: it reads the
-annotations exactly (papermill's inspector works on text) and it avoids importing papermill
-and nbformat (about 3 s here) in ``workbench validate``.
+We parse the cell with :mod:`ast` for the types: it reads the annotations exactly (papermill's
+inspector works on text). Which names are parameters at all is papermill's call, though: it
+warns "Passed unknown parameter" for a name its own inspector does not find, and "Unable to
+parse line" for a line it cannot read. :func:`read_parameters_cell` therefore also runs
+papermill's inspector (``PythonTranslator.inspect``, what ``papermill.execute_notebook`` uses)
+and names every line where the two disagree, so that ``workbench validate`` refuses what
+papermill would not read instead of silently diverging.
 """
 
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+import logging
+import re
+import sys
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from workbench.execution.notebook_file import NotebookError, load_checked
 from workbench.execution.outputs import PYTHON_TYPES as SIMPLE_TYPES
 
-__all__ = ["Declared", "NotebookError", "declared_parameters", "parameters_cell"]
+__all__ = ["Declared", "NotebookError", "ParametersCell", "Unread", "declared_parameters",
+           "papermill_reading", "parameters_cell", "read_parameters_cell"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,7 @@ class Declared:
     name: str
     annotation: str | None
     default: Any
+    line: int = field(default=0, compare=False)  # where the cell declares it (1-based)
 
     def accepts(self, value: Any) -> bool:
         """True when ``value`` fits the annotation (or the default's type when unannotated)."""
@@ -78,6 +88,95 @@ def parameters_cell(nb: dict[str, Any]) -> str | None:
 
 def declared_parameters(path: Path) -> dict[str, Declared]:
     """Parameters declared in the notebook at ``path``; raises :class:`NotebookError`."""
+    return read_parameters_cell(path, papermill=False).declared
+
+
+@dataclass(frozen=True)
+class Unread:
+    """A line of the parameters cell papermill does not read as the Python code does."""
+
+    line: int  # 1-based, in the cell
+    text: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"parameters cell line {self.line} ({self.text.strip()!r}): {self.why}"
+
+
+@dataclass(frozen=True)
+class ParametersCell:
+    """A notebook's parameters cell: what it declares (:mod:`ast`), the names papermill finds
+    in it, and the lines papermill does not read as declared."""
+
+    declared: dict[str, Declared]
+    papermill: frozenset[str]
+    unread: tuple[Unread, ...]
+
+
+_UNPARSED = re.compile(r"Unable to parse line (\d+) '(.*)'\.", re.DOTALL)  # papermill's words
+
+
+def papermill_reading(source: str) -> tuple[frozenset[str], list[tuple[int, str]]]:
+    """The parameter names papermill's own inspector finds in a parameters cell, and the lines
+    it warns it cannot parse (line number, text); its warnings are returned, not logged."""
+    # as workbench.execution.stage does: jsonschema's optional iri checks cost seconds to import
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+    from papermill import translators
+    from papermill.translators import PythonTranslator
+
+    logger = translators.logger  # the inspector's own logger ("papermill.translators")
+
+    unparsed: list[tuple[int, str]] = []
+    here = threading.get_ident()
+
+    def keep(record: logging.LogRecord) -> bool:
+        match = _UNPARSED.fullmatch(record.getMessage())
+        if record.thread != here or match is None:
+            return True
+        unparsed.append((int(match.group(1)), match.group(2)))
+        return False  # reported by the caller, not printed
+
+    logger.addFilter(keep)
+    try:
+        found = PythonTranslator.inspect({"source": source})
+    finally:
+        logger.removeFilter(keep)
+    return frozenset(p.name for p in found), unparsed
+
+
+def _disagreements(source: str, declared: dict[str, Declared], names: frozenset[str],
+                   unparsed: list[tuple[int, str]]) -> tuple[Unread, ...]:
+    """The lines papermill cannot parse, and those declaring a parameter papermill misses."""
+    lines = source.splitlines()
+    on_line = {d.line: d.name for d in declared.values()}
+    found: list[Unread] = []
+    for number, text in unparsed:
+        name = on_line.get(number)
+        lost = f"; it does not see parameter {name!r} (it would call it unknown)" \
+            if name and name not in names else ""
+        found.append(Unread(number, text, "papermill cannot parse it (a parameter line may have "
+                            "one '=', and one in a comment or a string counts) and warns "
+                            f"'Unable to parse line' on every run{lost}"))
+    seen = {number for number, _ in unparsed}
+    for item in declared.values():
+        if item.name in names or item.line in seen:
+            continue
+        text = lines[item.line - 1] if 0 < item.line <= len(lines) else item.name
+        if "=" not in text:
+            why = "it has no default: papermill only reads 'name = value' lines"
+        elif item.annotation:  # a line with one '=' and no annotation always matches
+            why = (f"papermill's parser does not read the annotation {item.annotation!r} (it "
+                   f"takes names, brackets and commas: e.g. Optional[X] for X | None)")
+        else:
+            why = "papermill's parameter pattern does not match it"
+        found.append(Unread(item.line, text, f"{why}, so papermill does not see parameter "
+                            f"{item.name!r} (it would call it unknown)"))
+    return tuple(sorted(found, key=lambda u: u.line))
+
+
+def read_parameters_cell(path: Path, papermill: bool = True) -> ParametersCell:
+    """The parameters cell of the notebook at ``path``; raises :class:`NotebookError`.
+    Without ``papermill``, papermill's reading is left out (and papermill not imported)."""
     nb = load_checked(path)
     source = parameters_cell(nb)
     if source is None:
@@ -103,5 +202,8 @@ def declared_parameters(path: Path) -> dict[str, Declared]:
             default = ast.literal_eval(value) if value is not None else None
         except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
             default = None  # computed default: known name, type from annotation only
-        found[name] = Declared(name, annotation, default)
-    return found
+        found[name] = Declared(name, annotation, default, node.lineno)
+    if not papermill:
+        return ParametersCell(found, frozenset(found), ())
+    names, unparsed = papermill_reading(source)
+    return ParametersCell(found, names, _disagreements(source, found, names, unparsed))

@@ -127,10 +127,19 @@ def compute(project: Project, config: Config, record: run_record.RunRecord, envi
     """The bundle the gate for ``environment`` would release for this run, as of now: every
     part recomputed, every archived notebook checked against the digest the ledger recorded."""
     gate = gate_stage(config, environment)
-    if record.model_version is None:
-        raise BundleError(f"run {record.id} has no registered model version yet; the stages "
-                          f"before gate {gate!r} must succeed first")
     upstream = [name for name in record.stages if name in ancestors(config)[gate]]
+    if record.model_version is None:
+        unfinished = [n for n in upstream if record.stages[n].status not in run_record.DONE]
+        if unfinished:
+            raise BundleError(f"run {record.id} has no registered model version yet: stage "
+                              f"{unfinished[0]!r} before gate {gate!r} has not succeeded")
+        declaring = [n for n in upstream if "model_version" in config.stage(n).roles]
+        raise BundleError(
+            f"run {record.id} has no registered model version: every stage before gate "
+            f"{gate!r} succeeded, but " + (
+                f"stage {declaring[-1]!r} gave no value for its model version output "
+                f"{config.stage(declaring[-1]).roles['model_version']!r}" if declaring else
+                "none declares an output with `role: model_version` (README: output roles)"))
     notebooks: dict[str, str] = {}
     parameters: dict[str, Any] = {}
     for name in upstream:

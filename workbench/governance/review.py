@@ -16,9 +16,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from workbench import identity, run_record
 from workbench.clock import stamped_id
+from workbench.config import Config, Stage
 from workbench.governance import approvals
 from workbench.governance.bundle import Bundle
 from workbench.project import Project, find_project
@@ -47,6 +49,14 @@ def _markdown(text: str) -> None:
     from IPython.display import Markdown, display
 
     display(Markdown(text))
+
+
+def _number(value: Any) -> str:
+    """A metric as the evidence table shows it: 4 decimals for numbers, ``-`` for none."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, int | float) and not isinstance(value, bool) \
+        else str(value)
 
 
 @dataclass
@@ -85,19 +95,18 @@ class Review:
 
     def _show_metrics(self) -> None:
         for name, entry in self.record.stages.items():
-            metrics = entry.outputs.get("metrics")
+            metrics = entry.output("metrics")
             if entry.status not in run_record.DONE or not isinstance(metrics, dict):
                 continue
-            champion = entry.outputs.get("champion") or {}
+            champion = entry.output("champion")
+            champion = champion if isinstance(champion, dict) else {}
             head = f"### Metrics from `{name}`"
             if champion.get("version"):
                 head += f" against champion v{champion['version']}"
             rows = [head, "", "| metric | candidate | champion |", "|---|---|---|"]
             for key, value in metrics.items():
-                other = champion.get(key)
-                shown = "-" if other is None else f"{other:.4f}"
-                rows.append(f"| {key} | {value:.4f} | {shown} |")
-            verdict = entry.outputs.get("passed")
+                rows.append(f"| {key} | {_number(value)} | {_number(champion.get(key))} |")
+            verdict = entry.output("verdict")
             if verdict is not None:
                 rows += ["", f"Evaluation **{'passed' if verdict else 'failed'}**."]
             _markdown("\n".join(rows))
@@ -107,7 +116,7 @@ class Review:
 
         for name, entry in self.record.stages.items():
             path = run_record.notebook_path(self.project, self.record, name)
-            if path is None or not entry.outputs.get("metrics") or not path.is_file():
+            if path is None or not entry.output("metrics") or not path.is_file():
                 continue
             for cell in json.loads(path.read_text(encoding="utf-8")).get("cells", []):
                 for output in cell.get("outputs", []):
@@ -118,7 +127,9 @@ class Review:
 
     def _show_load_tests(self) -> None:
         for name, entry in self.record.stages.items():
-            if name.startswith("load_test") and entry.status in run_record.DONE:
+            legacy = not entry.roles and name.startswith("load_test")  # older records
+            if (entry.output("load_test") is not None or legacy) \
+                    and entry.status in run_record.DONE:
                 rows = [f"### Load test `{name}`", "", "| measure | value |", "|---|---|"]
                 rows += [f"| {key} | {value} |" for key, value in entry.outputs.items()]
                 _markdown("\n".join(rows))
@@ -240,11 +251,23 @@ def load(run_id: str = "", environment: str = "qa") -> Review:
 
 
 REVIEWS_DIR = "reviews"
-REVIEW_NOTEBOOK = "notebooks/approve.ipynb"
+
+
+def gate_of(config: Config, environment: str) -> Stage:
+    """The stage gating ``environment`` (``gate: <env>``): its notebook is the review form."""
+    found = next((s for s in config.pipeline.stages if s.gate == environment), None)
+    if found is None:
+        gated = sorted({s.gate for s in config.pipeline.stages if s.gate})
+        raise approvals.ApprovalUsageError(
+            f"--env {environment}: no stage of the pipeline has 'gate: {environment}', so "
+            f"there is no approval notebook to review it with; gated environments: "
+            f"{', '.join(gated) or 'none'}")
+    return found
 
 
 def prepare_review(project: Project, run_id: str, environment: str) -> Path:
-    """A copy of the approval notebook for one run and environment, parameters injected, in
+    """A copy of the approval notebook for one run and environment (the notebook of the stage
+    gating it in the run's configuration), parameters injected, in
     ``reports/runs/<run-id>/reviews/``: what the reviewer saw is kept beside the run, and the
     committed notebook stays without outputs."""
     import nbformat
@@ -252,8 +275,14 @@ def prepare_review(project: Project, run_id: str, environment: str) -> Path:
     from papermill.parameterize import parameterize_notebook
 
     record = run_record.load(project, run_id)  # the run must exist
-    approvals.status(project, record, environment)  # and be at this environment's gate
-    source = project.root / REVIEW_NOTEBOOK
+    # the run is released as it was configured: that gate stage is what resume runs
+    gate = gate_of(approvals.run_config(record), environment)
+    source = project.root / gate.notebook
+    if not source.is_file():
+        raise approvals.ApprovalUsageError(f"--env {environment}: gate stage {gate.name!r} "
+                                           f"names notebook {gate.notebook}, which does not "
+                                           f"exist")
+    approvals.status(project, record, environment)  # the run must be at this gate
     nb = parameterize_notebook(load_notebook_node(str(source)),  # papermill's own reader
                                {"run_id": run_id, "environment": environment,
                                 "mode": "interactive"})

@@ -104,7 +104,7 @@ def _trainers(record: RunRecord, index: ledger.LedgerIndex) -> list[Identity]:
     each stage that logged an MLflow run (in the run that executed it)."""
     found = [record.trained_by] if record.trained_by else []
     for name, entry in record.stages.items():
-        if not entry.outputs.get("mlflow_run_id"):
+        if not entry.output("trained_run"):
             continue
         source = entry.reused_from or record.id
         for executed in index.of_run(source, "stage_executed"):

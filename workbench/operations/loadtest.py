@@ -190,6 +190,7 @@ def enforce(environment: str, checks: list[Check]) -> None:
 
 
 def as_dicts(checks: list[Check]) -> list[dict[str, Any]]:
+    """The SLO checks as plain dicts, ready to glue as a scrap."""
     return [asdict(c) for c in checks]
 
 

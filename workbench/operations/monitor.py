@@ -92,4 +92,5 @@ def breaches(summary: dict[str, Any], policy: MonitorPolicy) -> list[dict[str, A
 
 
 def describe(found: list[dict[str, Any]]) -> str:
+    """The breaches :func:`breaches` found, as one line (``metric observed > threshold``)."""
     return "; ".join(f"{b['metric']} {b['observed']} > {b['threshold']}" for b in found)

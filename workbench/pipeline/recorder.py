@@ -116,26 +116,29 @@ class Recorder:
             return self._append("stage_attempt", actor, data, [archived] if archived else [])
 
     def deploy(self, name: str, environment: str, actor: Identity) -> None:
-        """A stage that served a model (its ``served_version`` output) is a ``deploy``."""
+        """A stage that served a model (an output in role ``served_version``) is a
+        ``deploy``."""
         record = self.record
-        outputs = record.stages[name].outputs
-        if "served_version" not in outputs:
+        entry = record.stages[name]
+        served, endpoint = entry.output("served_version"), entry.output("endpoint")
+        if served is None:
             return
         model = record.model_version.name if record.model_version else None
-        version = str(outputs["served_version"])
+        version = str(served)
         with self._lock:
             self._append("deploy", actor.model_dump(),
                          {"stage": name, "environment": environment, "model": model,
-                          "version": version, "endpoint": outputs.get("endpoint")})
+                          "version": version, "endpoint": endpoint})
         self.bus.emit(Deployed(stage=name, run_id=record.id, environment=environment,
-                               model=model, version=version, endpoint=outputs.get("endpoint")))
+                               model=model, version=version, endpoint=endpoint))
 
     def alias_output(self, name: str, actor: Identity) -> dict[str, Any] | None:
-        """An alias a stage moved itself (its ``alias_move`` output: alias, from, to)."""
+        """An alias a stage moved itself (an output in role ``alias_move``: alias, from,
+        to)."""
         from workbench.governance.promotion import record_move
 
         record = self.record
-        move = record.stages[name].outputs.get("alias_move")
+        move = record.stages[name].output("alias_move")
         if not isinstance(move, dict) or not move.get("alias") or record.model_version is None:
             return None
         previous = move.get("from")

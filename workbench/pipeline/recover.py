@@ -221,12 +221,12 @@ def _side_effects(project: Project, recorder: Recorder, name: str, known: _Ledge
 
     record = recorder.record
     notes = []
-    outputs = record.stages[name].outputs
-    if isinstance(outputs.get("alias_move"), dict) and record.model_version is not None and \
+    entry = record.stages[name]
+    if isinstance(entry.output("alias_move"), dict) and record.model_version is not None and \
             not any(m.via == f"stage {name}" for m in read_moves(project, record.id)):
         recorder.alias_output(name, actor)
         notes.append(f"stage {name}: its alias move recorded")
-    if "served_version" in outputs and not known.has("deploy", name):
+    if entry.output("served_version") is not None and not known.has("deploy", name):
         recorder.deploy(name, environment_of(name), actor)
         notes.append(f"stage {name}: its deploy recorded in the ledger")
     return notes

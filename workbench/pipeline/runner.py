@@ -109,7 +109,8 @@ def _new_record(project: Project, config: Config, environment: str, tracking_uri
         config=config.sources,
         tracking_uri=tracking_uri,
         experiment=config.pipeline.mlflow.experiment,
-        stages={name: run_record.StageRecord() for name in stage_order(config)},
+        stages={name: run_record.StageRecord(roles=config.stage(name).roles)
+                for name in stage_order(config)},
         requested_by=actor,
     )
 
@@ -148,8 +149,9 @@ def _reuse(record: RunRecord, config: Config, chosen: set[str], base: RunRecord 
         old = base.stages[name]
         record.stages[name] = old.model_copy(update={
             "status": "reused", "reused_from": old.reused_from or base.id,
-            "reuse": "selection"})
-        note_mlflow(record, old.outputs, config.model.name, base.trained_by or base.requested_by)
+            "reuse": "selection", "roles": config.stage(name).roles})
+        note_mlflow(record, record.stages[name], config.model.name,
+                    base.trained_by or base.requested_by)
 
 
 def start_run(project: Project, config: Config, environment: str, listeners: Iterable[Any],

@@ -17,7 +17,6 @@ import functools
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
 
 from workbench import run_record
 from workbench.audit import archive
@@ -35,7 +34,7 @@ from workbench.pipeline.gates import run_gate
 from workbench.pipeline.recorder import Recorder
 from workbench.pipeline.stage_run import run_archived_stage
 from workbench.project import Project
-from workbench.run_record import RunRecord
+from workbench.run_record import RunRecord, StageRecord
 from workbench.stage_graph import ancestors, resolve_parameters
 
 WAIT_STEP = 0.5  # seconds between checks of a Ctrl-C while stages run
@@ -43,14 +42,15 @@ LOOKAHEAD = 2  # warm the kernels of the next stages and of the ones after those
 Running = dict[Future[tuple[StageResult, Path | None]], str]
 
 
-def note_mlflow(record: RunRecord, outputs: dict[str, Any], model_name: str,
+def note_mlflow(record: RunRecord, entry: StageRecord, model_name: str,
                 actor: Identity | None) -> None:
-    """Pick up MLflow run ids and the registered version from conventional output names."""
-    run_id = outputs.get("mlflow_run_id")
+    """Pick up the trained MLflow run and the registered version from the stage's outputs
+    that play those roles (``trained_run``, ``model_version``)."""
+    run_id = entry.output("trained_run")
     if isinstance(run_id, str) and run_id and run_id not in record.mlflow_run_ids:
         record.mlflow_run_ids.append(run_id)
         record.trained_by = record.trained_by or actor
-    version = outputs.get("model_version")
+    version = entry.output("model_version")
     if version not in (None, "", 0):
         record.model_version = run_record.ModelVersion(name=model_name, version=str(version))
 
@@ -225,7 +225,7 @@ class Scheduler:
         entry.started = entry.finished = utc_now()
         entry.duration_s = 0.0
         self.outputs[name] = dict(hit.outputs)
-        note_mlflow(self.record, hit.outputs, self.config.model.name, hit.actor)
+        note_mlflow(self.record, entry, self.config.model.name, hit.actor)
         self.recorder.stage(name, None)
         self.bus.emit(StageFinished(stage=name, status="reused", duration_s=0.0, error=None,
                                     reused_from=hit.run_id, cache_key=entry.cache_key))
@@ -307,7 +307,7 @@ class Scheduler:
         entry.outputs, entry.error = result.outputs, result.error
         entry.finished, entry.duration_s = utc_now(), round(result.duration_s, 3)
         self.outputs[name] = result.outputs
-        note_mlflow(self.record, result.outputs, self.config.model.name, self.actor)
+        note_mlflow(self.record, entry, self.config.model.name, self.actor)
         self.recorder.stage(name, archived)
         if result.succeeded:
             self.recorder.alias_output(name, self.actor)

@@ -19,11 +19,12 @@ from workbench.registry import secret_guard
 from workbench.run_record import RunRecord
 
 
-def _mlflow_leaks(record: RunRecord, result: StageResult, started_ms: int, secrets: Secrets
-                  ) -> list[secret_guard.Leak]:
+def _mlflow_leaks(record: RunRecord, name: str, result: StageResult, started_ms: int,
+                  secrets: Secrets) -> list[secret_guard.Leak]:
     """Secret values the stage left in MLflow, each removed from the store already."""
     run_ids = [*record.mlflow_run_ids]
-    named = result.outputs.get("mlflow_run_id")
+    roles = record.stages[name].roles if name in record.stages else {}
+    named = result.outputs.get(roles.get("trained_run", "mlflow_run_id"))
     if isinstance(named, str) and named and named not in run_ids:
         run_ids.append(named)
     if record.tracking_uri.startswith("sqlite:///"):
@@ -63,7 +64,7 @@ def run_archived_stage(project: Project, record: RunRecord, name: str, stage: St
     staged = archive.staging_path(project, record.id, entry.notebook or f"{name}.ipynb")
     request = ExecutionRequest(
         notebook=project.root / stage.notebook, output=staged, parameters=entry.parameters,
-        declared_outputs=stage.outputs, cwd=project.root, timeout=stage.timeout,
+        declared_outputs=stage.output_types, cwd=project.root, timeout=stage.timeout,
         run_id=record.id, stage=name, environment=environment, on_cell=on_cell,
         limits=KernelLimits(startup_timeout=stage.startup_timeout,
                             cell_timeout=stage.cell_timeout, hang_timeout=stage.hang_timeout,
@@ -76,7 +77,7 @@ def run_archived_stage(project: Project, record: RunRecord, name: str, stage: St
     result.outputs = secrets.redact(result.outputs)
     result.error = secrets.redact_text(result.error) if result.error else result.error
     if secrets:
-        leaks = _mlflow_leaks(record, result, started_ms, secrets)
+        leaks = _mlflow_leaks(record, name, result, started_ms, secrets)
         if leaks:
             result.succeeded, result.failure = False, "error"
             result.error = "; ".join(leak.describe() for leak in leaks[:3]) + (

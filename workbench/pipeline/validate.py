@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from workbench.config import Config, ConfigError, Problem, Ref, load_config
-from workbench.execution.parameters import Declared, NotebookError, declared_parameters
+from workbench.execution.parameters import Declared, NotebookError, read_parameters_cell
+from workbench.pipeline.role_checks import role_problems
 from workbench.project import Project
 from workbench.stage_graph import (
     PIPELINE_LABEL,
@@ -27,7 +28,7 @@ def load_and_validate(project: Project) -> Config:
     problems = graph_problems(config)
     if not problems:
         problems = gate_problems(config) or reference_problems(config)
-        problems += cache_problems(config)
+        problems += cache_problems(config) + role_problems(config)
     problems += notebook_problems(project, config)
     problems += _kubernetes_problems(project, config)  # configs/kubernetes.yaml, when used
     if problems:
@@ -57,7 +58,7 @@ def _candidate_values(config: Config, value: Any) -> list[Any]:
                 for n, e in config.environments.items()]
     if value.root == "run":
         return [""]
-    return [SAMPLE_OF_TYPE[config.stage(value.root).outputs[value.keys[0]]]]
+    return [SAMPLE_OF_TYPE[config.stage(value.root).output_types[value.keys[0]]]]
 
 
 def _expected(declared: Declared) -> str:
@@ -67,7 +68,9 @@ def _expected(declared: Declared) -> str:
 
 
 def notebook_problems(project: Project, config: Config) -> list[Problem]:
-    """Missing notebooks, unknown parameters and values that do not fit the declared type."""
+    """Missing notebooks, unknown parameters, values that do not fit the declared type, and
+    parameters-cell lines papermill does not read as Python does (papermill's own inspector
+    decides what it calls an unknown parameter)."""
     problems: list[Problem] = []
     for index, stage in enumerate(config.pipeline.stages):
         where = f"stages[{index}]({stage.name})"
@@ -77,16 +80,25 @@ def notebook_problems(project: Project, config: Config) -> list[Problem]:
                                     f"notebook {stage.notebook} does not exist"))
             continue
         try:
-            declared = declared_parameters(path)
+            cell = read_parameters_cell(path)
         except NotebookError as exc:
             problems.append(Problem(PIPELINE_LABEL, f"{where}.notebook", f"{stage.notebook} {exc}"))
             continue
+        declared = cell.declared
+        problems += [Problem(PIPELINE_LABEL, f"{where}.notebook", f"{stage.notebook} {unread}")
+                     for unread in cell.unread]
         for name, value in stage.parameters.items():
             key = f"{where}.parameters.{name}"
             if name not in declared:
                 problems.append(Problem(PIPELINE_LABEL, key,
                     f"{stage.notebook} declares no parameter {name!r} in its parameters cell; "
                     f"it declares {sorted(declared)}"))
+                continue
+            if name not in cell.papermill:
+                problems.append(Problem(PIPELINE_LABEL, key,
+                    f"papermill would call {name!r} an unknown parameter: it does not read it "
+                    f"from line {declared[name].line} of the parameters cell of "
+                    f"{stage.notebook}"))
                 continue
             try:
                 candidates = _candidate_values(config, value)

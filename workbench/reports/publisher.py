@@ -56,7 +56,7 @@ def log_stage(record: RunRecord, name: str, files: list[Path], ledger_seq: int) 
 
     client = client_for(record.tracking_uri)
     entry = record.stages[name]
-    run_id = entry.outputs.get("mlflow_run_id")
+    run_id = entry.output("trained_run")
     created = not (isinstance(run_id, str) and run_id)
     if created:
         experiment = client.get_experiment_by_name(record.experiment)

@@ -58,8 +58,8 @@ def summarise(record: run_record.RunRecord) -> dict[str, Any]:
                         for name in s.gate.get("approved_by", [])})
     metrics: dict[str, Any] = {}
     for entry in record.stages.values():
-        if isinstance(entry.outputs.get("metrics"), dict):
-            metrics.update(entry.outputs["metrics"])
+        if isinstance(entry.output("metrics"), dict):
+            metrics.update(entry.output("metrics"))
     durations = [s.duration_s for s in record.stages.values() if s.duration_s]
     return {
         "id": record.id, "pipeline": record.pipeline, "status": record.status,
@@ -117,7 +117,8 @@ def build_index(project: Project) -> list[dict[str, Any]]:
 
 def environment_history(project: Project) -> dict[str, list[dict[str, Any]]]:
     """Per environment, every alias move, deploy and rollback in ledger order, with its
-    approvals (a rollback with its trigger and reason)."""
+    approvals (a rollback with its trigger and reason; a deploy with the seq of the alias move
+    of its version, or None when no alias move preceded it)."""
     history: dict[str, list[dict[str, Any]]] = {}
     for entry in ledger.entries(project.reports):
         if entry.get("event") not in ("alias_move", "deploy", "rollback"):
@@ -135,8 +136,15 @@ def environment_history(project: Project) -> dict[str, list[dict[str, Any]]]:
         history.setdefault(environment or "?", []).append(item)
     for items in history.values():
         moves = [i for i in items if i["event"] in ("alias_move", "rollback")]
-        for current, following in zip(moves, [*moves[1:], None], strict=True):
-            current["until"] = following["time"] if following else None
+        for index, current in enumerate(moves):  # an environment may have deploys, no move
+            current["until"] = moves[index + 1]["time"] if index + 1 < len(moves) else None
+        for item in items:
+            if item["event"] == "deploy":
+                # the alias move (or rollback) in effect when it deployed, if it named the
+                # version deployed; None: a deploy without an alias move, shown as such
+                before = [m for m in moves if m["seq"] < item["seq"]]
+                item["alias_move"] = before[-1]["seq"] if before and \
+                    before[-1]["version"] == item["version"] else None
     return history
 
 
@@ -202,7 +210,7 @@ def build_run_page(project: Project, run_id: str) -> Path:
             "html": rel.with_suffix(".html").as_posix()
             if rel and notebook and notebook.with_suffix(".html").exists() else None,
             "plots": _plots(notebook) if notebook and notebook.is_file()
-            and entry.outputs.get("metrics") else [],
+            and entry.output("metrics") else [],
         })
     longest = max((entry.duration_s or 0.0 for entry in record.stages.values()),
                   default=0.0) or 1
