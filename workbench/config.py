@@ -395,9 +395,12 @@ class GatePolicy(Strict):
 
     approvers: list[str] = Field(min_length=1)  # names, or group:<name> from ``groups``
     quorum: Annotated[int, Field(ge=1)] = 1
-    allow_self_approval: bool | None = None  # requester or trainer approves; default: not prod
+    # a production gate: unless set below, no self-approval and a comment required; unset on
+    # all three: the environment named prod is taken as strict (a warning says so)
+    strict: bool | None = None
+    allow_self_approval: bool | None = None  # requester or trainer approves; default: not strict
     valid_for: str = "7d"
-    require_comment: bool | None = None  # default: prod; a rejection always needs one
+    require_comment: bool | None = None  # default: strict; a rejection always needs one
     # identity sources whose approvals count here (default: any); e.g. [github, jupyterhub]
     identity_sources: list[IdentitySource] | None = None
 
@@ -435,18 +438,32 @@ class Gates(Strict):
         """Every name that may approve for ``environment`` (groups expanded)."""
         return _expand(self.policies[environment].approvers, self.groups)
 
+    def is_strict(self, environment: str) -> bool:
+        """Whether the environment's gate is a production gate (its policy's ``strict``; a
+        policy that declares none of strict, allow_self_approval, require_comment: the one
+        named prod, as before ``strict`` existed)."""
+        policy = self.policies[environment]
+        return environment == "prod" if policy.strict is None else policy.strict
+
+    def declares_strictness(self, environment: str) -> bool:
+        policy = self.policies[environment]
+        return any(v is not None for v in (policy.strict, policy.allow_self_approval,
+                                           policy.require_comment))
+
     def allows_self_approval(self, environment: str) -> bool:
         allowed = self.policies[environment].allow_self_approval
-        return environment != "prod" if allowed is None else allowed
+        return not self.is_strict(environment) if allowed is None else allowed
 
     def requires_comment(self, environment: str) -> bool:
         required = self.policies[environment].require_comment
-        return environment == "prod" if required is None else required
+        return self.is_strict(environment) if required is None else required
 
     def version(self, environment: str) -> str:
         """sha256 of the policy that applies (with its groups expanded): its version."""
         policy = self.policies[environment].model_dump()
         policy["approvers"] = sorted(self.approvers(environment))
+        if policy.get("strict") is None:  # the version of policies that predate it
+            policy.pop("strict", None)
         if policy.get("identity_sources") is None:  # the version of policies without it
             policy.pop("identity_sources", None)  # stays what earlier releases computed
         blob = json.dumps(policy, sort_keys=True).encode()

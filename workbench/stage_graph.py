@@ -243,3 +243,19 @@ def _resolve(value: Any, roots: dict[str, Any]) -> Any:
     if isinstance(value, list):
         return [_resolve(item, roots) for item in value]
     return value
+
+
+def strictness_warnings(config: Config) -> list[Problem]:
+    """Gated environments whose policy declares neither ``strict`` nor the two rules it sets:
+    their meaning would come from their name."""
+    warnings: list[Problem] = []
+    for env in config.gates.policies:
+        if env in config.environments and not config.gates.declares_strictness(env):
+            taken = "strict (no self-approval, a comment required) because it is named prod" \
+                if env == "prod" else "not strict: its requester may approve it"
+            warnings.append(Problem("configs/gates.yaml", f"policies.{env}",
+                                    f"declares none of strict, allow_self_approval, "
+                                    f"require_comment; it is taken as {taken}. Declare "
+                                    f"`strict: true` for a production gate, `strict: false` "
+                                    f"otherwise"))
+    return warnings

@@ -28,12 +28,11 @@ from workbench.cli.app import (
 @app.command()
 def validate() -> None:
     """Check configs and notebooks without starting a kernel."""
-    from workbench.pipeline.role_checks import role_warnings
-    from workbench.pipeline.validate import load_and_validate
+    from workbench.pipeline.validate import load_and_validate, validation_warnings
 
     project = _project()
     config = load_and_validate(project)
-    for warning in role_warnings(config):
+    for warning in validation_warnings(config):
         typer.echo(f"warning: {warning}", err=True)
     stages = ", ".join(s.name for s in config.pipeline.stages)
     typer.echo(f"{project.root}: configuration valid; pipeline {config.pipeline.name!r} "

@@ -205,7 +205,7 @@ class ApprovalForm:
                                      description="Approver", placeholder="your name",
                                      disabled=platform is not None)
         self.comment = widgets.Textarea(description="Comment", placeholder="why (required to "
-                                        "reject, and for prod)")
+                                        "reject, and at a strict gate)")
         self.approve_button = widgets.Button(description="Approve", button_style="success",
                                              icon="check")
         self.reject_button = widgets.Button(description="Reject", button_style="danger",

@@ -6,7 +6,7 @@ from typing import Any
 
 from workbench.config import Config, ConfigError, Problem, Ref, load_config
 from workbench.execution.parameters import Declared, NotebookError, read_parameters_cell
-from workbench.pipeline.role_checks import role_problems
+from workbench.pipeline.role_checks import role_problems, role_warnings
 from workbench.project import Project
 from workbench.stage_graph import (
     PIPELINE_LABEL,
@@ -15,6 +15,7 @@ from workbench.stage_graph import (
     graph_problems,
     lookup,
     reference_problems,
+    strictness_warnings,
 )
 
 SAMPLE_OF_TYPE: dict[str, Any] = {
@@ -34,6 +35,11 @@ def load_and_validate(project: Project) -> Config:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def validation_warnings(config: Config) -> list[Problem]:
+    """What runs but may not mean what was intended: printed by ``workbench validate``."""
+    return role_warnings(config) + strictness_warnings(config)
 
 
 def _kubernetes_problems(project: Project, config: Config) -> list[Problem]:
