@@ -213,10 +213,14 @@ def _reference_problem(config: Config, stage: Stage, ref: Ref, upstream: set[str
     if ref.root not in upstream:
         return (f"'from: {ref.source}': stage {ref.root!r} is not upstream of {stage.name!r}; "
                 f"add it to needs")
-    declared = config.stage(ref.root).outputs
-    if len(keys) != 1 or keys[0] not in declared:
+    declared = config.stage(ref.root).output_types
+    if not keys or keys[0] not in declared:
         return (f"'from: {ref.source}': stage {ref.root!r} declares no output "
                 f"{'.'.join(keys)!r}; it declares {sorted(declared)}")
+    if len(keys) > 1 and declared[keys[0]] != "dict":
+        return (f"'from: {ref.source}': output {keys[0]!r} of stage {ref.root!r} is a "
+                f"{declared[keys[0]]}, so it has no key {'.'.join(keys[1:])!r}; only a dict "
+                f"output is read into")
     return None
 
 
@@ -231,13 +235,30 @@ def resolve_parameters(
     environment = stage.target_environment or environment
     env = {"name": environment, **config.environments[environment].model_dump()}
     roots: dict[str, Any] = {"model": config.model.model_dump(), "env": env, "run": run, **outputs}
-    return {name: _resolve(value, roots) for name, value in stage.parameters.items()}
+    resolved: dict[str, Any] = {}
+    for name, value in stage.parameters.items():
+        try:
+            resolved[name] = _resolve(value, roots)
+        except MissingValue as exc:
+            raise UnresolvedReference(f"stage {stage.name!r}, parameter {name!r}: {exc}") \
+                from None
+    return resolved
+
+
+class UnresolvedReference(WorkbenchError, LookupError):
+    """A reference into an upstream output found no value there at run time (a key of a
+    dict output that the stage did not produce): the stage fails, naming it."""
 
 
 def _resolve(value: Any, roots: dict[str, Any]) -> Any:
     """``value`` with each reference in it, at any depth, replaced by what it points at."""
     if isinstance(value, Ref):
-        return lookup(roots[value.root], value.keys)
+        try:
+            return lookup(roots[value.root], value.keys)
+        except MissingValue as exc:
+            raise MissingValue(f"'from: {value.source}': there is no {exc!s} in what stage "
+                               f"{value.root!r} output" if value.root not in REF_ROOTS else
+                               f"'from: {value.source}': no key {exc!s}") from None
     if isinstance(value, dict):
         return {key: _resolve(item, roots) for key, item in value.items()}
     if isinstance(value, list):

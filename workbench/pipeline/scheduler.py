@@ -35,7 +35,7 @@ from workbench.pipeline.recorder import Recorder
 from workbench.pipeline.stage_run import run_archived_stage
 from workbench.project import Project
 from workbench.run_record import RunRecord, StageRecord
-from workbench.stage_graph import ancestors, resolve_parameters
+from workbench.stage_graph import UnresolvedReference, ancestors, resolve_parameters
 
 WAIT_STEP = 0.5  # seconds between checks of a Ctrl-C while stages run
 LOOKAHEAD = 2  # warm the kernels of the next stages and of the ones after those
@@ -130,15 +130,23 @@ class Scheduler:
                     continue
                 if verdict != "ready":
                     continue
-                if self.config.stage(name).gate:
-                    self._prepare(name)
-                    run_gate(self.project, self.config, self.recorder, self.bus, name,
-                             self.actor, self.secrets)
-                    self.outputs[name] = dict(entry.outputs)
+                try:
+                    if self.config.stage(name).gate:
+                        self._prepare(name)
+                        run_gate(self.project, self.config, self.recorder, self.bus, name,
+                                 self.actor, self.secrets)
+                        self.outputs[name] = dict(entry.outputs)
+                        changed = True
+                        continue
+                    if self._reused_from_cache(name):
+                        changed = True
+                        continue
+                except UnresolvedReference as exc:  # the stage fails before it starts
+                    self._book(name, StageResult(succeeded=False, error=str(exc),
+                                                 failure="error"), None)
                     changed = True
-                elif self._reused_from_cache(name):
-                    changed = True
-                elif len(running) < self.jobs:
+                    continue
+                if len(running) < self.jobs:
                     self._submit(name, workers, running)
         self._warm_next(running)
 

@@ -64,6 +64,8 @@ def _candidate_values(config: Config, value: Any) -> list[Any]:
                 for n, e in config.environments.items()]
     if value.root == "run":
         return [""]
+    if len(value.keys) > 1:
+        return []  # a key of a dict output: its type is known when the upstream stage ran
     return [SAMPLE_OF_TYPE[config.stage(value.root).output_types[value.keys[0]]]]
 
 
