@@ -255,10 +255,16 @@ CASES: dict[str, Case] = {
     "ports-not-unique": Case(
         edit_yaml("environments.yaml", same_port), ENVIRONMENTS, "environments",
         "deploy ports must differ between environments, got ["),
-    "threshold-above-one": Case(
-        set_env("prod", "thresholds", "min_score", 93), ENVIRONMENTS,
+    "threshold-not-a-number": Case(
+        set_env("prod", "thresholds", "min_score", "high"), ENVIRONMENTS,
         "environments.prod.thresholds.min_score",
-        "Input should be less than or equal to 1 (got 93)"),
+        "Input should be a valid number"),
+    "objective-direction-unknown": Case(
+        edit_yaml("environments.yaml", lambda data: data["environments"]["qa"].__setitem__(
+            "objectives", [{"metric": "f1_macro", "direction": "maximize", "bound": 0.9},
+                           {"metric": "mae", "direction": "lower", "bound": 50}])),
+        ENVIRONMENTS, "environments.qa.objectives[1].direction",
+        "Input should be 'maximize' or 'minimize' (got \"lower\")"),
     "model-config-missing": Case(
         delete_file("configs/model.yaml"), MODEL, "", "file is missing"),
     "config-not-a-mapping": Case(

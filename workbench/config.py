@@ -4,7 +4,8 @@ Three YAML files under ``configs/``:
 
 - ``pipeline.yaml``: stages (notebook, parameters, upstream ``needs``, declared outputs, timeout)
   and the MLflow settings;
-- ``environments.yaml``: dev/qa/prod with deploy target, port and thresholds;
+- ``environments.yaml``: dev/qa/prod with deploy target, port and the metric objectives a
+  model must meet there (``objectives``, or the older ``thresholds`` on ``score``);
 - ``model.yaml``: registered model name, dataset, estimator and hyper-parameters;
 - ``gates.yaml`` (optional): approver groups and the approval policy of each gated environment.
 
@@ -32,7 +33,9 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    computed_field,
     field_validator,
+    model_validator,
 )
 
 from workbench.errors import WorkbenchError
@@ -312,8 +315,43 @@ class DeployTarget(Strict):
 
 
 class Thresholds(Strict):
-    min_score: Annotated[float, Field(ge=0, le=1)]
+    """The older form of one objective: ``score`` (higher is better) at least ``min_score``,
+    and at most ``max_regression`` below the champion's."""
+
+    min_score: float  # any sign: R^2 may be negative
     max_regression: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+    def as_objective(self) -> Objective:
+        """The objective these thresholds mean."""
+        return Objective(metric="score", direction="maximize", bound=self.min_score,
+                         max_regression=self.max_regression)
+
+
+Direction = Literal["maximize", "minimize"]
+# a number as YAML writes one (an int or a float, not a string or a bool), finite
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Allowance = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)]
+
+
+class Objective(Strict):
+    """What one metric of the evaluation must reach in an environment: an absolute ``bound``
+    (``>=`` when maximized, ``<=`` when minimized) and/or at most so much worsening against
+    the champion, absolute (``max_regression``) or in percent of the champion's value
+    (``max_regression_pct``)."""
+
+    metric: str = Field(min_length=1)  # a key of the evaluation notebook's metrics
+    direction: Direction
+    bound: Number | None = None
+    max_regression: Allowance | None = None
+    max_regression_pct: Allowance | None = None
+
+    @model_validator(mode="after")
+    def _checks_something(self) -> Objective:
+        if self.bound is None and self.max_regression is None \
+                and self.max_regression_pct is None:
+            raise ValueError(f"the objective on {self.metric!r} checks nothing: give bound, "
+                             f"max_regression or max_regression_pct")
+        return self
 
 
 Duration = Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*[smhd]\s*$")]
@@ -355,10 +393,22 @@ class MonitorPolicy(Strict):
 
 class Environment(Strict):
     deploy: DeployTarget
-    thresholds: Thresholds
+    thresholds: Thresholds | None = None  # the older form of an objective on ``score``
+    # the objectives as written in the file (``objectives:``); :attr:`objectives` adds the
+    # one ``thresholds`` means
+    declared_objectives: list[Objective] = Field(default=[], alias="objectives")
     slo: Slo = Slo()
     load_test: LoadProfile = LoadProfile()
     monitor: MonitorPolicy = MonitorPolicy()
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def objectives(self) -> list[Objective]:
+        """Every objective a model must meet here: the one ``thresholds`` means (first), then
+        ``objectives``; none when the environment declares neither. A computed field, so
+        ``{from: env.objectives}`` reads this list."""
+        implied = [self.thresholds.as_objective()] if self.thresholds else []
+        return [*implied, *self.declared_objectives]
 
 
 class Environments(Strict):

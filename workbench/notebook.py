@@ -19,6 +19,9 @@ Model logging & registration
     :func:`register`.
 Champion lookup
     :func:`champion`, :func:`version_by_alias`.
+Metric objectives
+    :func:`check_objectives` (each objective of an environment judged against the metrics and
+    the champion's), :func:`objectives_from_thresholds`.
 Deploy & smoke test
     :func:`deploy_model`, :func:`smoke_test`, :func:`check_served_version`.
 Review form
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
     from workbench.deploy.smoke import check_served_version, smoke_test
     from workbench.governance.review import load as load_review
     from workbench.governance.review import resolve_mode as resolve_review_mode
+    from workbench.objectives import check as check_objectives
+    from workbench.objectives import from_thresholds as objectives_from_thresholds
     from workbench.operations.loadtest import as_dicts, enforce, evaluate_slo, run_load, timeline
     from workbench.operations.monitor import breaches, watch
     from workbench.operations.monitor import describe as describe_breaches
@@ -76,6 +81,9 @@ _LAZY = {
     # champion lookup
     "champion": "workbench.registry.models:champion",
     "version_by_alias": "workbench.registry.models:version_by_alias",
+    # metric objectives
+    "check_objectives": "workbench.objectives:check",
+    "objectives_from_thresholds": "workbench.objectives:from_thresholds",
     # deploy & smoke test
     "deploy_model": "workbench.deploy:deploy_model",
     "smoke_test": "workbench.deploy.smoke:smoke_test",
@@ -97,11 +105,12 @@ _LAZY = {
 }
 
 __all__ = [
-    "as_dicts", "breaches", "champion", "check_served_version", "connect", "deploy_model",
-    "describe_breaches", "enforce", "evaluate_slo", "glue", "latest_model_uri", "load_review",
-    "load_split", "load_test_setup", "log_sklearn_model", "monitor_setup", "record_evaluation",
-    "recorded_evaluation", "register", "resolve_review_mode", "run_load", "smoke_test",
-    "task_of", "timeline", "version_by_alias", "watch",
+    "as_dicts", "breaches", "champion", "check_objectives", "check_served_version", "connect",
+    "deploy_model", "describe_breaches", "enforce", "evaluate_slo", "glue", "latest_model_uri",
+    "load_review", "load_split", "load_test_setup", "log_sklearn_model", "monitor_setup",
+    "objectives_from_thresholds", "record_evaluation", "recorded_evaluation", "register",
+    "resolve_review_mode", "run_load", "smoke_test", "task_of", "timeline", "version_by_alias",
+    "watch",
 ]
 
 

@@ -119,6 +119,9 @@ class RunRecord(BaseModel):
     trained_by: Identity | None = None
     executor: str = "local"
     options: RunOptions = RunOptions()
+    # ``workbench run -p``: "stage.param" or "model.key" -> the typed value (kept by resume,
+    # recorded in the ledger's run_started entry; workbench.pipeline.overrides)
+    overrides: dict[str, Any] = {}
 
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import graphlib
 from collections.abc import Iterator
 from typing import Any
@@ -230,19 +231,47 @@ def resolve_parameters(
     environment: str,
     run: dict[str, str],
     outputs: dict[str, dict[str, Any]],
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Concrete, typed parameter values for one stage of one run."""
+    """Concrete, typed parameter values for one stage of one run. ``overrides`` (the run's
+    ``-p`` values, checked by :mod:`workbench.pipeline.overrides`, keyed ``"stage.param"`` or
+    ``"model.key"``) replace a parameter of the stage, or a value of ``configs/model.yaml``
+    that references see."""
+    overrides = overrides or {}
     environment = stage.target_environment or environment
     env = {"name": environment, **config.environments[environment].model_dump()}
-    roots: dict[str, Any] = {"model": config.model.model_dump(), "env": env, "run": run, **outputs}
+    model = overridden_model(config.model.model_dump(), overrides)
+    roots: dict[str, Any] = {"model": model, "env": env, "run": run, **outputs}
     resolved: dict[str, Any] = {}
     for name, value in stage.parameters.items():
+        if f"{stage.name}.{name}" in overrides:
+            continue
         try:
             resolved[name] = _resolve(value, roots)
         except MissingValue as exc:
             raise UnresolvedReference(f"stage {stage.name!r}, parameter {name!r}: {exc}") \
                 from None
+    prefix = f"{stage.name}."
+    for key, value in overrides.items():
+        if key.startswith(prefix) and stage.name != "model":
+            resolved[key[len(prefix):]] = copy.deepcopy(value)
     return resolved
+
+
+def overridden_model(model: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``configs/model.yaml``'s values with the ``model.KEY`` overrides (dotted keys go into
+    nested mappings) put in place; ``model`` itself is left as it was."""
+    wanted = {key: value for key, value in overrides.items() if key.startswith("model.")}
+    if not wanted:
+        return model
+    result = copy.deepcopy(model)
+    for key, value in sorted(wanted.items()):
+        *path, last = key.split(".")[1:]
+        node = result
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = copy.deepcopy(value)
+    return result
 
 
 class UnresolvedReference(WorkbenchError, LookupError):

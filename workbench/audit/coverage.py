@@ -101,9 +101,10 @@ def _config_snapshot(reports: Path, folder: Path, index: LedgerIndex, found: Cov
 
     started = next(iter(index.of_run(folder.name, "run_started")), None)
     try:
-        sources = json.loads((folder / "run.json").read_text(encoding="utf-8"))["config"]
+        data = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        sources, overrides = data["config"], data.get("overrides") or {}
         actual = sources_digest(sources)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         found.problems.append(f"reports/{_relative(reports, folder)}/run.json: not a readable "
                               f"run record")
         return
@@ -111,6 +112,11 @@ def _config_snapshot(reports: Path, folder: Path, index: LedgerIndex, found: Cov
     if started is not None and recorded != actual:
         found.problems.append(f"reports/{_relative(reports, folder)}/run.json: its configuration "
                               f"snapshot is not the one the run started with (seq "
+                              f"{started.get('seq')})")
+    recorded_overrides = ((started or {}).get("data") or {}).get("overrides") or {}
+    if started is not None and recorded_overrides != overrides:
+        found.problems.append(f"reports/{_relative(reports, folder)}/run.json: its parameter "
+                              f"overrides (-p) are not the ones the run started with (seq "
                               f"{started.get('seq')})")
 
 

@@ -58,6 +58,11 @@ def run(
     no_warm: NoWarmOption = False,
     no_cache: NoCacheOption = False,
     no_fork: NoForkOption = False,
+    params: Annotated[list[str] | None, typer.Option(
+        "-p", "--param", metavar="STAGE.PARAM=VALUE",
+        help="Override a parameter for this run (repeatable): VALUE is YAML, typed by the "
+             "notebook's annotation; model.KEY=VALUE overrides a configs/model.yaml value "
+             "that stages reference.")] = None,
 ) -> None:
     """Run the pipeline: every stage through papermill, archived under reports/runs/.
 
@@ -67,12 +72,14 @@ def run(
     side by side (--jobs); a stage whose inputs are unchanged since an earlier execution is
     reused from the stage cache unless --no-cache (never a deploy, gate, load test or monitor).
     """
+    from workbench.pipeline import overrides
     from workbench.pipeline.runner import find_base, start_run
     from workbench.pipeline.validate import load_and_validate
     from workbench.stage_graph import SelectionError, needed_upstream, select
 
     project = _project()
     config = load_and_validate(project)
+    given = overrides.from_command_line(project, config, params or [])
     if env not in config.environments:
         raise UsageError(f"--env {env}: configs/environments.yaml defines "
                          f"{', '.join(config.environments)}")
@@ -95,7 +102,7 @@ def run(
                                  _run_id(project, base) if base else None)
     options = run_options(jobs, no_warm, no_cache, no_fork)
     record = _drive(lambda report: start_run(project, config, env, report, chosen, base_run,
-                                             executor, options), as_json)
+                                             executor, options, given), as_json)
     _finish_run(record, junit=junit, summary=summary)
 
 
@@ -112,8 +119,10 @@ def rerun(
     no_cache: NoCacheOption = False,
     no_fork: NoForkOption = False,
 ) -> None:
-    """Run again as a new run; with --failed, reuse every stage that succeeded in RUN."""
+    """Run again as a new run; with --failed, reuse every stage that succeeded in RUN (and
+    its parameter overrides, -p)."""
     from workbench import run_record
+    from workbench.pipeline import overrides
     from workbench.pipeline.runner import start_run
     from workbench.pipeline.validate import load_and_validate
     from workbench.stage_graph import ancestors
@@ -141,8 +150,10 @@ def rerun(
     upstream = ancestors(config)
     redo |= {up for name in redo for up in upstream[name] if config.stage(up).gate}
     options = run_options(jobs, no_warm, no_cache, no_fork)
+    given = overrides.from_record(project, config, earlier.overrides)
     record = _drive(lambda report: start_run(project, config, earlier.environment, report,
-                                             redo, earlier, earlier.executor, options), as_json)
+                                             redo, earlier, earlier.executor, options, given),
+                    as_json)
     _finish_run(record, junit=junit, summary=summary)
 
 
@@ -225,6 +236,9 @@ def status(
     dirty = " (uncommitted changes)" if record.git_dirty else ""
     typer.echo(f"  git {record.git_commit}{dirty}  config {record.config_hash[:12]}")
     typer.echo(f"  mlflow {record.tracking_uri}  runs {', '.join(record.mlflow_run_ids) or '-'}")
+    if record.overrides:
+        shown = "  ".join(f"{key}={json.dumps(value)}" for key, value in record.overrides.items())
+        typer.echo(f"  overrides {shown}")
     if record.model_version:
         typer.echo(f"  model {record.model_version.name} v{record.model_version.version}")
     typer.echo(f"  folder {run_record.run_dir(project, record.id)}")

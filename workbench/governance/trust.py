@@ -88,6 +88,11 @@ def trusted(project: Project, record: RunRecord, config: Config) -> Trusted:
                          f"digest {actual[:12]}, but the ledger recorded {str(recorded)[:12]} "
                          f"when the run started (seq {started.get('seq')}): the snapshot (and "
                          f"the approval policy in it) was edited")
+    overrides = (started.get("data") or {}).get("overrides") or {}
+    if overrides != record.overrides:
+        raise TrustError(f"reports/runs/{record.id}/run.json: its parameter overrides (-p) are "
+                         f"not the ones the ledger recorded when the run started (seq "
+                         f"{started.get('seq')}): the record was edited")
     requester = _identity(started.get("actor"))
     return Trusted(requester=requester, trainers=_trainers(record, index), index=index)
 

@@ -13,6 +13,7 @@ only its record and the ledger, through its :class:`~workbench.pipeline.recorder
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +25,7 @@ from filelock import FileLock, Timeout
 
 from workbench import gitinfo, identity, run_record
 from workbench.audit import archive, ledger
-from workbench.audit.redact import Secrets
+from workbench.audit.redact import SecretError, Secrets
 from workbench.clock import utc_now
 from workbench.config import Config
 from workbench.errors import WorkbenchError
@@ -156,21 +157,24 @@ def _reuse(record: RunRecord, config: Config, chosen: set[str], base: RunRecord 
 
 def start_run(project: Project, config: Config, environment: str, listeners: Iterable[Any],
               chosen: set[str] | None = None, base: RunRecord | None = None,
-              executor: str = "local", options: run_record.RunOptions | None = None
-              ) -> RunRecord:
+              executor: str = "local", options: run_record.RunOptions | None = None,
+              overrides: dict[str, Any] | None = None) -> RunRecord:
     """Create a run for ``environment`` and execute it as far as its gates allow.
 
     A partial run executes only ``chosen`` and reuses what they need from ``base``.
+    ``overrides`` are the run's checked ``-p`` values (:mod:`workbench.pipeline.overrides`).
     """
     actor = identity.current()
     secrets = Secrets.from_environment(config.pipeline.secrets)  # refuses unusable values
     secrets.check_config(config.sources)
+    _check_overrides(secrets, overrides or {})
     ledger.head(project.reports)  # a ledger ending in a torn entry is refused before anything
     store = mlflow_store.resolve(project, config.pipeline.mlflow)
     record = _new_record(project, config, environment, store.tracking_uri, actor)
     record.executor = executor
     record.options = options or run_record.RunOptions(jobs=default_jobs())
     record.config = secrets.redact(record.config)  # a secret pasted into a config file
+    record.overrides = dict(overrides or {})
     if chosen is not None:
         if base is None and needed_upstream(config, chosen):
             raise ValueError("a partial run that needs earlier stages needs a run to reuse "
@@ -231,15 +235,30 @@ def _claim_folder(project: Project, record: RunRecord) -> None:
     raise ResumeError(f"could not create a new run folder under {project.runs}")
 
 
+def _check_overrides(secrets: Secrets, overrides: dict[str, Any]) -> None:
+    """Refuse a ``-p`` value that holds a secret's value: secrets are never parameters."""
+    for key, value in sorted(overrides.items()):
+        leaked = secrets.found_in(json.dumps(value, default=str)) + (
+            secrets.found_in(value) if isinstance(value, str) else [])
+        if leaked:
+            raise SecretError(f"-p {key}: the value holds the value of secret {leaked[0]}; "
+                              f"stages read secrets from the environment "
+                              f"(os.environ[{leaked[0]!r}]), never as parameters")
+
+
 def _started_data(record: RunRecord) -> dict[str, Any]:
-    """The ``run_started`` ledger entry's data."""
+    """The ``run_started`` ledger entry's data (``overrides`` only when the run has some, so
+    that the entry of a run without them is as it always was)."""
     left_out = ("reused", "not_selected")
     partial = None
     if any(e.status in left_out for e in record.stages.values()):
         partial = sorted(n for n, e in record.stages.items() if e.status not in left_out)
-    return {"pipeline": record.pipeline, "environment": record.environment,
-            "git_commit": record.git_commit, "config_hash": record.config_hash,
-            "partial": partial}
+    data: dict[str, Any] = {"pipeline": record.pipeline, "environment": record.environment,
+                            "git_commit": record.git_commit, "config_hash": record.config_hash,
+                            "partial": partial}
+    if record.overrides:
+        data["overrides"] = record.overrides
+    return data
 
 
 def resume_run(project: Project, run_id: str, listeners: Iterable[Any],

@@ -194,7 +194,7 @@ class Scheduler:
         entry = self.record.stages[name]
         entry.parameters = resolve_parameters(self.config.stage(name), self.config,
                                               self.record.environment, self.run_info,
-                                              self.outputs)
+                                              self.outputs, self.record.overrides)
         entry.actor = self.actor
 
     # ---------------------------------------------------------------- the stage cache
