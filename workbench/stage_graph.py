@@ -31,6 +31,11 @@ def _where(index: int, stage: Stage, rest: str) -> str:
     return f"stages[{index}]({stage.name}).{rest}"
 
 
+def stage_problem(index: int, stage: Stage, rest: str, message: str) -> Problem:
+    """A problem at key ``rest`` of the ``index``-th stage of ``configs/pipeline.yaml``."""
+    return Problem(PIPELINE_LABEL, _where(index, stage, rest), message)
+
+
 def graph_problems(config: Config) -> list[Problem]:
     """Duplicate names, unknown or self ``needs``, and cycles."""
     problems: list[Problem] = []

@@ -8,8 +8,8 @@ leave the engine without one fail (or warn) before anything runs, naming the sta
 
 from __future__ import annotations
 
-from workbench.config import Config, OutputType, Problem, Stage
-from workbench.stage_graph import PIPELINE_LABEL, ancestors
+from workbench.config import Config, OutputType, Problem
+from workbench.stage_graph import ancestors, stage_problem
 
 # the types an output may have to play each role
 ROLE_TYPES: dict[str, tuple[OutputType, ...]] = {
@@ -19,10 +19,6 @@ ROLE_TYPES: dict[str, tuple[OutputType, ...]] = {
 }
 HOW = ("an output with `role: model_version` (or named model_version) in the stage that "
        "registers the model")
-
-
-def _where(index: int, stage: Stage, rest: str) -> str:
-    return f"stages[{index}]({stage.name}).{rest}"
 
 
 def _with_role(config: Config, names: set[str], role: str) -> list[str]:
@@ -38,33 +34,33 @@ def role_problems(config: Config) -> list[Problem]:
         types = stage.output_types
         for role, name in stage.roles.items():
             if types[name] not in ROLE_TYPES[role]:
-                problems.append(Problem(PIPELINE_LABEL, _where(index, stage, f"outputs.{name}"),
-                                        f"plays role {role!r}, which takes "
-                                        f"{' or '.join(ROLE_TYPES[role])}, not {types[name]}"))
+                takes = " or ".join(ROLE_TYPES[role])
+                problems.append(stage_problem(
+                    index, stage, f"outputs.{name}",
+                    f"plays role {role!r}, which takes {takes}, not {types[name]}"))
         reach = upstream[stage.name] | {stage.name}
         if _with_role(config, reach, "model_version"):
             continue
         if stage.gate:
-            problems.append(Problem(PIPELINE_LABEL, _where(index, stage, "gate"),
-                                    f"gate {stage.gate!r} releases a registered model version, "
-                                    f"but no stage up to it declares one: add {HOW}"))
+            problems.append(stage_problem(
+                index, stage, "gate",
+                f"gate {stage.gate!r} releases a registered model version, but no stage up "
+                f"to it declares one: add {HOW}"))
         acts = sorted(r for r in ("alias_move", "served_version") if r in stage.roles)
         if acts:
-            problems.append(Problem(PIPELINE_LABEL, _where(index, stage, "outputs"),
-                                    f"declares {acts[0]!r} (an alias move or a deploy of a "
-                                    f"registered model), but no stage up to it declares the "
-                                    f"model version: add {HOW}"))
+            problems.append(stage_problem(
+                index, stage, "outputs",
+                f"declares {acts[0]!r} (an alias move or a deploy of a registered model), but "
+                f"no stage up to it declares the model version: add {HOW}"))
     return problems
 
 
 def role_warnings(config: Config) -> list[Problem]:
     """What runs but leaves reviewers with less: a gate whose evidence has no metrics."""
-    warnings: list[Problem] = []
     upstream = ancestors(config)
-    for index, stage in enumerate(config.pipeline.stages):
-        if stage.gate and not _with_role(config, upstream[stage.name], "metrics"):
-            warnings.append(Problem(PIPELINE_LABEL, _where(index, stage, "gate"),
-                                    f"the evidence of gate {stage.gate!r} shows no metrics: no "
-                                    f"stage before it declares an output with `role: metrics` "
-                                    f"(or named metrics)"))
-    return warnings
+    return [stage_problem(index, stage, "gate",
+                          f"the evidence of gate {stage.gate!r} shows no metrics: no stage "
+                          f"before it declares an output with `role: metrics` (or named "
+                          f"metrics)")
+            for index, stage in enumerate(config.pipeline.stages)
+            if stage.gate and not _with_role(config, upstream[stage.name], "metrics")]
