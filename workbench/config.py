@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import typing
 from dataclasses import dataclass
@@ -727,31 +728,111 @@ def read_yaml(text: str | None, label: str) -> tuple[Any, list[Problem]]:
     return data, []
 
 
-def load_config(configs_dir: Path) -> Config:
-    """Load and validate the config files; raise :class:`ConfigError` listing all problems."""
+PIPELINES_DIR = "pipelines"  # configs/pipelines/<name>/: one folder per pipeline
+PIPELINE_ENV_VAR = "WORKBENCH_PIPELINE"  # the pipeline selected when none is passed
+
+
+def pipeline_names(configs_dir: Path) -> list[str]:
+    """The pipelines of a project with ``configs/pipelines/<name>/pipeline.yaml`` folders,
+    sorted; empty for a project of one pipeline (``configs/pipeline.yaml``)."""
+    folder = configs_dir / PIPELINES_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / PIPELINE_FILE).is_file())
+
+
+def pipeline_files(configs_dir: Path, pipeline: str | None) -> dict[str, tuple[Path, str]]:
+    """Each config file of ``pipeline`` (its folder's own, else the shared one in
+    ``configs/``) with the label problems name it by."""
+    files: dict[str, tuple[Path, str]] = {}
+    for file in (*CONFIG_FILES, *OPTIONAL_FILES):
+        files[file] = (configs_dir / file, f"configs/{file}")
+        if pipeline is not None:
+            own = configs_dir / PIPELINES_DIR / pipeline / file
+            if own.is_file():
+                files[file] = (own, f"configs/{PIPELINES_DIR}/{pipeline}/{file}")
+    return files
+
+
+def select_pipeline(configs_dir: Path, pipeline: str | None = None) -> str | None:
+    """The pipeline ``pipeline`` (or ``$WORKBENCH_PIPELINE``) names, checked; ``None`` for a
+    project of one pipeline. Several pipelines and none named is a :class:`ConfigError`."""
+    names = pipeline_names(configs_dir)
+    wanted = pipeline or os.environ.get(PIPELINE_ENV_VAR) or None
+    where = f"configs/{PIPELINES_DIR}/"
+    if not names:
+        if wanted is None:
+            return None
+        if (configs_dir / PIPELINE_FILE).is_file():  # the one pipeline, by its own name
+            return None
+        raise ConfigError([Problem(where, "", f"no pipeline {wanted!r}: the project has no "
+                                   f"pipeline folders")])
+    if wanted is None:
+        if len(names) == 1:
+            return names[0]
+        raise ConfigError([Problem(where, "", f"the project has {len(names)} pipelines; choose "
+                                   f"one with --pipeline NAME: {', '.join(names)}")])
+    if wanted not in names:
+        raise ConfigError([Problem(where, "", f"no pipeline {wanted!r}; the pipelines are: "
+                                   f"{', '.join(names)}")])
+    return wanted
+
+
+def load_config(configs_dir: Path, pipeline: str | None = None) -> Config:
+    """Load and validate the config files of one pipeline (see :func:`select_pipeline`);
+    raise :class:`ConfigError` listing all problems."""
+    selected = select_pipeline(configs_dir, pipeline)
+    files = pipeline_files(configs_dir, selected)
     texts: dict[str, str | None] = {}
     unreadable: list[Problem] = []
-    for file in (*CONFIG_FILES, *OPTIONAL_FILES):
-        path = configs_dir / file
+    for file, (path, label) in files.items():
         if not path.is_file():
             texts[file] = None
             continue
-        texts[file], found = decode_text(path.read_bytes(), f"configs/{file}")
+        texts[file], found = decode_text(path.read_bytes(), label)
         unreadable += found
     if unreadable:
         raise ConfigError(unreadable)
-    key = tuple(texts.items())
+    key = (("", selected), *texts.items())  # the pipeline, then the files
     if key not in _parsed:  # a command reads the same files more than once
         _parsed.clear()
-        _parsed[key] = parse_config(texts)
+        labels = {file: label for file, (_, label) in files.items()}
+        config = parse_config(texts, labels)
+        if selected is not None:
+            _check_pipeline(configs_dir, selected, config, labels)
+        _parsed[key] = config
     return _parsed[key]
+
+
+def _check_pipeline(configs_dir: Path, selected: str, config: Config,
+                    labels: dict[str, str]) -> None:
+    """A pipeline folder's name is its pipeline's ``name:``; no two pipelines share a model."""
+    problems: list[Problem] = []
+    if config.pipeline.name != selected:
+        problems.append(Problem(labels[PIPELINE_FILE], "name", f"is {config.pipeline.name!r}, "
+                                f"but the folder is {selected!r}: they must agree"))
+    for other in pipeline_names(configs_dir):
+        if other == selected:
+            continue
+        path, label = pipeline_files(configs_dir, other)[MODEL_FILE]
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # that pipeline's own problems are reported when it is loaded
+        if isinstance(data, dict) and data.get("name") == config.model.name:
+            problems.append(Problem(labels[MODEL_FILE], "name", f"{config.model.name!r} is "
+                                    f"also the model of pipeline {other!r} ({label}); each "
+                                    f"pipeline needs its own model name"))
+    if problems:
+        raise ConfigError(problems)
 
 
 _parsed: dict[tuple[tuple[str, str | None], ...], Config] = {}  # the configs last parsed
 
 
-def parse_config(texts: dict[str, str | None]) -> Config:
-    """Validate config file contents (``None``: the file is missing), e.g. a run's snapshot."""
+def parse_config(texts: dict[str, str | None], labels: dict[str, str] | None = None) -> Config:
+    """Validate config file contents (``None``: the file is missing), e.g. a run's snapshot;
+    ``labels`` name the files in problems (default ``configs/<file>``)."""
     problems: list[Problem] = []
     parsed: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -760,7 +841,7 @@ def parse_config(texts: dict[str, str | None]) -> Config:
         GATES_FILE: Gates,
     }
     for file, model in models.items():
-        label = f"configs/{file}"
+        label = (labels or {}).get(file, f"configs/{file}")
         text = texts.get(file)
         if text is None and file in OPTIONAL_FILES:
             continue

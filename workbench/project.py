@@ -10,6 +10,12 @@ from workbench.errors import WorkbenchError
 
 PROJECT_ENV_VAR = "WORKBENCH_PROJECT"
 MARKER = Path("configs") / "pipeline.yaml"
+PIPELINES_MARKER = Path("configs") / "pipelines"  # a project of several pipelines
+
+
+def is_project(root: Path) -> bool:
+    """``root`` holds ``configs/pipeline.yaml`` or a ``configs/pipelines/`` folder."""
+    return (root / MARKER).is_file() or (root / PIPELINES_MARKER).is_dir()
 
 
 class ProjectNotFoundError(WorkbenchError, RuntimeError):
@@ -58,12 +64,12 @@ def find_project(start: Path | None = None) -> Project:
     explicit = os.environ.get(PROJECT_ENV_VAR)
     if start is None and explicit:
         root = Path(explicit).resolve()
-        if not (root / MARKER).is_file():
+        if not is_project(root):
             raise ProjectNotFoundError(f"{PROJECT_ENV_VAR}={explicit}: no {MARKER} there")
         return Project(root)
     here = (start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
-        if (candidate / MARKER).is_file():
+        if is_project(candidate):
             return Project(candidate)
     raise ProjectNotFoundError(f"no {MARKER} in {here} or any parent directory; start a "
                                f"project with `workbench init DIR` (`workbench init --list` "

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from workbench.errors import WorkbenchError
-from workbench.project import MARKER
+from workbench.project import MARKER, is_project
 
 DEFAULT_TEMPLATE = "classifier"
 MANIFEST = "template.yaml"
@@ -142,7 +142,7 @@ def init_project(target: Path, name: str = DEFAULT_TEMPLATE) -> list[str]:
     the paths written. Refuses, touching nothing, a folder that holds a project already or
     any file the template would write."""
     template = _template(name)
-    if (target / MARKER).exists():
+    if (target / MARKER).exists() or is_project(target):
         raise InitError(f"{target} already holds a workbench project ({MARKER}); nothing "
                         f"was written")
     shipped = template_files(name)

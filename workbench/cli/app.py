@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a stage or gate failed, 2 usage or configuration error,
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from contextlib import nullcontext
@@ -41,8 +42,37 @@ def _options(
     project: Annotated[Path | None, typer.Option(help="Project folder (default: search "
                                                  "upwards from the current folder).")] = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    pipeline: Annotated[str | None, typer.Option(
+        "--pipeline", "-P", metavar="NAME", help="The pipeline (configs/pipelines/NAME/) of a "
+        "project of several; may also follow the command.")] = None,
 ) -> None:
     options["project"], options["debug"] = project, debug
+    if pipeline is not None:  # load_config, here and in the kernels, selects it
+        from workbench.config import PIPELINE_ENV_VAR
+
+        os.environ[PIPELINE_ENV_VAR] = pipeline
+
+
+PIPELINE_FLAGS = ("--pipeline", "-P")
+
+
+def hoist_pipeline(argv: list[str]) -> list[str]:
+    """``--pipeline NAME`` given after the command (``workbench run --pipeline a``) moved in
+    front of it, where the global option is parsed; nothing after ``--`` is touched."""
+    moved: list[str] = []
+    rest: list[str] = []
+    items = iter(argv)
+    for item in items:
+        if item == "--":
+            rest += [item, *items]
+            break
+        if item in PIPELINE_FLAGS:
+            moved += [item, next(items, "")]
+        elif item.startswith("--pipeline="):
+            moved.append(item)
+        else:
+            rest.append(item)
+    return moved + rest
 
 
 def _reporter(as_json: bool) -> Any:
@@ -147,7 +177,8 @@ def main() -> None:
     """Console entry point: a :class:`~workbench.errors.WorkbenchError` is one clear message
     and its exit code (a traceback only with ``--debug``)."""
     try:
-        code = app(standalone_mode=False)  # returns the code of a raised typer.Exit
+        # returns the code of a raised typer.Exit
+        code = app(args=hoist_pipeline(sys.argv[1:]), standalone_mode=False)
     except typer.Exit as done:
         code = done.exit_code
     except WorkbenchError as exc:

@@ -27,16 +27,31 @@ from workbench.cli.app import (
 
 @app.command()
 def validate() -> None:
-    """Check configs and notebooks without starting a kernel."""
+    """Check configs and notebooks without starting a kernel (every pipeline of a project of
+    several, unless --pipeline names one)."""
+    import os
+
+    from workbench.config import PIPELINE_ENV_VAR, ConfigError, pipeline_names
     from workbench.pipeline.validate import load_and_validate, validation_warnings
 
     project = _project()
-    config = load_and_validate(project)
-    for warning in validation_warnings(config):
-        typer.echo(f"warning: {warning}", err=True)
-    stages = ", ".join(s.name for s in config.pipeline.stages)
-    typer.echo(f"{project.root}: configuration valid; pipeline {config.pipeline.name!r} "
-               f"({stages}); environments {', '.join(config.environments)}")
+    selected = os.environ.get(PIPELINE_ENV_VAR) or None
+    names: list[str | None] = [selected] if selected else [*pipeline_names(project.configs)]
+    problems = []
+    for name in names or [None]:
+        try:
+            config = load_and_validate(project, name)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
+        for warning in validation_warnings(config):
+            typer.echo(f"warning: {warning}", err=True)
+        stages = ", ".join(s.name for s in config.pipeline.stages)
+        typer.echo(f"{project.root}: configuration valid; pipeline {config.pipeline.name!r} "
+                   f"({stages}); model {config.model.name!r}; environments "
+                   f"{', '.join(config.environments)}")
+    if problems:
+        raise ConfigError(problems)
 
 
 @app.command()

@@ -23,9 +23,10 @@ SAMPLE_OF_TYPE: dict[str, Any] = {
 }
 
 
-def load_and_validate(project: Project) -> Config:
-    """Load the configuration and run every static check; raise :class:`ConfigError`."""
-    config = load_config(project.configs)
+def load_and_validate(project: Project, pipeline: str | None = None) -> Config:
+    """Load the configuration (of ``pipeline``, see :func:`~workbench.config.load_config`) and
+    run every static check; raise :class:`ConfigError`."""
+    config = load_config(project.configs, pipeline)
     problems = graph_problems(config)
     if not problems:
         problems = gate_problems(config) or reference_problems(config)

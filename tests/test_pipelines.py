@@ -1,0 +1,158 @@
+"""Several pipelines in one project: configs/pipelines/<name>/ folders, selected by --pipeline."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Workspace, _isolated_env
+from workbench.cli.app import hoist_pipeline
+from workbench.config import PIPELINE_ENV_VAR, ConfigError, load_config, pipeline_names
+from workbench.project import find_project
+from workbench.scaffold import init_project
+
+
+def _yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def _dump(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def two_pipelines(root: Path) -> Workspace:
+    """The minimal template split into a classifier and a regressor pipeline; environments and
+    gates stay shared in configs/."""
+    init_project(root, "minimal")
+    configs = root / "configs"
+    pipeline, model = _yaml(configs / "pipeline.yaml"), _yaml(configs / "model.yaml")
+    (configs / "pipeline.yaml").unlink()
+    (configs / "model.yaml").unlink()
+    for name, model_name, dataset, estimator in (
+            ("clf", "cancer-classifier", "breast_cancer",
+             "sklearn.ensemble.RandomForestClassifier"),
+            ("reg", "diabetes-regressor", "diabetes",
+             "sklearn.ensemble.RandomForestRegressor")):
+        _dump(configs / "pipelines" / name / "pipeline.yaml", {**pipeline, "name": name})
+        _dump(configs / "pipelines" / name / "model.yaml",
+              {**model, "name": model_name, "dataset": dataset, "estimator": estimator,
+               "hyperparameters": {"n_estimators": 20}})
+    return Workspace(root)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    _isolated_env(monkeypatch)
+    monkeypatch.delenv(PIPELINE_ENV_VAR, raising=False)
+    return two_pipelines(tmp_path / "two")
+
+
+def test_each_pipeline_loads_its_own_files_and_the_shared_ones(project: Workspace) -> None:
+    configs = project.root / "configs"
+    assert pipeline_names(configs) == ["clf", "reg"]
+    clf, reg = load_config(configs, "clf"), load_config(configs, "reg")
+    assert (clf.pipeline.name, clf.model.name, clf.model.dataset) == (
+        "clf", "cancer-classifier", "breast_cancer")
+    assert (reg.pipeline.name, reg.model.name, reg.model.dataset) == (
+        "reg", "diabetes-regressor", "diabetes")
+    assert list(clf.environments) == list(reg.environments) == ["dev", "prod"]  # shared
+    assert clf.gates.policies["prod"].quorum == 1
+    assert clf.digest != reg.digest
+
+
+def test_a_pipeline_folder_overrides_a_shared_file(project: Workspace) -> None:
+    configs = project.root / "configs"
+    environments = _yaml(configs / "environments.yaml")
+    environments["environments"]["dev"]["deploy"]["port"] = 5399
+    _dump(configs / "pipelines" / "reg" / "environments.yaml", environments)
+    assert load_config(configs, "reg").environments["dev"].deploy.port == 5399
+    assert load_config(configs, "clf").environments["dev"].deploy.port == 5301
+
+
+def test_several_pipelines_and_none_chosen_lists_them(project: Workspace,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    configs = project.root / "configs"
+    with pytest.raises(ConfigError, match="choose one with --pipeline NAME: clf, reg"):
+        load_config(configs)
+    with pytest.raises(ConfigError, match="no pipeline 'nope'; the pipelines are: clf, reg"):
+        load_config(configs, "nope")
+    monkeypatch.setenv(PIPELINE_ENV_VAR, "reg")  # what a kernel of a `--pipeline reg` run sees
+    assert load_config(configs).model.name == "diabetes-regressor"
+
+
+def test_one_pipeline_folder_is_selected_without_a_name(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PIPELINE_ENV_VAR, raising=False)
+    workspace = two_pipelines(tmp_path / "one")
+    shutil.rmtree(workspace.root / "configs" / "pipelines" / "reg")
+    assert load_config(workspace.root / "configs").pipeline.name == "clf"
+
+
+def test_problems_name_the_pipeline_folder_file(project: Workspace) -> None:
+    configs = project.root / "configs"
+    model_file = configs / "pipelines" / "reg" / "model.yaml"
+    _dump(model_file, {**_yaml(model_file), "dataset": "no-such-data"})
+    with pytest.raises(ConfigError) as raised:
+        load_config(configs, "reg")
+    assert "configs/pipelines/reg/model.yaml: dataset" in str(raised.value)
+    pipeline_file = configs / "pipelines" / "clf" / "pipeline.yaml"
+    _dump(pipeline_file, {**_yaml(pipeline_file), "name": "other"})
+    with pytest.raises(ConfigError, match="configs/pipelines/clf/pipeline.yaml: name: is "
+                                          "'other', but the folder is 'clf'"):
+        load_config(configs, "clf")
+
+
+def test_two_pipelines_may_not_share_a_model_name(project: Workspace) -> None:
+    configs = project.root / "configs"
+    model_file = configs / "pipelines" / "reg" / "model.yaml"
+    _dump(model_file, {**_yaml(model_file), "name": "cancer-classifier"})
+    with pytest.raises(ConfigError) as raised:
+        load_config(configs, "reg")
+    assert ("configs/pipelines/reg/model.yaml: name: 'cancer-classifier' is also the model of "
+            "pipeline 'clf' (configs/pipelines/clf/model.yaml)") in str(raised.value)
+
+
+def test_a_project_of_pipeline_folders_is_found(project: Workspace) -> None:
+    assert not (project.root / "configs" / "pipeline.yaml").exists()
+    assert find_project(project.root / "notebooks").root == project.root.resolve()
+
+
+def test_pipeline_option_may_follow_the_command() -> None:
+    assert hoist_pipeline(["run", "--pipeline", "a", "--env", "dev"]) == [
+        "--pipeline", "a", "run", "--env", "dev"]
+    assert hoist_pipeline(["status", "-P", "b", "--json"]) == ["-P", "b", "status", "--json"]
+    assert hoist_pipeline(["lab", "--", "--pipeline", "x"]) == ["lab", "--", "--pipeline", "x"]
+    assert hoist_pipeline(["run", "-p", "train.x=1"]) == ["run", "-p", "train.x=1"]
+
+
+def test_validate_checks_every_pipeline_and_run_needs_a_choice(project: Workspace) -> None:
+    checked = project.cli("validate")
+    assert checked.returncode == 0, checked.stderr
+    assert "pipeline 'clf'" in checked.stdout and "pipeline 'reg'" in checked.stdout
+    assert "model 'diabetes-regressor'" in checked.stdout
+    one = project.cli("validate", "--pipeline", "reg")
+    assert one.returncode == 0, one.stderr
+    assert "pipeline 'reg'" in one.stdout and "pipeline 'clf'" not in one.stdout
+    missing = project.cli("run")
+    assert missing.returncode == 2
+    assert "choose one with --pipeline NAME: clf, reg" in missing.stderr
+    unknown = project.cli("run", "--pipeline", "nope")
+    assert unknown.returncode == 2
+    assert "no pipeline 'nope'" in unknown.stderr
+    assert not (project.root / "reports" / "runs").exists() or not any(
+        (project.root / "reports" / "runs").iterdir())
+
+
+def test_validate_names_the_broken_pipeline(project: Workspace) -> None:
+    model_file = project.root / "configs" / "pipelines" / "clf" / "model.yaml"
+    _dump(model_file, {**_yaml(model_file), "estimator": "not an estimator"})
+    checked = project.cli("validate")
+    assert checked.returncode == 2
+    assert "configs/pipelines/clf/model.yaml: estimator" in checked.stderr
+    assert "pipeline 'reg'" in checked.stdout  # the other one is still checked
+
