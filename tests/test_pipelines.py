@@ -156,3 +156,26 @@ def test_validate_names_the_broken_pipeline(project: Workspace) -> None:
     assert "configs/pipelines/clf/model.yaml: estimator" in checked.stderr
     assert "pipeline 'reg'" in checked.stdout  # the other one is still checked
 
+
+
+def test_local_servers_are_kept_per_model_in_a_project_of_several(project: Workspace,
+                                                                  tmp_path: Path) -> None:
+    from workbench.deploy.local import server_key
+    from workbench.project import Project
+
+    configs = project.root / "configs"
+    several = Project(project.root)
+    assert server_key(several, load_config(configs, "clf"), "dev") == "cancer-classifier@dev"
+    assert server_key(several, load_config(configs, "reg"), "dev") == "diabetes-regressor@dev"
+    single = tmp_path / "single"
+    init_project(single, "minimal")  # one pipeline: the state files keep their old names
+    assert server_key(Project(single), load_config(single / "configs"), "dev") == "dev"
+
+
+def test_stop_needs_the_pipeline_in_a_project_of_several(project: Workspace) -> None:
+    unchosen = project.cli("stop", "dev")
+    assert unchosen.returncode == 2
+    assert "choose one with --pipeline NAME" in unchosen.stderr
+    chosen = project.cli("stop", "dev", "--pipeline", "reg")
+    assert chosen.returncode == 0, chosen.stderr
+    assert "no model server running for dev" in chosen.stdout

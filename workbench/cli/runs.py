@@ -280,9 +280,14 @@ def status(
 def stop(env: Annotated[str, typer.Argument(help="Environment whose model server to stop.")]
          ) -> None:
     """Stop the local model server of an environment."""
+    from workbench.config import load_config, pipeline_names
     from workbench.deploy import local
 
-    stopped = local.stop(_project(), env)
+    project = _project()
+    key = env  # a project of several pipelines keeps a server per model (--pipeline)
+    if pipeline_names(project.configs):
+        key = local.server_key(project, load_config(project.configs), env)
+    stopped = local.stop(project, key)
     if stopped is None:
         typer.echo(f"no model server running for {env}")
     else:

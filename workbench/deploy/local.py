@@ -376,17 +376,29 @@ def _serve(project: Project, environment: str, port: int, model_name: str, versi
     return server
 
 
+def server_key(project: Project, config: Any, environment: str) -> str:
+    """What the local endpoint's state files are named by: the environment in a project of one
+    pipeline (``<env>.json``, as before), ``<model>@<env>`` in a project of several, so two
+    pipelines deploying to one environment keep their own servers."""
+    from workbench.config import pipeline_names
+
+    if not pipeline_names(project.configs):
+        return environment
+    return f"{config.model.name}@{environment}"
+
+
 class LocalTarget:
     """The ``local`` deploy target (see the module doc)."""
 
     def deploy(self, request: Any) -> Server:
         port = request.config.environments[request.environment].deploy.port
-        return serve(request.project, request.environment, port, request.model_name,
-                     request.version, request.tracking_uri)
+        key = server_key(request.project, request.config, request.environment)
+        return serve(request.project, key, port, request.model_name, request.version,
+                     request.tracking_uri)
 
     def rollback(self, request: Any) -> Server:
         """A rollback is a zero-downtime redeploy of the earlier version."""
         return self.deploy(request)
 
     def current(self, project: Project, config: Any, environment: str) -> Server | None:
-        return current(project, environment)
+        return current(project, server_key(project, config, environment))
