@@ -179,3 +179,67 @@ def test_stop_needs_the_pipeline_in_a_project_of_several(project: Workspace) -> 
     chosen = project.cli("stop", "dev", "--pipeline", "reg")
     assert chosen.returncode == 0, chosen.stderr
     assert "no model server running for dev" in chosen.stdout
+
+
+@pytest.mark.slow
+def test_two_pipelines_release_side_by_side(project: Workspace) -> None:
+    """A classifier and a regressor run at once to their gates, are approved and resumed;
+    each model keeps its own aliases, the one ledger verifies, the site shows both."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import clean_environment, free_port
+
+    configs = project.root / "configs"
+    gates = _yaml(configs / "gates.yaml")
+    gates["policies"]["prod"]["allow_self_approval"] = True  # one OS user approves here
+    _dump(configs / "gates.yaml", gates)
+    for name in ("clf", "reg"):  # each pipeline serves on its own ports
+        environments = _yaml(configs / "environments.yaml")
+        for env in environments["environments"].values():
+            env["deploy"]["port"] = free_port()
+        _dump(configs / "pipelines" / name / "environments.yaml", environments)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"]):
+        subprocess.run(command, cwd=project.root, check=True, capture_output=True)
+    started = {name: subprocess.Popen(
+        [sys.executable, "-m", "workbench", "--project", str(project.root), "run",
+         "--pipeline", name], cwd=project.root, env=clean_environment(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("clf", "reg")}
+    try:
+        for name, process in started.items():
+            out, err = process.communicate(timeout=600)
+            assert process.returncode == 3, f"{name}: {out}\n{err}"
+        records = {json.loads((run / "run.json").read_text())["pipeline"]:
+                   json.loads((run / "run.json").read_text()) for run in project.runs()}
+        assert set(records) == {"clf", "reg"}
+        for name, record in records.items():
+            approved = project.cli("approve", record["id"], "--env", "prod", "--as", "alice",
+                                   "--comment", f"{name} looks right")
+            assert approved.returncode == 0, approved.stderr
+            resumed = project.cli("resume", record["id"])
+            assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{project.root / '.workbench' / 'mlflow' / 'mlflow.db'}")
+        for model in ("cancer-classifier", "diabetes-regressor"):
+            aliases = client.get_registered_model(model).aliases
+            assert set(aliases) >= {"dev", "prod"}, (model, aliases)
+        servers = project.root / ".workbench" / "servers"
+        assert (servers / "cancer-classifier@prod.json").is_file()
+        assert (servers / "diabetes-regressor@prod.json").is_file()
+        verified = project.cli("audit", "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        built = project.cli("reports", "build")
+        assert built.returncode == 0, built.stderr
+        site = (project.root / "reports" / "index.html").read_text()
+        assert "cancer-classifier" in site or "clf" in site
+        assert all(record["id"] in site for record in records.values())
+    finally:
+        for process in started.values():
+            if process.poll() is None:
+                process.kill()
+        for name in ("clf", "reg"):
+            for env in ("dev", "prod"):
+                project.cli("stop", env, "--pipeline", name)

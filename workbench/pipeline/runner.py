@@ -27,7 +27,7 @@ from workbench import gitinfo, identity, run_record
 from workbench.audit import archive, ledger
 from workbench.audit.redact import SecretError, Secrets
 from workbench.clock import utc_now
-from workbench.config import Config
+from workbench.config import PIPELINE_ENV_VAR, Config, pipeline_names
 from workbench.errors import WorkbenchError
 from workbench.events import Bus, CallbackListener, RunFinished, RunStarted, standard_listeners
 from workbench.execution import kernel_output
@@ -219,9 +219,12 @@ def _kernel_env(project: Project, config: Config, record: RunRecord) -> dict[str
     """Variables every kernel of the run gets: the store, the project, the run, the names (never
     the values) of the secrets."""
     store = mlflow_store.Store(record.tracking_uri, record.experiment, None, embedded=False)
-    return {**store.environment, PROJECT_ENV_VAR: str(project.root),
-            "WORKBENCH_RUN_ID": record.id, "WORKBENCH_ENVIRONMENT": record.environment,
-            SECRET_NAMES_VAR: ",".join(config.pipeline.secrets)}
+    values = {**store.environment, PROJECT_ENV_VAR: str(project.root),
+              "WORKBENCH_RUN_ID": record.id, "WORKBENCH_ENVIRONMENT": record.environment,
+              SECRET_NAMES_VAR: ",".join(config.pipeline.secrets)}
+    if pipeline_names(project.configs):  # the kernels' load_config selects the run's pipeline
+        values[PIPELINE_ENV_VAR] = config.pipeline.name
+    return values
 
 
 def _claim_folder(project: Project, record: RunRecord) -> None:
