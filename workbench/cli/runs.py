@@ -48,8 +48,8 @@ def validate() -> None:
             typer.echo(f"warning: {warning}", err=True)
         stages = ", ".join(s.name for s in config.pipeline.stages)
         typer.echo(f"{project.root}: configuration valid; pipeline {config.pipeline.name!r} "
-                   f"({stages}); model {config.model.name!r}; environments "
-                   f"{', '.join(config.environments)}")
+                   f"({stages}); environments {', '.join(config.environments)}; model "
+                   f"{config.model.name!r}")
     if problems:
         raise ConfigError(problems)
 
