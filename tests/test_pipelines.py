@@ -226,6 +226,31 @@ def test_two_pipelines_release_side_by_side(project: Workspace) -> None:
         for model in ("cancer-classifier", "diabetes-regressor"):
             aliases = client.get_registered_model(model).aliases
             assert set(aliases) >= {"dev", "prod"}, (model, aliases)
+        other = project.cli("resume", records["clf"]["id"], "--pipeline", "reg")
+        assert other.returncode == 2
+        assert "is of pipeline 'clf', not --pipeline 'reg'" in other.stderr
+        listed = project.cli("runs", "--pipeline", "clf")
+        assert records["clf"]["id"] in listed.stdout
+        assert records["reg"]["id"] not in listed.stdout
+        latest = project.cli("status", "latest", "--pipeline", "reg", "--json")
+        assert latest.returncode == 0, latest.stderr
+        assert records["reg"]["id"] in latest.stdout
+        assert records["clf"]["id"] not in latest.stdout
+        again = project.cli("run", "--pipeline", "clf")  # a second classifier release
+        assert again.returncode == 3, again.stdout + again.stderr
+        second = json.loads((project.runs()[-1] / "run.json").read_text())
+        assert second["pipeline"] == "clf"
+        assert project.cli("approve", second["id"], "--env", "prod", "--as", "alice",
+                           "--comment", "second").returncode == 0
+        assert project.cli("resume", second["id"]).returncode == 0
+        before = client.get_registered_model("diabetes-regressor").aliases
+        clf_prod = client.get_registered_model("cancer-classifier").aliases["prod"]
+        rolled = project.cli("rollback", "--env", "prod", "--pipeline", "clf",
+                             "--reason", "test", "--as", "alice")
+        assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+        after = client.get_registered_model("cancer-classifier").aliases["prod"]
+        assert int(after) < int(clf_prod)  # the classifier went back
+        assert client.get_registered_model("diabetes-regressor").aliases == before
         servers = project.root / ".workbench" / "servers"
         assert (servers / "cancer-classifier@prod.json").is_file()
         assert (servers / "diabetes-regressor@prod.json").is_file()
@@ -234,8 +259,12 @@ def test_two_pipelines_release_side_by_side(project: Workspace) -> None:
         built = project.cli("reports", "build")
         assert built.returncode == 0, built.stderr
         site = (project.root / "reports" / "index.html").read_text()
-        assert "cancer-classifier" in site or "clf" in site
-        assert all(record["id"] in site for record in records.values())
+        assert '<select id="pipeline"><option value="">every pipeline</option>' in site
+        for name, model in (("clf", "cancer-classifier"), ("reg", "diabetes-regressor")):
+            assert f"<option>{name}</option>" in site
+            assert f'<td class="pipeline">{name}</td>' in site
+            assert f"<td>{model}</td>" in site
+            assert records[name]["id"] in site
     finally:
         for process in started.values():
             if process.poll() is None:

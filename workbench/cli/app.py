@@ -163,9 +163,27 @@ RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run id, or 'latest'.
 
 
 def _run_id(project: Project, run_id: str) -> str:
-    from workbench.run_record import latest_run
+    """The run ``run_id`` names (``latest``: of the pipeline ``--pipeline`` selects, if any);
+    a run of another pipeline than ``--pipeline`` names is a usage error."""
+    from workbench.config import PIPELINE_ENV_VAR
+    from workbench.run_record import RunRecordError, list_runs, load
 
-    return latest_run(project).id if run_id == "latest" else run_id
+    wanted = os.environ.get(PIPELINE_ENV_VAR) or None
+    if run_id == "latest":
+        runs = [r for r in list_runs(project) if wanted is None or r.pipeline == wanted]
+        if not runs:
+            raise RunRecordError(f"no runs yet under {project.runs}"
+                                 + (f" of pipeline {wanted!r}" if wanted else ""))
+        return runs[0].id
+    if wanted is not None:
+        try:
+            pipeline = load(project, run_id).pipeline
+        except RunRecordError:
+            return run_id  # the command names the missing run itself
+        if pipeline != wanted:
+            raise UsageError(f"run {run_id} is of pipeline {pipeline!r}, not --pipeline "
+                             f"{wanted!r}; commands on a run take its pipeline from the run")
+    return run_id
 
 
 def _terminated(signum: int, _frame: Any) -> None:

@@ -210,10 +210,14 @@ def promote(
 
 @app.command()
 def runs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List runs, newest first."""
+    """List runs, newest first (of the --pipeline given, if any)."""
+    import os
+
+    from workbench.config import PIPELINE_ENV_VAR
     from workbench.run_record import list_runs
 
-    records = list_runs(_project())
+    wanted = os.environ.get(PIPELINE_ENV_VAR) or None
+    records = [r for r in list_runs(_project()) if wanted is None or r.pipeline == wanted]
     if as_json:
         typer.echo(json.dumps([_summary(r) for r in records], indent=2))
         return

@@ -107,8 +107,9 @@ def _summaries(project: Project) -> list[dict[str, Any]]:
 def build_index(project: Project) -> list[dict[str, Any]]:
     runs = _summaries(project)
     listed = [{k: v for k, v in r.items() if k != "parameters"} for r in runs]
+    pipelines = sorted({r["pipeline"] for r in runs if r.get("pipeline")})
     _render("index.html.j2", project.reports / "index.html", runs=runs, data=_json(listed),
-            built=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+            pipelines=pipelines, built=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     _render("compare.html.j2", project.reports / "compare.html",
             data=_json([{k: r[k] for k in ("id", "status", "model", "version", "metrics",
                                               "parameters")} for r in runs[:2000]]))
