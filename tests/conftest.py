@@ -139,8 +139,9 @@ def release_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 MINI_ENVIRONMENTS = {"environments": {"dev": {"deploy": {"target": "local", "port": 5999},
                                               "thresholds": {"min_score": 0.5}}}}
-MINI_MODEL = {"name": "mini", "dataset": "iris",
-              "estimator": "sklearn.linear_model.LogisticRegression"}
+MINI_MODEL = {"name": "mini", "dataset": "iris", "target": "target", "task": "classification",
+              "estimator": "sklearn.linear_model.LogisticRegression", "test_size": 0.25,
+              "random_state": 42}
 
 
 @pytest.fixture

@@ -102,8 +102,9 @@ def test_a_wrong_type_is_exit_2_naming_stage_and_parameter(mini_project: Workspa
            "True" in _refused(mini_project, "train.n=true")
     assert "-p train.tags={a: 1}: stage 'train' declares tags: list" in \
         _refused(mini_project, "train.tags={a: 1}")
-    # a model key is typed by configs/model.yaml and by every parameter that references it
-    assert "-p model.random_state=x: configs/model.yaml random_state" in \
+    # a model key is typed by every notebook parameter that references it
+    assert "-p model.random_state=x: stage 'train' declares seed: int in " \
+           "notebooks/train.ipynb (from: model.random_state); got str 'x'" in \
         _refused(mini_project, "model.random_state=x")
     assert "-p train.n=[1: the value is not valid YAML" in _refused(mini_project, "train.n=[1")
 

@@ -33,15 +33,15 @@ def two_pipelines(root: Path) -> Workspace:
     pipeline, model = _yaml(configs / "pipeline.yaml"), _yaml(configs / "model.yaml")
     (configs / "pipeline.yaml").unlink()
     (configs / "model.yaml").unlink()
-    for name, model_name, dataset, estimator in (
-            ("clf", "cancer-classifier", "breast_cancer",
+    for name, model_name, dataset, task, estimator in (
+            ("clf", "cancer-classifier", "breast_cancer", "classification",
              "sklearn.ensemble.RandomForestClassifier"),
-            ("reg", "diabetes-regressor", "diabetes",
+            ("reg", "diabetes-regressor", "diabetes", "regression",
              "sklearn.ensemble.RandomForestRegressor")):
         _dump(configs / "pipelines" / name / "pipeline.yaml", {**pipeline, "name": name})
         _dump(configs / "pipelines" / name / "model.yaml",
-              {**model, "name": model_name, "dataset": dataset, "estimator": estimator,
-               "hyperparameters": {"n_estimators": 20}})
+              {**model, "name": model_name, "dataset": dataset, "task": task,
+               "estimator": estimator, "hyperparameters": {"n_estimators": 20}})
     return Workspace(root)
 
 
@@ -96,10 +96,10 @@ def test_one_pipeline_folder_is_selected_without_a_name(tmp_path: Path,
 def test_problems_name_the_pipeline_folder_file(project: Workspace) -> None:
     configs = project.root / "configs"
     model_file = configs / "pipelines" / "reg" / "model.yaml"
-    _dump(model_file, {**_yaml(model_file), "dataset": "no-such-data"})
+    _dump(model_file, {**_yaml(model_file), "name": "no such name!"})
     with pytest.raises(ConfigError) as raised:
         load_config(configs, "reg")
-    assert "configs/pipelines/reg/model.yaml: dataset" in str(raised.value)
+    assert "configs/pipelines/reg/model.yaml: name" in str(raised.value)
     pipeline_file = configs / "pipelines" / "clf" / "pipeline.yaml"
     _dump(pipeline_file, {**_yaml(pipeline_file), "name": "other"})
     with pytest.raises(ConfigError, match="configs/pipelines/clf/pipeline.yaml: name: is "
@@ -150,10 +150,10 @@ def test_validate_checks_every_pipeline_and_run_needs_a_choice(project: Workspac
 
 def test_validate_names_the_broken_pipeline(project: Workspace) -> None:
     model_file = project.root / "configs" / "pipelines" / "clf" / "model.yaml"
-    _dump(model_file, {**_yaml(model_file), "estimator": "not an estimator"})
+    _dump(model_file, {**_yaml(model_file), "name": "not a name!"})
     checked = project.cli("validate")
     assert checked.returncode == 2
-    assert "configs/pipelines/clf/model.yaml: estimator" in checked.stderr
+    assert "configs/pipelines/clf/model.yaml: name" in checked.stderr
     assert "pipeline 'reg'" in checked.stdout  # the other one is still checked
 
 

@@ -238,17 +238,20 @@ CASES: dict[str, Case] = {
     "no-stages": Case(
         edit_pipeline(lambda data: data.__setitem__("stages", [])), PIPELINE, "stages",
         "List should have at least 1 item after validation, not 0"),
-    "unknown-dataset": Case(
-        set_model("dataset", "mnist"), MODEL, "dataset",
-        "Input should be 'iris', 'wine', 'breast_cancer', 'digits' or 'diabetes' "
-        '(got "mnist")'),
+    "model-name-pattern": Case(
+        set_model("name", "my model!"), MODEL, "name", "String should match pattern"),
+    "model-key-missing": Case(
+        edit_yaml("model.yaml", lambda data: data.pop("estimator")), PIPELINE,
+        "stages[0](train).parameters.estimator",
+        "'from: model.estimator': configs/model.yaml has no key estimator"),
     "unknown-mlflow-key": Case(
         edit_pipeline(lambda data: data["mlflow"].__setitem__("tracking_url", "http://x")),
         PIPELINE, "mlflow.tracking_url",
         "unknown key; expected one of ['experiment', 'tracking_uri']"),
-    "estimator-not-sklearn": Case(
-        set_model("estimator", "xgboost.XGBClassifier"), MODEL, "estimator",
-        "String should match pattern"),
+    "model-key-of-another-type": Case(  # typed by the notebook it feeds, not by our schema
+        set_model("hyperparameters", [10, 10]), PIPELINE,
+        "stages[0](train).parameters.hyperparameters",
+        "expected dict for notebooks/train.ipynb, got list from model.hyperparameters"),
     "port-out-of-range": Case(
         set_env("qa", "deploy", "port", 80), ENVIRONMENTS, "environments.qa.deploy.port",
         "Input should be greater than or equal to 1024 (got 80)"),
@@ -386,7 +389,7 @@ def test_declared_parameters_of_written_notebook(tmp_path: Path) -> None:
 
 def test_declared_parameters_of_real_notebooks() -> None:
     train = declared_parameters(REPO / "notebooks" / "train.ipynb")
-    assert list(train) == ["dataset", "estimator", "hyperparameters", "test_size",
+    assert list(train) == ["dataset", "target", "task", "estimator", "hyperparameters", "test_size",
                            "random_state", "pipeline_run_id"]
     assert train["random_state"] == Declared("random_state", "int", 42)
     register = declared_parameters(REPO / "notebooks" / "register.ipynb")

@@ -6,7 +6,8 @@ Three YAML files under ``configs/``:
   and the MLflow settings;
 - ``environments.yaml``: dev/qa/prod with deploy target, port and the metric objectives a
   model must meet there (``objectives``, or the older ``thresholds`` on ``score``);
-- ``model.yaml``: registered model name, dataset, estimator and hyper-parameters;
+- ``model.yaml``: the registered model name, and the project's own keys (data, estimator,
+  hyper-parameters...) that stages read;
 - ``gates.yaml`` (optional): approver groups and the approval policy of each gated environment.
 
 Every problem is reported as a :class:`Problem` naming the file, the key path and what was
@@ -50,7 +51,6 @@ OPTIONAL_FILES = (GATES_FILE,)
 
 OutputType = Literal["str", "int", "float", "bool", "list", "dict"]
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
-DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
 REF_ROOTS = ("model", "env", "run")
 RUN_FIELDS = ("id", "git_commit", "config_hash", "environment")
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
@@ -531,13 +531,15 @@ def _expand(entries: list[str], groups: dict[str, list[str]]) -> set[str]:
     return names
 
 
-class Model(Strict):
+class Model(BaseModel):
+    """``model.yaml``: the registered model's ``name``, which the engine acts on (runs, gates,
+    aliases, rollback, deploys), and any other keys of the project's own (data, estimator,
+    hyperparameters of any YAML type...). Stages read those as ``{from: model.KEY}``; their
+    types are checked against the notebooks' annotations, not against a schema of ours."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    dataset: Literal[DATASETS]  # type: ignore[valid-type]
-    estimator: str = Field(pattern=r"^sklearn(\.[a-z_][a-z0-9_]*)+\.[A-Z]\w*$")
-    hyperparameters: dict[str, str | int | float | bool | None] = {}
-    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.25
-    random_state: int = 42
 
 
 class Config(Strict):

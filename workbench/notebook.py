@@ -11,8 +11,9 @@ This is the stable, public surface for notebooks: the shipped notebooks use noth
 
 Scraps
     :func:`glue` records a stage output.
-Data
-    :func:`load_split` (the held-out split every stage shares), :func:`task_of`.
+Data and model
+    :func:`load_split` (a project file or a bundled set, split the same way in every stage),
+    :func:`task_of`, :func:`build_estimator` (any class or factory, the project's own too).
 Model logging & registration
     :func:`connect` (the project's MLflow store), :func:`log_sklearn_model`,
     :func:`latest_model_uri`, :func:`record_evaluation`, :func:`recorded_evaluation`,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from workbench.datasets import load_split, task_of
     from workbench.deploy import deploy_model
     from workbench.deploy.smoke import check_served_version, smoke_test
+    from workbench.estimators import build_estimator
     from workbench.governance.review import load as load_review
     from workbench.governance.review import resolve_mode as resolve_review_mode
     from workbench.objectives import check as check_objectives
@@ -71,6 +73,7 @@ _LAZY = {
     # data
     "load_split": "workbench.datasets:load_split",
     "task_of": "workbench.datasets:task_of",
+    "build_estimator": "workbench.estimators:build_estimator",
     # model logging & registration
     "connect": "workbench.registry.store:connect",
     "log_sklearn_model": "workbench.registry.models:log_sklearn_model",
@@ -105,8 +108,9 @@ _LAZY = {
 }
 
 __all__ = [
-    "as_dicts", "breaches", "champion", "check_objectives", "check_served_version", "connect",
-    "deploy_model", "describe_breaches", "enforce", "evaluate_slo", "glue", "latest_model_uri",
+    "as_dicts", "breaches", "build_estimator", "champion", "check_objectives",
+    "check_served_version", "connect", "deploy_model", "describe_breaches", "enforce",
+    "evaluate_slo", "glue", "latest_model_uri",
     "load_review", "load_split", "load_test_setup", "log_sklearn_model", "monitor_setup",
     "objectives_from_thresholds", "record_evaluation", "recorded_evaluation", "register",
     "resolve_review_mode", "run_load", "smoke_test", "task_of", "timeline", "version_by_alias",

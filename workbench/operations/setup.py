@@ -76,17 +76,19 @@ class MonitorSetup:
                         threshold=self.policy.model_dump(), run_id=run_id)
 
 
-def _held_out(dataset: str, test_size: float, random_state: int, rows: int) -> Any:
+def _held_out(dataset: str, test_size: float, random_state: int, rows: int, target: str,
+              task: str) -> Any:
     from workbench.datasets import load_split
 
-    _, X_test, _, _ = load_split(dataset, test_size, random_state)
+    _, X_test, _, _ = load_split(dataset, test_size, random_state, target=target, task=task)
     return X_test.head(rows)
 
 
 def load_test_setup(environment: str, *, endpoint: str = "", model_name: str, version: str = "",
                     load_profile: dict[str, Any] | None = None,
                     slo: dict[str, Any] | None = None, dataset: str, test_size: float,
-                    random_state: int) -> LoadTestSetup:
+                    random_state: int, target: str = "target",
+                    task: str = "") -> LoadTestSetup:
     """Connect to the project's MLflow store; find ``environment``'s endpoint (``endpoint``
     empty: the one running) and check it serves ``version`` (empty: whatever it serves);
     take the environment's ``load_test`` profile and ``slo`` unless given."""
@@ -109,14 +111,15 @@ def load_test_setup(environment: str, *, endpoint: str = "", model_name: str, ve
     served = str(served_model(endpoint)["version"])
     if version and served != str(version):
         raise SetupError(f"{endpoint} serves v{served}, expected v{version}")
-    body = request_body(_held_out(dataset, test_size, random_state, profile.rows))
+    body = request_body(_held_out(dataset, test_size, random_state, profile.rows, target, task))
     return LoadTestSetup(project, config, store.tracking_uri, environment, endpoint,
                          model_name, served, profile, objectives, body)
 
 
 def monitor_setup(environment: str, *, model_name: str, version: str = "",
                   policy: dict[str, Any] | None = None, dataset: str, test_size: float,
-                  random_state: int, rows: int = 3) -> MonitorSetup:
+                  random_state: int, rows: int = 3, target: str = "target",
+                  task: str = "") -> MonitorSetup:
     """Connect to the project's MLflow store; find what serves ``environment`` and the version
     that must be serving (empty: the one its alias names); take its ``monitor`` policy unless
     given."""
@@ -133,6 +136,6 @@ def monitor_setup(environment: str, *, model_name: str, version: str = "",
     running = serving(project, config, environment)
     if running is None:
         raise SetupError(f"nothing is deployed to {environment}")
-    body = request_body(_held_out(dataset, test_size, random_state, rows))
+    body = request_body(_held_out(dataset, test_size, random_state, rows, target, task))
     return MonitorSetup(project, config, environment, model_name, running.url, str(version),
                         watch, body)

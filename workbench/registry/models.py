@@ -21,16 +21,21 @@ def pip_requirements() -> list[str]:
 
 
 def log_sklearn_model(model: Any, X_sample: Any, name: str = "model") -> Any:
-    """Log a fitted scikit-learn model with signature, input example and skops trusted types."""
+    """Log a fitted scikit-learn-style model with signature, input example and skops trusted
+    types; the project's own modules it is made of travel with it (MLflow ``code_paths``), so
+    evaluation, model servers and rollbacks load it without the project on their path."""
     import mlflow.sklearn
     import skops.io
     from mlflow.models import infer_signature
+
+    from workbench.estimators import project_code_paths
 
     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     signature = infer_signature(X_sample, model.predict(X_sample))
     return mlflow.sklearn.log_model(
         model, name=name, signature=signature, input_example=X_sample.head(3),
         pip_requirements=pip_requirements(), skops_trusted_types=trusted,
+        code_paths=project_code_paths(model) or None,
     )
 
 
