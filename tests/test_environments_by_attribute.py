@@ -91,3 +91,26 @@ def test_the_shipped_policies_declare_their_strictness() -> None:
     done = ws.cli("validate")
     assert done.returncode == 0, done.stderr
     assert "declares none of strict" not in done.stderr
+
+
+def _environments(**load_test: object) -> dict[str, object]:
+    return {"environments": {
+        "staging": {"deploy": {"target": "local", "port": 6001}, "load_test": load_test},
+        "live": {"deploy": {"target": "local", "port": 6002}}}}
+
+
+def test_the_load_test_baseline_is_declared_never_assumed_from_a_name() -> None:
+    from pydantic import ValidationError
+
+    from workbench.config import Environments
+
+    declared = Environments.model_validate(_environments(baseline="live"))
+    assert declared.environments["staging"].load_test.baseline == "live"
+    assert Environments.model_validate(_environments()).environments[
+        "staging"].load_test.baseline is None  # nothing declared: no comparison
+    for wrong in ("prod", "staging"):  # not an environment; the environment itself
+        with pytest.raises(ValidationError, match=f"staging.load_test.baseline: '{wrong}' is "
+                                                  f"not another environment \\(live\\)"):
+            Environments.model_validate(_environments(baseline=wrong))
+    # the shipped pipeline names no baseline itself: it is qa's declaration
+    assert "baseline_environment" not in (REPO / "configs" / "pipeline.yaml").read_text()

@@ -46,7 +46,8 @@ def release(ws: Workspace, oidc: Any, *run_args: str, through_qa_only: bool = Fa
 def test_slo_and_monitor_gate_the_release(release_project: Workspace, oidc: Any) -> None:
     ws = release_project
     project = Project(ws.root)
-    set_environment(ws, "qa", load_test={"concurrency": 2, "duration": "2s", "warmup": "0.5s"})
+    set_environment(ws, "qa", load_test={"concurrency": 2, "duration": "2s", "warmup": "0.5s",
+                                         "baseline": "prod"})
     set_environment(ws, "prod", monitor={"window": "2s", "interval": "0.25s",
                                          "max_p95_ms": 2000})
 

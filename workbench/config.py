@@ -380,6 +380,9 @@ class LoadProfile(Strict):
     duration: Duration = "10s"
     warmup: Duration = "1s"
     rows: Annotated[int, Field(ge=1, le=10000)] = 5
+    # the environment whose serving version gets the same load for comparison (the SLO's
+    # max_latency_ratio); none: no comparison. Declared, never assumed from a name.
+    baseline: str | None = None
 
 
 class MonitorPolicy(Strict):
@@ -424,6 +427,11 @@ class Environments(Strict):
         ports = [env.deploy.port for env in value.values()]
         if len(ports) != len(set(ports)):
             raise ValueError(f"deploy ports must differ between environments, got {ports}")
+        for name, env in value.items():
+            baseline = env.load_test.baseline
+            if baseline is not None and (baseline not in value or baseline == name):
+                raise ValueError(f"{name}.load_test.baseline: {baseline!r} is not another "
+                                 f"environment ({', '.join(n for n in value if n != name)})")
         return value
 
 

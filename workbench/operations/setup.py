@@ -34,6 +34,7 @@ class LoadTestSetup:
     profile: LoadProfile
     objectives: Slo
     body: bytes  # one scoring request: ``profile.rows`` held-out rows
+    baseline_environment: str  # compared under the same load; "" for no comparison
 
     def describe(self) -> str:
         return (f"{self.model_name} v{self.version} at {self.endpoint}; load "
@@ -87,11 +88,13 @@ def _held_out(dataset: str, test_size: float, random_state: int, rows: int, targ
 def load_test_setup(environment: str, *, endpoint: str = "", model_name: str, version: str = "",
                     load_profile: dict[str, Any] | None = None,
                     slo: dict[str, Any] | None = None, dataset: str, test_size: float,
-                    random_state: int, target: str = "target",
-                    task: str = "") -> LoadTestSetup:
+                    random_state: int, target: str = "target", task: str = "",
+                    baseline_environment: str = "") -> LoadTestSetup:
     """Connect to the project's MLflow store; find ``environment``'s endpoint (``endpoint``
     empty: the one running) and check it serves ``version`` (empty: whatever it serves);
-    take the environment's ``load_test`` profile and ``slo`` unless given."""
+    take the environment's ``load_test`` profile and ``slo`` unless given, and the
+    environment to compare with (``baseline_environment`` empty: the profile's ``baseline``,
+    which configs/environments.yaml declares; none declared: no comparison)."""
     from workbench.deploy import serving
     from workbench.deploy.local import served_model
     from workbench.deploy.smoke import request_body
@@ -112,8 +115,12 @@ def load_test_setup(environment: str, *, endpoint: str = "", model_name: str, ve
     if version and served != str(version):
         raise SetupError(f"{endpoint} serves v{served}, expected v{version}")
     body = request_body(_held_out(dataset, test_size, random_state, profile.rows, target, task))
+    baseline = baseline_environment or profile.baseline or ""
+    if baseline and baseline not in config.environments:
+        raise SetupError(f"baseline environment {baseline!r} is not one of "
+                         f"{', '.join(config.environments)}")
     return LoadTestSetup(project, config, store.tracking_uri, environment, endpoint,
-                         model_name, served, profile, objectives, body)
+                         model_name, served, profile, objectives, body, baseline)
 
 
 def monitor_setup(environment: str, *, model_name: str, version: str = "",
