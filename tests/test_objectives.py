@@ -324,3 +324,25 @@ def test_a_release_stops_when_an_objective_fails(tmp_path: Path) -> None:
     archived = (ws.runs()[-1] / "evaluate.ipynb").read_text()
     assert "| objective | direction | bound | value | champion | verdict |" in archived
     assert reason in archived
+
+
+@pytest.mark.slow
+def test_an_environment_that_declares_no_objective_judges_none(tmp_path: Path) -> None:
+    """dev with neither thresholds nor objectives: the evaluation applies no objective (not the
+    notebook's by-hand defaults, which the diabetes regressor's R^2 of ~0.4 would fail)."""
+    done = Workspace(tmp_path).cli("init", str(tmp_path / "project"), "--template",
+                                   "regression")
+    assert done.returncode == 0, done.stderr
+    ws = Workspace(tmp_path / "project")
+    environments = ws.read_yaml("environments.yaml")
+    for env in environments["environments"].values():
+        env["deploy"]["port"] = free_port()
+    environments["environments"]["dev"].pop("thresholds", None)
+    environments["environments"]["dev"].pop("objectives", None)
+    ws.write_yaml("environments.yaml", environments)
+
+    run = ws.cli("run", "--until", "evaluate")
+    assert run.returncode == 0, run.stdout + run.stderr
+    outputs = ws.run_record()["stages"]["evaluate"]["outputs"]
+    assert outputs["objectives"] == [] and outputs["reasons"] == []
+    assert outputs["passed"] is True and outputs["metrics"]["score"] < 0.9
