@@ -24,6 +24,22 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-component-update", "--disable-sync"]
 
 
+def wait_until(what: str, probe: Any, timeout: float = 120.0, every: float = 0.1) -> Any:
+    """Poll ``probe`` until it returns something truthy (that value); fail naming ``what``
+    after ``timeout``: tests wait on conditions, never on a sleep that happens to be long
+    enough."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, Workspace, clean_environment, notebook
+from conftest import REPO, Workspace, clean_environment, notebook, wait_until
 
 from workbench.audit import ledger
 from workbench.config import load_config
@@ -77,10 +76,10 @@ def test_redeploy_under_steady_traffic_loses_no_request(versions: Any) -> None:
     for thread in clients:
         thread.start()
     try:
-        time.sleep(1.0)
+        wait_until("answers from version 1", lambda: seen["1"] > 0)
         before = outcomes["ok"]
         second = deploy_to(project, config, "dev", MODEL, "2", tracking_uri)
-        time.sleep(1.0)
+        wait_until("answers from version 2", lambda: seen["2"] >= 4)
     finally:
         stop.set()
         for thread in clients:

@@ -153,9 +153,15 @@ def test_rejection_expiry_and_changed_bundle(gated_project: Workspace) -> None:
     run_id, folder = ws.run_record()["id"], ws.runs()[-1]
 
     assert ws.cli("approve", run_id, "--env", "qa", "--as", "alice").returncode == 0
-    time.sleep(5)
+    time.sleep(5)  # past valid_for: the one wait whose length is the point of the check
     expired = ws.cli("resume", run_id)
     assert expired.returncode == 3 and "not counted: #1 alice (expired" in expired.stderr
+
+    # The rest on a run whose approvals stay valid however slow this machine is.
+    gates["policies"]["qa"]["valid_for"] = "1h"
+    ws.write_yaml("gates.yaml", gates)
+    assert ws.cli("run").returncode == 3
+    run_id, folder = ws.run_record()["id"], ws.runs()[-1]
 
     # Any change to what is released voids earlier approvals: here the notebook of the stage
     # the qa gate releases (release_qa), edited after bob approved.
@@ -165,11 +171,11 @@ def test_rejection_expiry_and_changed_bundle(gated_project: Workspace) -> None:
     release.write_bytes(original.replace(b"released v", b"shipped v"))
     changed = ws.cli("resume", run_id)
     assert changed.returncode == 2, changed.stdout + changed.stderr
-    assert "changed since it was approved: notebooks/release.ipynb (approval #2 for qa)" in \
+    assert "changed since it was approved: notebooks/release.ipynb (approval #1 for qa)" in \
         changed.stderr
     assert ws.run_record()["stages"]["release_qa"]["status"] == "pending", "nothing ran"
     listing = ws.cli("approvals", run_id)
-    assert "not counted: #2 bob (for another bundle" in listing.stdout
+    assert "not counted: #1 bob (for another bundle" in listing.stdout
     release.write_bytes(original)  # restored: bob's approval counts again
     assert "approved for bundle" in ws.cli("approvals", run_id).stdout
     kept = snapshot(folder)

@@ -273,8 +273,14 @@ def test_a_failed_branch_does_not_stop_the_other_and_ctrl_c_stops_both(
                                 "join": "skipped", "publish": "skipped"}
     assert "no cubes" in record["stages"]["right"]["error"]
 
-    # Ctrl-C while both branches run: both are interrupted, archived, and their kernels gone
+    # Ctrl-C while both branches run: both are interrupted, archived, and their kernels gone.
+    # Each branch marks the moment it enters its pause, so the signal comes when both are in it.
+    speed_project.write_notebook("branch", notebook(
+        BRANCH.replace("time.sleep(pause)", "import pathlib\n"
+                       "pathlib.Path(f'paused-{power}').touch()\ntime.sleep(pause)"),
+        parameters=BRANCH_PARAMS))
     speed_project.write_yaml("pipeline.yaml", diamond(pause=120))
+    paused = [speed_project.root / f"paused-{power}" for power in (2, 3)]
     env = {**clean_environment(), "WORKBENCH_TEST_MARK": "ctrl-c"}
     process = subprocess.Popen(
         [sys.executable, "-m", "workbench", "--project", str(speed_project.root), "run",
@@ -289,12 +295,12 @@ def test_a_failed_branch_does_not_stop_the_other_and_ctrl_c_stops_both(
             started = [speed_project.root / ".workbench" / "staging" / runs[-1].name / f"{n}"
                        ".ipynb" for n in ("left", "right")] if len(runs) == 2 else []
             if all(record["stages"].get(n, {}).get("status") == "running"
-                   for n in ("left", "right")) and all(p.exists() for p in started):
+                   for n in ("left", "right")) and all(p.exists() for p in started) \
+                    and all(p.exists() for p in paused):
                 break
             time.sleep(0.5)
         else:
             pytest.fail("the branches never ran side by side")
-        time.sleep(3)  # both are inside their pause now
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
     finally:
