@@ -18,7 +18,7 @@ TASKS = ("classification", "regression")
 # scikit-learn's bundled sets (``sklearn.datasets.load_<name>``) and the task each documents
 BUNDLED = {"iris": "classification", "wine": "classification",
            "breast_cancer": "classification", "digits": "classification",
-           "diabetes": "regression", "linnerud": "regression"}
+           "diabetes": "regression"}
 
 
 def _read_csv(path: Path) -> Any:
