@@ -54,6 +54,7 @@ def write_dev_qa_project(root: Path) -> Workspace:
     ws.write_yaml("pipeline.yaml", {**pipeline, "name": "scoring", "stages": stages})
     environments = yaml.safe_load((REPO / "configs" / "environments.yaml").read_text())
     environments["environments"].pop("prod")
+    environments["environments"]["qa"]["load_test"].pop("baseline")  # prod is gone
     ws.write_yaml("environments.yaml", environments)
     gates = yaml.safe_load((REPO / "configs" / "gates.yaml").read_text())
     gates["policies"].pop("prod")

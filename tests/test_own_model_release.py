@@ -1,10 +1,12 @@
 """A project's own model on its own data, released end to end (slow: real kernels, MLflow,
-model servers): a regressor class of the project's own package trained on a CSV, judged by
-RMSE (minimize, with a bound and a relative regression against the champion), through dev and
-qa; a second release 10 % worse on RMSE is stopped by the objective."""
+model servers): a regressor class of the project's own package trained on a CSV checked by the
+project's data contract, judged by RMSE (minimize, with a bound and a relative regression
+against the champion), through dev and qa; a breach of the contract stops the run before
+training; a second release 10 % worse on RMSE is stopped by the objective."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -30,23 +32,43 @@ class ShiftedRidge(Ridge):
 '''
 
 
-def _houses(path: Path) -> None:
+CONTRACT = """rows: {min: 50}
+other_columns: refused
+columns:
+  rooms: {type: float, min: 1, max: 10}
+  area_m2: {type: float, min: 10, max: 400}
+  age_years: {type: float, min: 0, max: 150}
+  price_k: {type: float}
+"""
+
+
+def _houses(path: Path, bad_area: bool = False) -> None:
     rng = np.random.default_rng(11)
     rows = 400
     frame = pd.DataFrame({"rooms": rng.integers(1, 8, rows).astype(float),
                           "area_m2": rng.normal(90, 25, rows),
                           "age_years": rng.uniform(0, 60, rows)})
+    frame["area_m2"] = frame["area_m2"].clip(lower=20)
     frame["price_k"] = (40 * frame["rooms"] + 2.5 * frame["area_m2"] - 0.8 * frame["age_years"]
                         + rng.normal(0, 20, rows))
+    if bad_area:  # an export that wrote square feet as negative numbers, say
+        frame.loc[[3, 250], "area_m2"] = -1.0
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
+
+
+def _commit(root: Path, message: str) -> None:
+    for args in (["add", "-A"], ["-c", "user.email=ds@example.com", "-c", "user.name=ds",
+                                 "commit", "-qm", message]):
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
 
 
 def _project(tmp_path: Path) -> Workspace:
     done = Workspace(tmp_path).cli("init", str(tmp_path / "houses"), "--template", "regression")
     assert done.returncode == 0, done.stderr
     ws = Workspace(tmp_path / "houses")
-    _houses(ws.root / "data" / "houses.csv")
+    _houses(ws.root / "data" / "houses.csv", bad_area=True)
+    (ws.root / "configs" / "data_contract.yaml").write_text(CONTRACT)
     package = ws.root / "house_models"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -63,10 +85,8 @@ def _project(tmp_path: Path) -> Workspace:
         env.pop("thresholds", None)
         env["objectives"] = [rmse] if name != "prod" else [{**rmse, "bound": 50.0}]
     ws.write_yaml("environments.yaml", environments)
-    for args in (["init", "-q"], ["add", "-A"],
-                 ["-c", "user.email=ds@example.com", "-c", "user.name=ds", "commit", "-qm",
-                  "house prices"]):
-        subprocess.run(["git", *args], cwd=ws.root, check=True, capture_output=True)
+    subprocess.run(["git", "init", "-q"], cwd=ws.root, check=True, capture_output=True)
+    _commit(ws.root, "house prices")
     return ws
 
 
@@ -76,6 +96,22 @@ def test_own_estimator_on_a_csv_through_dev_and_qa_then_a_worse_one_is_stopped(
     ws = _project(tmp_path)
     ci = oidc.github("release-bot")
     try:
+        # the data breaks its contract: the run stops before anything is trained
+        broken = ws.cli("run", env=ci)
+        output = broken.stdout + broken.stderr
+        assert broken.returncode == 1, output
+        record = ws.run_record()
+        assert record["stages"]["validate_data"]["status"] == "failed"
+        assert record["stages"]["train"]["status"] in ("pending", "skipped")
+        error = record["stages"]["validate_data"]["error"]
+        assert "(1 failed check): training: column 'area_m2': min 10: 1 values outside " \
+               "it: -1.0" in error or "(2 failed checks)" in error, error
+        assert "column 'area_m2': min 10" in output and "-1.0" in output
+        archived = (ws.runs()[-1] / "validate_data.ipynb").read_text()
+        assert "| area_m2 | min 10 | **fail** |" in archived  # the check table, rendered
+
+        _houses(ws.root / "data" / "houses.csv")
+        _commit(ws.root, "area in square metres again")
         first = ws.cli("run", env=ci)
         assert first.returncode == 3, first.stdout + first.stderr  # at qa's gate, dev deployed
         record = ws.run_record()
@@ -86,6 +122,16 @@ def test_own_estimator_on_a_csv_through_dev_and_qa_then_a_worse_one_is_stopped(
             == [("rmse", "minimize", True)]
         version = record["model_version"]["version"]
         assert record["stages"]["deploy"]["outputs"]["served_version"] == version
+        # the approval binds to the contract that was checked: its digest is in the bundle
+        from workbench.governance import approvals
+        from workbench.project import Project
+        from workbench.run_record import load
+
+        project = Project(ws.root)
+        _, bundle = approvals.status(project, load(project, record["id"]), "qa")
+        contract_digest = hashlib.sha256(CONTRACT.encode()).hexdigest()
+        assert bundle.parts["data_contracts"] == {"validate_data": {
+            "contract": "configs/data_contract.yaml", "digest": contract_digest}}
 
         approved = ws.cli("approve", "latest", "--env", "qa", "--comment", "rmse ok",
                           env=oidc.github("alice"))

@@ -58,7 +58,8 @@ MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 # takes a role by declaring it (``version: {type: str, role: model_version}``), or by having
 # the role's standard name (``STANDARD_NAMES``) when no output of its stage declares that role.
 OutputRole = Literal["model_version", "trained_run", "metrics", "champion", "verdict",
-                     "served_version", "endpoint", "alias_move", "load_test"]
+                     "served_version", "endpoint", "alias_move", "load_test",
+                     "data_validation"]
 OUTPUT_ROLES: tuple[OutputRole, ...] = typing.get_args(OutputRole)
 STANDARD_NAMES: dict[str, OutputRole] = {
     "model_version": "model_version",  # the registered model version (str): gates release it
@@ -69,6 +70,7 @@ STANDARD_NAMES: dict[str, OutputRole] = {
     "served_version": "served_version",  # a deploy: the version now served
     "endpoint": "endpoint",  # a deploy: the URL it serves at
     "alias_move": "alias_move",  # a registry alias move: {"seq": ...} from the journal
+    "data_validation": "data_validation",  # a data contract checked: {"contract_digest": ...}
 }
 # roles by which a stage reports a side effect: serving a model, moving a registry alias
 SIDE_EFFECT_ROLES: frozenset[OutputRole] = frozenset({"served_version", "endpoint",
@@ -736,6 +738,18 @@ def read_yaml(text: str | None, label: str) -> tuple[Any, list[Problem]]:
         kind = type(data).__name__
         return None, [Problem(label, "", f"expected a mapping at the top, got {kind}")]
     return data, []
+
+
+def parse_file(model: type[BaseModel], text: str | None, label: str) -> Any:
+    """One YAML file of the project read as ``model`` (a data contract, say); every problem
+    named by file and key path in one :class:`ConfigError`."""
+    data, problems = read_yaml(text, label)
+    if problems:
+        raise ConfigError(problems)
+    parsed, problems = _parse(model, data, label)
+    if problems:
+        raise ConfigError(problems)
+    return parsed
 
 
 PIPELINES_DIR = "pipelines"  # configs/pipelines/<name>/: one folder per pipeline

@@ -13,7 +13,8 @@ Scraps
     :func:`glue` records a stage output.
 Data and model
     :func:`load_split` (a project file or a bundled set, split the same way in every stage),
-    :func:`task_of`, :func:`build_estimator` (any class or factory, the project's own too).
+    :func:`task_of`, :func:`build_estimator` (any class or factory, the project's own too),
+    :func:`validate_data` (the data contract checked on named data sets).
 Model logging & registration
     :func:`connect` (the project's MLflow store), :func:`log_sklearn_model`,
     :func:`latest_model_uri`, :func:`record_evaluation`, :func:`recorded_evaluation`,
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.scraps import glue
 
 if TYPE_CHECKING:
+    from workbench.data_contract import validate_data
     from workbench.datasets import load_split, task_of
     from workbench.deploy import deploy_model
     from workbench.deploy.smoke import check_served_version, smoke_test
@@ -74,6 +76,7 @@ _LAZY = {
     "load_split": "workbench.datasets:load_split",
     "task_of": "workbench.datasets:task_of",
     "build_estimator": "workbench.estimators:build_estimator",
+    "validate_data": "workbench.data_contract:validate_data",
     # model logging & registration
     "connect": "workbench.registry.store:connect",
     "log_sklearn_model": "workbench.registry.models:log_sklearn_model",
@@ -113,8 +116,8 @@ __all__ = [
     "evaluate_slo", "glue", "latest_model_uri",
     "load_review", "load_split", "load_test_setup", "log_sklearn_model", "monitor_setup",
     "objectives_from_thresholds", "record_evaluation", "recorded_evaluation", "register",
-    "resolve_review_mode", "run_load", "smoke_test", "task_of", "timeline", "version_by_alias",
-    "watch",
+    "resolve_review_mode", "run_load", "smoke_test", "task_of", "timeline", "validate_data",
+    "version_by_alias", "watch",
 ]
 
 

@@ -122,6 +122,20 @@ def _released_files(project: Project, config: Config, gate: str) -> dict[str, st
     return found
 
 
+def _data_contracts(config: Config, record: run_record.RunRecord,
+                    upstream: list[str]) -> dict[str, dict[str, str]]:
+    """The data contracts checked before the gate (outputs with role ``data_validation``):
+    stage -> the contract file and the digest of the text it was checked against."""
+    found: dict[str, dict[str, str]] = {}
+    for name in upstream:
+        output = config.stage(name).roles.get("data_validation")
+        value = record.stages[name].outputs.get(output) if output else None
+        if isinstance(value, dict) and value.get("contract_digest"):
+            found[name] = {"contract": str(value.get("contract", "")),
+                           "digest": str(value["contract_digest"])}
+    return found
+
+
 def compute(project: Project, config: Config, record: run_record.RunRecord, environment: str,
             trust: Trusted) -> Bundle:
     """The bundle the gate for ``environment`` would release for this run, as of now: every
@@ -164,5 +178,8 @@ def compute(project: Project, config: Config, record: run_record.RunRecord, envi
         "parameters": parameters,
         "released": _released_files(project, config, gate),
     }
+    contracts = _data_contracts(config, record, upstream)
+    if contracts:  # a part only when checked: earlier bundles keep their digests
+        parts["data_contracts"] = contracts
     return Bundle(environment=environment, parts=parts,
                   digest=hashlib.sha256(canonical(parts)).hexdigest())

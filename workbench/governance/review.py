@@ -88,10 +88,26 @@ class Review:
                  f"{policy.valid_for}; self-approval "
                  f"{'allowed' if self_ok else 'not allowed'}"]
         _markdown("\n".join(line for line in lines if line))
+        self._show_data_checks()
         self._show_metrics()
         self._show_plots()
         self._show_load_tests()
         self._show_decisions()
+
+    def _show_data_checks(self) -> None:
+        """The data contracts checked before training: the contract file, its digest (part of
+        the bundle) and the verdict per data set."""
+        for name, entry in self.record.stages.items():
+            checked = entry.output("data_validation")
+            if entry.status not in run_record.DONE or not isinstance(checked, dict):
+                continue
+            counts = ", ".join(f"{data}: {n} checks" for data, n in
+                               (checked.get("checks") or {}).items())
+            verdict = "passed" if checked.get("passed") else "failed"
+            _markdown(f"### Data contract checked by `{name}`\n\n"
+                      f"`{checked.get('contract')}` (sha256 "
+                      f"`{str(checked.get('contract_digest'))[:12]}`): **{verdict}** "
+                      f"({counts})")
 
     def _show_metrics(self) -> None:
         for name, entry in self.record.stages.items():

@@ -16,6 +16,7 @@ ROLE_TYPES: dict[str, tuple[OutputType, ...]] = {
     "model_version": ("str", "int"), "trained_run": ("str",), "metrics": ("dict",),
     "champion": ("dict",), "verdict": ("bool",), "served_version": ("str", "int"),
     "endpoint": ("str",), "alias_move": ("dict",), "load_test": ("dict",),
+    "data_validation": ("dict",),
 }
 HOW = ("an output with `role: model_version` (or named model_version) in the stage that "
        "registers the model")
