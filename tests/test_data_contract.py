@@ -131,3 +131,23 @@ def test_validation_reports_every_data_set_and_enforces_with_each_failure(
     assert raised.value.exit_code == 1
     assert "(2 failed checks): held-out: column 'age': min 18: 1 values outside it: 12; " \
            "held-out: column 'segment'" in str(raised.value)
+
+
+def test_validate_reads_the_contract_a_stage_names(tmp_path: Path) -> None:
+    from tests.conftest import Workspace
+
+    done = Workspace(tmp_path).cli("init", str(tmp_path / "p"), "--template", "regression")
+    assert done.returncode == 0, done.stderr
+    ws = Workspace(tmp_path / "p")
+    assert ws.cli("validate").returncode == 0
+    contract = ws.root / "configs" / "data_contract.yaml"
+    contract.write_text(contract.read_text().replace("age: {type: float",
+                                                     "age: {type: decimal"))
+    checked = ws.cli("validate")
+    assert checked.returncode == 2
+    assert "configs/data_contract.yaml: columns.age.type: Input should be 'int'" in checked.stderr
+    contract.unlink()
+    checked = ws.cli("validate")
+    assert checked.returncode == 2
+    assert "stages(validate_data).parameters.contract: configs/data_contract.yaml: cannot " \
+           "read the data contract" in checked.stderr

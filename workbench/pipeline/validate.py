@@ -33,6 +33,7 @@ def load_and_validate(project: Project, pipeline: str | None = None) -> Config:
         problems += cache_problems(config) + role_problems(config)
     problems += notebook_problems(project, config)
     problems += _kubernetes_problems(project, config)  # configs/kubernetes.yaml, when used
+    problems += _contract_problems(project, config)
     if problems:
         raise ConfigError(problems)
     return config
@@ -41,6 +42,26 @@ def load_and_validate(project: Project, pipeline: str | None = None) -> Config:
 def validation_warnings(config: Config) -> list[Problem]:
     """What runs but may not mean what was intended: printed by ``workbench validate``."""
     return role_warnings(config) + strictness_warnings(config)
+
+
+def _contract_problems(project: Project, config: Config) -> list[Problem]:
+    """The data contract files that stages checking data name (a literal ``contract``
+    parameter of a stage with a ``data_validation`` output), read as the stage will."""
+    from workbench.data_contract import ContractError, load_contract
+
+    problems: list[Problem] = []
+    for stage in config.pipeline.stages:
+        path = stage.parameters.get("contract")
+        if "data_validation" not in stage.roles or not isinstance(path, str):
+            continue
+        try:
+            load_contract(path, project.root)
+        except ConfigError as exc:
+            problems += exc.problems
+        except ContractError as exc:
+            problems.append(Problem(PIPELINE_LABEL, f"stages({stage.name}).parameters.contract",
+                                    str(exc)))
+    return problems
 
 
 def _kubernetes_problems(project: Project, config: Config) -> list[Problem]:
