@@ -7,7 +7,9 @@ training; a second release 10 % worse on RMSE is stopped by the objective."""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import Workspace, free_port
+from tests.conftest import Workspace, free_port, wait_until
 
 ESTIMATOR = '''"""The team's own regressor: ridge regression with an optional constant shift."""
 
@@ -84,10 +86,45 @@ def _project(tmp_path: Path) -> Workspace:
         env["deploy"]["port"] = free_port()
         env.pop("thresholds", None)
         env["objectives"] = [rmse] if name != "prod" else [{**rmse, "bound": 50.0}]
+    # qa's endpoint logs what it serves, without the age column, for drift checks
+    environments["environments"]["qa"]["inference_log"] = {"sample": 1.0,
+                                                           "drop_columns": ["age_years"]}
     ws.write_yaml("environments.yaml", environments)
     subprocess.run(["git", "init", "-q"], cwd=ws.root, check=True, capture_output=True)
     _commit(ws.root, "house prices")
     return ws
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def _iso(at: float) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(at).isoformat(timespec="milliseconds")
+
+
+def _send(endpoint: str, frame: pd.DataFrame, ws: Workspace) -> int:
+    """Score ``frame`` on the endpoint in requests of 50 rows; wait until the proxy has
+    written them to its inference log; the number of requests."""
+    route = f"{endpoint}/-/route"
+    before = json.loads(urllib.request.urlopen(route, timeout=30).read())["logged"]
+    sent = 0
+    for start in range(0, len(frame), 50):
+        part = frame.iloc[start:start + 50]
+        body = json.dumps({"dataframe_split": {"columns": list(part.columns),
+                                               "data": part.values.tolist()}}).encode()
+        request = urllib.request.Request(f"{endpoint}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            assert len(json.loads(answer.read())["predictions"]) == len(part)
+        sent += 1
+    wait_until("the inference log to take every request", lambda: json.loads(
+        urllib.request.urlopen(route, timeout=30).read())["logged"] >= before + sent)
+    return sent
 
 
 @pytest.mark.slow
@@ -145,6 +182,33 @@ def test_own_estimator_on_a_csv_through_dev_and_qa_then_a_worse_one_is_stopped(
         # the model carries the project's package: the servers loaded it from the artifact
         artifacts = list((ws.root / ".workbench" / "mlflow").rglob("code/house_models/ridge.py"))
         assert artifacts, "the logged model does not carry house_models"
+
+        # drift: what qa's endpoint is asked, against the version's training baseline
+        endpoint = record["stages"]["deploy_qa"]["outputs"]["endpoint"]
+        houses = pd.read_csv(ws.root / "data" / "houses.csv").drop(columns=["price_k"])
+        before = _now()  # the load test's requests (5 rows, again and again) came earlier
+        assert _send(endpoint, houses.sample(300, random_state=1), ws) == 6
+        nothing = ws.cli("drift", "--env", "qa", "--since", _iso(_now()))
+        assert nothing.returncode == 2  # nothing logged since then
+        assert "no logged requests of house-prices v1 on qa" in nothing.stderr
+        checked = ws.cli("drift", "--env", "qa", "--since", _iso(before))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "feature 'age_years': not in the logged requests" in checked.stdout  # dropped
+        assert "feature 'area_m2': ks" in checked.stdout and "no drift" in checked.stdout
+        later = _now()
+        shifted = houses.sample(300, random_state=2).assign(area_m2=lambda f: f.area_m2 * 2.5)
+        assert _send(endpoint, shifted, ws) == 6
+        drifted = ws.cli("drift", "--env", "qa", "--since", _iso(later), "--json")
+        assert drifted.returncode == 1, drifted.stdout + drifted.stderr
+        found = json.loads(drifted.stdout)
+        assert found["requests"] == 6 and found["rows"] == 300
+        assert "area_m2" in found["drifted"] and "__prediction__" in found["drifted"]
+        assert "rooms" not in found["drifted"]
+        logged = (ws.root / ".workbench" / "inference" / "qa" / f"{version}.jsonl").read_text()
+        assert "age_years" not in logged  # the dropped column never reached the disk
+        assert len(list((ws.root / "reports" / "drift").glob("*.json"))) == 2
+        verified = ws.cli("audit", "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
 
         # a release 10 % worse on RMSE: the same model shifted by half its error
         shift = round(0.5 * rmse, 3)

@@ -397,6 +397,24 @@ class MonitorPolicy(Strict):
     rollback: bool = True
 
 
+class InferenceLogSettings(Strict):
+    """What the local endpoint records of served requests (README: drift)."""
+
+    sample: Annotated[float, Field(gt=0, le=1)] = 1.0  # share of answered requests logged
+    max_mb: Annotated[float, Field(gt=0)] = 50.0  # per version; one older file is kept
+    drop_columns: list[str] = []  # never written (identifiers, personal data)
+
+
+class DriftPolicy(Strict):
+    """How served inputs and predictions are judged against the version's baseline profile:
+    Kolmogorov-Smirnov for numeric features, the population stability index for the rest."""
+
+    ks_threshold: Annotated[float, Field(gt=0, le=1)] = 0.2
+    psi_threshold: Annotated[float, Field(gt=0)] = 0.2
+    min_rows: Annotated[int, Field(ge=1)] = 30  # logged rows needed to judge a feature
+    on_breach: Literal["warn", "fail"] = "fail"  # `workbench drift` exits 1, or only warns
+
+
 class Environment(Strict):
     deploy: DeployTarget
     thresholds: Thresholds | None = None  # the older form of an objective on ``score``
@@ -406,6 +424,8 @@ class Environment(Strict):
     slo: Slo = Slo()
     load_test: LoadProfile = LoadProfile()
     monitor: MonitorPolicy = MonitorPolicy()
+    inference_log: InferenceLogSettings | None = None  # off unless declared
+    drift: DriftPolicy = DriftPolicy()
 
     @computed_field  # type: ignore[prop-decorator]
     @property

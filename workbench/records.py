@@ -85,3 +85,19 @@ class RollbackRecord(StoredRecord):
     target: str
     endpoint: str
     time: str
+
+
+class DriftRecord(StoredRecord):
+    """Served inputs and predictions of one version compared with its baseline profile."""
+
+    kind: Literal["drift"] = "drift"
+    environment: str
+    model: str
+    version: str
+    since: float = 0.0  # epoch seconds: the oldest logged request considered
+    requests: int  # logged requests compared
+    rows: int
+    features: list[dict[str, Any]]  # each feature's statistic, value, threshold, verdict
+    drifted: list[str]
+    actor: Identity
+    time: str

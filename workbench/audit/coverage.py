@@ -37,6 +37,7 @@ def check(reports: Path, index: LedgerIndex) -> Coverage:
     """Every problem of the archive's coverage by the ledger (see the module doc)."""
     found = Coverage()
     _record_folder(reports, reports / "rollbacks", index, found)
+    _record_folder(reports, reports / "drift", index, found)
     renders = [e.get("seq") or 0 for entries in index.by_run.values() for e in entries
                if e.get("event") == "stage_rendered"]
     first_render = min(renders, default=None)  # pages recorded since this ledger entry

@@ -1,4 +1,4 @@
-"""Operations: ``workbench rollback``."""
+"""Operations: ``workbench rollback`` and ``workbench drift``."""
 
 from __future__ import annotations
 
@@ -49,3 +49,59 @@ def _show_on_site(project: Any) -> None:
 
     with contextlib.suppress(Exception):
         build_environments(project)
+
+
+@app.command()
+def drift(
+    env: Annotated[str, typer.Option("--env", help="Environment whose endpoint to check.")],
+    since: Annotated[str | None, typer.Option("--since", metavar="TIME", help="Only requests "
+                     "logged since: an ISO time (2026-12-07T10:00) or a duration ago "
+                     "(30m, 24h, 7d).")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="The version whose log to "
+                       "check (default: the one ENV serves).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The record as JSON.")] = False,
+) -> None:
+    """Compare the requests ENV's endpoint logged with the served version's training baseline.
+
+    Each feature (and the predictions) gets a named statistic against the environment's
+    `drift` thresholds: Kolmogorov-Smirnov for numbers, the population stability index for
+    categories. The result is a record of `reports/drift/` in the ledger. Exit 1 on drift
+    when the policy's `on_breach` is `fail` (the default); 2 when there is nothing to compare.
+    """
+    import json
+
+    from workbench.config import load_config
+    from workbench.identity import current
+    from workbench.operations.drift_check import DriftError, check_drift
+
+    project = _project()
+    config = load_config(project.configs)
+    try:
+        report = check_drift(project, config, env, current(None), since=_since(since),
+                             version=version)
+    except DriftError as exc:
+        raise UsageError(f"drift --env {env}: {exc}") from None
+    typer.echo(json.dumps(report.record.model_dump(mode="json"), indent=2) if as_json
+               else report.describe())
+    if report.failing:
+        raise typer.Exit(1)
+
+
+def _since(text: str | None) -> float:
+    """``--since`` as epoch seconds (0: everything logged)."""
+    import time
+    from datetime import datetime
+
+    from workbench.config import parse_duration
+
+    if not text:
+        return 0.0
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise UsageError(f"--since {text!r}: expected an ISO time (2026-12-07T10:00) or a "
+                         f"duration ago (30m, 24h, 7d)") from None

@@ -297,9 +297,20 @@ def start_model_server(project: Project, environment: str, model_name: str, vers
     return process, port, log
 
 
-def _switch(project: Project, environment: str, old: Server, port: int, version: str) -> None:
+def _route(port: int, version: str, log: dict[str, Any] | None) -> dict[str, Any]:
+    """The proxy's route file: the backend, its version and, when on, the inference log."""
+    return {"port": port, "version": str(version), **({"log": log} if log else {})}
+
+
+def inference_folder(project: Project, key: str) -> Path:
+    """Where the endpoint ``key`` (see :func:`server_key`) logs what it serves."""
+    return project.local_state / "inference" / key
+
+
+def _switch(project: Project, environment: str, old: Server, port: int, version: str,
+            log: dict[str, Any] | None) -> None:
     """Point the proxy at ``port``; return once no request is in flight on the old server."""
-    write_json(route_file(project, environment), {"port": port, "version": str(version)})
+    write_json(route_file(project, environment), _route(port, version, log))
     deadline = time.monotonic() + DRAIN_TIMEOUT
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError, ValueError):
@@ -313,7 +324,8 @@ def _switch(project: Project, environment: str, old: Server, port: int, version:
 
 
 def serve(project: Project, environment: str, port: int, model_name: str, version: str,
-          tracking_uri: str, ready_timeout: float = 180.0) -> Server:
+          tracking_uri: str, ready_timeout: float = 180.0,
+          inference: dict[str, Any] | None = None) -> Server:
     """Serve ``models:/<name>/<version>`` on the environment's endpoint without dropping traffic.
 
     The new model server must be up and report ``version`` before any request reaches it; if
@@ -325,7 +337,7 @@ def serve(project: Project, environment: str, port: int, model_name: str, versio
     project.servers.mkdir(parents=True, exist_ok=True)
     with FileLock(project.servers / f"{environment}.lock", timeout=DEPLOY_LOCK_S):
         server = _serve(project, environment, port, model_name, version, tracking_uri,
-                        ready_timeout)
+                        ready_timeout, inference)
         _pending_file(project, environment).unlink(missing_ok=True)  # the record names them
         return server
 
@@ -334,7 +346,8 @@ DEPLOY_LOCK_S = 600.0
 
 
 def _serve(project: Project, environment: str, port: int, model_name: str, version: str,
-           tracking_uri: str, ready_timeout: float) -> Server:
+           tracking_uri: str, ready_timeout: float, inference: dict[str, Any] | None
+           ) -> Server:
     old = current(project, environment)
     if old is None:
         stop(project, environment)  # leftovers of a half-dead endpoint
@@ -347,8 +360,7 @@ def _serve(project: Project, environment: str, port: int, model_name: str, versi
     backend, backend_port, backend_log = start_model_server(
         project, environment, model_name, version, tracking_uri, ready_timeout)
     if old is None:
-        write_json(route_file(project, environment), {"port": backend_port,
-                                                      "version": str(version)})
+        write_json(route_file(project, environment), _route(backend_port, version, inference))
         log = project.servers / f"{environment}.proxy.log"
         proxy = _spawn(project, environment, [
             sys.executable, "-m", "workbench.deploy.proxy", "--port", str(port), "--route",
@@ -361,10 +373,10 @@ def _serve(project: Project, environment: str, port: int, model_name: str, versi
         proxy_pid = proxy.pid
     else:
         try:
-            _switch(project, environment, old, backend_port, version)
+            _switch(project, environment, old, backend_port, version, inference)
         except BaseException:  # keep the old version serving
-            write_json(route_file(project, environment), {"port": old.backend_port,
-                                                          "version": old.version})
+            write_json(route_file(project, environment),
+                       _route(old.backend_port, old.version, inference))
             stop_group(backend.pid, 5)
             raise
         stop_group(old.backend_pid, 10)
@@ -391,10 +403,14 @@ class LocalTarget:
     """The ``local`` deploy target (see the module doc)."""
 
     def deploy(self, request: Any) -> Server:
-        port = request.config.environments[request.environment].deploy.port
+        settings = request.config.environments[request.environment]
         key = server_key(request.project, request.config, request.environment)
-        return serve(request.project, key, port, request.model_name, request.version,
-                     request.tracking_uri)
+        log = settings.inference_log
+        route_log = {"dir": str(inference_folder(request.project, key)), "sample": log.sample,
+                     "max_bytes": int(log.max_mb * 1_000_000),
+                     "drop": list(log.drop_columns)} if log else None
+        return serve(request.project, key, settings.deploy.port, request.model_name,
+                     request.version, request.tracking_uri, inference=route_log)
 
     def rollback(self, request: Any) -> Server:
         """A rollback is a zero-downtime redeploy of the earlier version."""

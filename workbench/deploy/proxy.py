@@ -4,12 +4,15 @@
 forwards every request to the backend named in the route file (``{"port": N, "version": V}``),
 which it re-reads whenever the file changes. A redeploy therefore never drops a request: the
 new backend starts on a fresh port, passes its smoke test, the route file is switched, and the
-old backend is stopped only once ``GET /-/route`` reports no request in flight on it.
+old backend is stopped only once ``GET /-/route`` reports no request in flight on it. When the
+route names an inference log, answered ``/invocations`` requests are sampled into it off the
+request path (``workbench.deploy.inference_log``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 from collections import Counter
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+
+from workbench.deploy.inference_log import InferenceLog
 
 HOST = "127.0.0.1"
 ROUTE_PATH = "/-/route"
@@ -54,17 +59,22 @@ def _headers(headers: Any) -> dict[str, str]:
 
 
 def make_app(router: Router, timeout: float = 120.0) -> web.Application:
+    inference = InferenceLog()
+
     async def session_context(app: web.Application) -> Any:
         app["session"] = ClientSession(connector=TCPConnector(limit=0),
                                        timeout=ClientTimeout(total=timeout),
                                        auto_decompress=False)
+        writer = asyncio.create_task(inference.run())
         yield
+        writer.cancel()
         await app["session"].close()
 
     async def route_info(_request: web.Request) -> web.Response:
         route = router.current()
         return web.json_response({**route, "pid": os.getpid(),
-                                  "inflight": {str(p): n for p, n in router.inflight.items()}})
+                                  "inflight": {str(p): n for p, n in router.inflight.items()},
+                                  "logged": inference.written, "log_dropped": inference.dropped})
 
     async def forward(request: web.Request) -> web.StreamResponse:
         if request.path == ROUTE_PATH:
@@ -80,6 +90,9 @@ def make_app(router: Router, timeout: float = 120.0) -> web.Application:
                     request.method, f"http://{HOST}:{port}{request.rel_url}",
                     headers=_headers(request.headers), data=body) as answer:
                 payload = await answer.read()
+                if route.get("log") and answer.status == 200 and request.method == "POST" \
+                        and request.path.endswith("/invocations"):
+                    inference.offer(route["log"], str(route.get("version", "")), body, payload)
                 return web.Response(status=answer.status, body=payload,
                                     headers=_headers(answer.headers))
         except (ClientError, TimeoutError) as exc:

@@ -23,7 +23,8 @@ def pip_requirements() -> list[str]:
 def log_sklearn_model(model: Any, X_sample: Any, name: str = "model") -> Any:
     """Log a fitted scikit-learn-style model with signature, input example and skops trusted
     types; the project's own modules it is made of travel with it (MLflow ``code_paths``), so
-    evaluation, model servers and rollbacks load it without the project on their path."""
+    evaluation, model servers and rollbacks load it without the project on their path. Pass
+    the training inputs as ``X_sample``: their profile is the model's drift baseline."""
     import mlflow.sklearn
     import skops.io
     from mlflow.models import infer_signature
@@ -31,12 +32,33 @@ def log_sklearn_model(model: Any, X_sample: Any, name: str = "model") -> Any:
     from workbench.estimators import project_code_paths
 
     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    signature = infer_signature(X_sample, model.predict(X_sample))
-    return mlflow.sklearn.log_model(
+    predicted = model.predict(X_sample)
+    signature = infer_signature(X_sample, predicted)
+    info = mlflow.sklearn.log_model(
         model, name=name, signature=signature, input_example=X_sample.head(3),
         pip_requirements=pip_requirements(), skops_trusted_types=trusted,
         code_paths=project_code_paths(model) or None,
     )
+    log_baseline_profile(info.model_id, X_sample, predicted)
+    return info
+
+
+def log_baseline_profile(model_id: str, features: Any, predictions: Any) -> None:
+    """Store the baseline profile of the model's training inputs and predictions among its
+    own files (``workbench_profile.json``): drift checks compare served requests with it, and
+    it is part of the model's artifact digest in every release bundle."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    from workbench.drift import PROFILE_FILE, profile
+
+    with tempfile.TemporaryDirectory(prefix="workbench-profile-") as folder:
+        path = Path(folder) / PROFILE_FILE
+        path.write_text(json.dumps(profile(features, predictions)), encoding="utf-8")
+        MlflowClient().log_model_artifact(model_id, str(path))
 
 
 def latest_model_uri(experiment: str) -> str:

@@ -1,0 +1,138 @@
+"""``workbench drift``: what an environment's endpoint was asked, against the baseline profile
+of the version it serves; the result is a record of ``reports/drift/``, in the ledger."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from workbench.audit import journal
+from workbench.clock import utc_now
+from workbench.config import Config
+from workbench.drift import PREDICTIONS, PROFILE_FILE, FeatureDrift, compare
+from workbench.errors import WorkbenchError
+from workbench.identity import Identity
+from workbench.project import Project
+from workbench.records import DriftRecord
+
+DRIFT_DIR = "drift"
+
+
+class DriftError(WorkbenchError, RuntimeError):
+    """Nothing to compare: no endpoint, no baseline profile or no inference log."""
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    record: DriftRecord
+    results: list[FeatureDrift]
+    failing: bool  # drifted, and the environment's policy fails on a breach
+
+    def describe(self) -> str:
+        head = (f"{self.record.environment}: {self.record.model} v{self.record.version}, "
+                f"{self.record.requests} logged requests ({self.record.rows} rows) against "
+                f"the training baseline")
+        lines = [head] + [f"  {r.describe()}" for r in self.results]
+        verdict = (f"drift in {', '.join(self.record.drifted)}" if self.record.drifted
+                   else "no drift")
+        return "\n".join([*lines, f"{verdict} (record #{self.record.seq}, reports/drift/)"])
+
+
+def baseline_profile(tracking_uri: str, model: str, version: str) -> dict[str, Any]:
+    """The baseline profile stored with a registered version's files."""
+    from workbench.governance.bundle import version_location
+
+    location = version_location(tracking_uri, model, version)
+    parsed = urlparse(location)
+    local = Path(unquote(parsed.path)) / PROFILE_FILE
+    if parsed.scheme in ("", "file") and local.is_file():
+        return dict(json.loads(local.read_text(encoding="utf-8")))
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="workbench-drift-") as folder:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{model}/{version}/{PROFILE_FILE}", dst_path=folder)
+        except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for "absent"
+            raise DriftError(f"{model} v{version} has no baseline profile ({PROFILE_FILE}): "
+                             f"it was logged before drift baselines, or not with "
+                             f"wb.log_sklearn_model ({exc})") from None
+        return dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def served_frame(lines: list[dict[str, Any]]) -> tuple[Any, list[Any]]:
+    """The logged requests as one DataFrame of inputs, and the predictions row by row."""
+    import pandas as pd
+
+    frames = [pd.DataFrame(line["rows"], columns=line["columns"]) for line in lines
+              if line.get("rows")]
+    predictions: list[Any] = []
+    for line in lines:
+        found = line.get("predictions") or []
+        predictions += found if len(found) == len(line.get("rows") or []) else \
+            [None] * len(line.get("rows") or [])
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return frame, predictions
+
+
+def check_drift(project: Project, config: Config, environment: str, actor: Identity, *,
+                since: float = 0.0, version: str | None = None) -> DriftReport:
+    """Compare what ``environment`` logged since ``since`` with the served version's baseline
+    (``version`` given: that version's log); record the result in the ledger."""
+    import pandas as pd
+
+    from workbench.deploy import serving
+    from workbench.deploy.inference_log import read_lines
+    from workbench.deploy.local import inference_folder, server_key
+    from workbench.registry.store import resolve
+
+    if environment not in config.environments:
+        raise DriftError(f"unknown environment {environment!r}; configs/environments.yaml "
+                         f"defines {', '.join(config.environments)}")
+    settings = config.environments[environment]
+    if version is None:
+        running = serving(project, config, environment)
+        if running is None:
+            raise DriftError(f"nothing is deployed to {environment}; pass --version to check "
+                             f"what an earlier version logged")
+        version = str(running.version)
+    folder = inference_folder(project, server_key(project, config, environment))
+    lines = list(read_lines(folder, version, since))
+    if not lines:
+        hint = "" if settings.inference_log else (
+            f"; {environment} logs no requests: declare inference_log in "
+            f"configs/environments.yaml")
+        raise DriftError(f"no logged requests of {config.model.name} v{version} on "
+                         f"{environment} in {folder}{hint}")
+    model = config.model.name
+    baseline = baseline_profile(resolve(project, config.pipeline.mlflow).tracking_uri, model,
+                                version)
+    frame, predictions = served_frame(lines)
+    features = frame[[c for c in frame.columns if c in baseline["columns"]]]
+    for column in features.columns:  # JSON numbers may come as text; categories stay text
+        numeric = pd.to_numeric(features[column], errors="coerce")
+        if numeric.notna().sum() == features[column].notna().sum():
+            features = features.assign(**{column: numeric})
+    known = [p for p in predictions if p is not None]
+    policy = settings.drift
+    results = compare(baseline, features, known if PREDICTIONS in baseline["columns"] and known
+                      else None, ks_threshold=policy.ks_threshold,
+                      psi_threshold=policy.psi_threshold, min_rows=policy.min_rows)
+    drifted = [r.feature for r in results if r.drifted]
+    record = DriftRecord(environment=environment, model=model, version=version, since=since,
+                         requests=len(lines), rows=len(frame),
+                         features=[r.as_dict() for r in results], drifted=drifted,
+                         actor=actor, time=utc_now())
+    body = record.body()
+    entry, _ = journal.append_recorded(
+        project.reports, project.reports / DRIFT_DIR, body, event="drift",
+        actor=actor.model_dump(), run_id=None,
+        ledger_data=lambda _stored: {k: body[k] for k in (
+            "environment", "model", "version", "requests", "rows", "drifted")})
+    return DriftReport(DriftRecord.model_validate(entry), results,
+                       bool(drifted) and policy.on_breach == "fail")
