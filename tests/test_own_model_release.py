@@ -44,7 +44,7 @@ columns:
 """
 
 
-def _houses(path: Path, bad_area: bool = False) -> None:
+def _houses(path: Path, area_unit: float = 1.0) -> None:
     rng = np.random.default_rng(11)
     rows = 400
     frame = pd.DataFrame({"rooms": rng.integers(1, 8, rows).astype(float),
@@ -53,8 +53,7 @@ def _houses(path: Path, bad_area: bool = False) -> None:
     frame["area_m2"] = frame["area_m2"].clip(lower=20)
     frame["price_k"] = (40 * frame["rooms"] + 2.5 * frame["area_m2"] - 0.8 * frame["age_years"]
                         + rng.normal(0, 20, rows))
-    if bad_area:  # an export that wrote square feet as negative numbers, say
-        frame.loc[[3, 250], "area_m2"] = -1.0
+    frame["area_m2"] *= area_unit  # an export that changed the unit of one column
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
 
@@ -69,7 +68,7 @@ def _project(tmp_path: Path) -> Workspace:
     done = Workspace(tmp_path).cli("init", str(tmp_path / "houses"), "--template", "regression")
     assert done.returncode == 0, done.stderr
     ws = Workspace(tmp_path / "houses")
-    _houses(ws.root / "data" / "houses.csv", bad_area=True)
+    _houses(ws.root / "data" / "houses.csv", area_unit=1000)
     (ws.root / "configs" / "data_contract.yaml").write_text(CONTRACT)
     package = ws.root / "house_models"
     package.mkdir()
@@ -133,7 +132,7 @@ def test_own_estimator_on_a_csv_through_dev_and_qa_then_a_worse_one_is_stopped(
     ws = _project(tmp_path)
     ci = oidc.github("release-bot")
     try:
-        # the data breaks its contract: the run stops before anything is trained
+        # a unit change (x1000) in one column breaks the contract: nothing is trained
         broken = ws.cli("run", env=ci)
         output = broken.stdout + broken.stderr
         assert broken.returncode == 1, output
@@ -141,14 +140,19 @@ def test_own_estimator_on_a_csv_through_dev_and_qa_then_a_worse_one_is_stopped(
         assert record["stages"]["validate_data"]["status"] == "failed"
         assert record["stages"]["train"]["status"] in ("pending", "skipped")
         error = record["stages"]["validate_data"]["error"]
-        assert "(1 failed check): training: column 'area_m2': min 10: 1 values outside " \
-               "it: -1.0" in error or "(2 failed checks)" in error, error
-        assert "column 'area_m2': min 10" in output and "-1.0" in output
-        archived = (ws.runs()[-1] / "validate_data.ipynb").read_text()
-        assert "| area_m2 | min 10 | **fail** |" in archived  # the check table, rendered
+        assert "(2 failed checks): training: column 'area_m2': max 400: 300 values outside " \
+               "it: " in error and "held-out: column 'area_m2': max 400: 100 values" in error
+        assert "column 'area_m2': max 400" in output
+        failed_run = ws.runs()[-1]
+        archived = (failed_run / "validate_data.ipynb").read_text()
+        assert "| training | area_m2 | max 400 | **fail** | 300 values outside it" in archived
+        assert "| training | rooms | min 1 | pass |" in archived  # every check, in a table
 
-        _houses(ws.root / "data" / "houses.csv")
-        _commit(ws.root, "area in square metres again")
+        # the same CSV with the contract updated to the new unit passes
+        contract = ws.root / "configs" / "data_contract.yaml"
+        contract.write_text(CONTRACT.replace("area_m2: {type: float, min: 10, max: 400}",
+                                             "area_m2: {type: float, min: 10000, max: 400000}"))
+        _commit(ws.root, "area in square decimetres... now in the contract")
         first = ws.cli("run", env=ci)
         assert first.returncode == 3, first.stdout + first.stderr  # at qa's gate, dev deployed
         record = ws.run_record()
@@ -166,7 +170,7 @@ def test_own_estimator_on_a_csv_through_dev_and_qa_then_a_worse_one_is_stopped(
 
         project = Project(ws.root)
         _, bundle = approvals.status(project, load(project, record["id"]), "qa")
-        contract_digest = hashlib.sha256(CONTRACT.encode()).hexdigest()
+        contract_digest = hashlib.sha256(contract.read_bytes()).hexdigest()
         assert bundle.parts["data_contracts"] == {"validate_data": {
             "contract": "configs/data_contract.yaml", "digest": contract_digest}}
 
@@ -186,8 +190,11 @@ def test_own_estimator_on_a_csv_through_dev_and_qa_then_a_worse_one_is_stopped(
         # drift: what qa's endpoint is asked, against the version's training baseline
         endpoint = record["stages"]["deploy_qa"]["outputs"]["endpoint"]
         houses = pd.read_csv(ws.root / "data" / "houses.csv").drop(columns=["price_k"])
-        before = _now()  # the load test's requests (5 rows, again and again) came earlier
+        before = _now()
         assert _send(endpoint, houses.sample(300, random_state=1), ws) == 6
+        log_file = ws.root / ".workbench" / "inference" / "qa" / f"{version}.jsonl"
+        # the smoke and load tests' requests (synthetic) were not logged: these 6 only
+        assert len(log_file.read_text().splitlines()) == 6
         nothing = ws.cli("drift", "--env", "qa", "--since", _iso(_now()))
         assert nothing.returncode == 2  # nothing logged since then
         assert "no logged requests of house-prices v1 on qa" in nothing.stderr
@@ -204,11 +211,24 @@ def test_own_estimator_on_a_csv_through_dev_and_qa_then_a_worse_one_is_stopped(
         assert found["requests"] == 6 and found["rows"] == 300
         assert "area_m2" in found["drifted"] and "__prediction__" in found["drifted"]
         assert "rooms" not in found["drifted"]
-        logged = (ws.root / ".workbench" / "inference" / "qa" / f"{version}.jsonl").read_text()
-        assert "age_years" not in logged  # the dropped column never reached the disk
+        assert "age_years" not in log_file.read_text()  # a dropped column never reaches disk
         assert len(list((ws.root / "reports" / "drift").glob("*.json"))) == 2
         verified = ws.cli("audit", "verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr
+        # the site and the ledger show both runs' check tables: the failed and the passed
+        built = ws.cli("reports", "build")
+        assert built.returncode == 0, built.stderr
+        ledger = [json.loads(line) for line in
+                  (ws.root / "reports" / "ledger.jsonl").read_text().splitlines()]
+        passed_run = ws.root / "reports" / "runs" / record["id"]
+        for run, verdict in ((failed_run, "fail"), (passed_run, "pass")):
+            page = (run / "validate_data.html").read_text()
+            assert "<td>area_m2</td>" in page and f"{verdict}</" in page
+            executed = [e for e in ledger if e["run_id"] == run.name and e["event"] ==
+                        "stage_executed" and e["data"]["stage"] == "validate_data"]
+            notebook = run / "validate_data.ipynb"
+            assert executed[-1]["files"][f"runs/{run.name}/validate_data.ipynb"] == \
+                hashlib.sha256(notebook.read_bytes()).hexdigest()
 
         # a release 10 % worse on RMSE: the same model shifted by half its error
         shift = round(0.5 * rmse, 3)

@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 QUEUE = 1000  # samples waiting to be written; more are dropped, counted in ``dropped``
+# the header of the workbench's own traffic (smoke tests, load tests, monitor probes): never
+# logged, so that synthetic requests do not pass for what the endpoint is asked
+SYNTHETIC_HEADER = "X-Workbench-Synthetic"
+SYNTHETIC = {SYNTHETIC_HEADER: "1"}
 
 
 def rows_of(payload: Any) -> tuple[list[str], list[list[Any]]]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
-from workbench.deploy.inference_log import InferenceLog
+from workbench.deploy.inference_log import SYNTHETIC_HEADER, InferenceLog
 
 HOST = "127.0.0.1"
 ROUTE_PATH = "/-/route"
@@ -91,7 +91,8 @@ def make_app(router: Router, timeout: float = 120.0) -> web.Application:
                     headers=_headers(request.headers), data=body) as answer:
                 payload = await answer.read()
                 if route.get("log") and answer.status == 200 and request.method == "POST" \
-                        and request.path.endswith("/invocations"):
+                        and request.path.endswith("/invocations") \
+                        and SYNTHETIC_HEADER not in request.headers:
                     inference.offer(route["log"], str(route.get("version", "")), body, payload)
                 return web.Response(status=answer.status, body=payload,
                                     headers=_headers(answer.headers))

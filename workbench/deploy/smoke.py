@@ -8,6 +8,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from workbench.deploy.inference_log import SYNTHETIC
 from workbench.deploy.local import http_url
 from workbench.errors import EXIT_FAILED, WorkbenchError
 
@@ -46,7 +47,7 @@ def predict_remote(url: str, frame: Any, timeout: float = 30.0) -> tuple[list[An
     """POST ``frame`` (a pandas DataFrame) to ``<url>/invocations``; predictions and latency."""
     body = request_body(frame)
     request = urllib.request.Request(http_url(f"{url}/invocations"), data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **SYNTHETIC})
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # nosec B310

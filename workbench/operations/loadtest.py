@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from workbench.config import LoadProfile, parse_duration
+from workbench.deploy.inference_log import SYNTHETIC
 from workbench.errors import EXIT_FAILED, WorkbenchError
 
 MAX_IN_FLIGHT = 1024
@@ -76,7 +77,7 @@ async def _drive(url: str, body: bytes, profile: LoadProfile) -> LoadResult:
 
     duration, warmup = parse_duration(profile.duration), parse_duration(profile.warmup)
     result = LoadResult(url, profile.model_dump(), duration)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **SYNTHETIC}
     limit = MAX_IN_FLIGHT if profile.rate else profile.concurrency
     connector = aiohttp.TCPConnector(limit=limit, force_close=False)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)

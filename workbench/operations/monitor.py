@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workbench.config import MonitorPolicy, parse_duration
+from workbench.deploy.inference_log import SYNTHETIC
 from workbench.deploy.local import http_url
 from workbench.operations.loadtest import percentile
 
@@ -44,7 +45,8 @@ class MonitorResult:
 
 def _request(url: str, body: bytes | None, timeout: float) -> bytes:
     request = urllib.request.Request(http_url(url), data=body, method="POST" if body else "GET",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              **SYNTHETIC})
     with urllib.request.urlopen(request, timeout=timeout) as response:  # nosec B310
         return response.read()
 
