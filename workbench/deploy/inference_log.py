@@ -3,10 +3,11 @@ request path.
 
 The proxy offers each answered ``/invocations`` request to :class:`InferenceLog`; what a
 request pays is one random draw and one non-blocking queue put (a full queue drops the sample
-and counts it), never a disk write. A background task parses the samples, drops the configured
-columns and appends one JSON line per request to ``<dir>/<version>.jsonl``; past ``max_bytes``
-the file becomes ``<version>.1.jsonl`` (one older file kept), so a version's log stays within
-twice that size.
+and counts it), never a disk write. A background task parses the samples in batches, drops the
+configured columns (with none to drop, the line holds the request and answer as they were,
+unparsed) and appends one JSON line per request to ``<dir>/<version>.jsonl``; before
+the file would pass ``max_bytes`` it becomes ``<version>.1.jsonl`` (one older file kept), so a
+version's log stays within twice that size.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-QUEUE = 1000  # samples waiting to be written; more are dropped, counted in ``dropped``
+QUEUE = 5000  # samples waiting to be written; more are dropped, counted in ``dropped``
+BATCH = 500  # samples written per thread hop at most
+GATHER_S = 0.05  # how long the writer lets samples gather before a batch
 # the header of the workbench's own traffic (smoke tests, load tests, monitor probes): never
 # logged, so that synthetic requests do not pass for what the endpoint is asked
 SYNTHETIC_HEADER = "X-Workbench-Synthetic"
@@ -57,6 +60,17 @@ def line_of(body: bytes, answer: bytes, drop: frozenset[str], at: float) -> dict
             "predictions": predictions}
 
 
+def _raw_line(body: bytes, answer: bytes, at: float) -> str:
+    """A log line holding the request and the answer as they were (both JSON the model server
+    read and wrote): nothing to parse on the way, :func:`read_lines` reads them as rows."""
+    if b"\n" in body or b"\n" in answer or b"\r" in body or b"\r" in answer:
+        json_body = json.dumps(json.loads(body), separators=(",", ":"))
+        json_answer = json.dumps(json.loads(answer), separators=(",", ":"))
+    else:
+        json_body, json_answer = body.decode(), answer.decode()
+    return f'{{"t":{at:.3f},"request":{json_body},"answer":{json_answer}}}\n'
+
+
 class InferenceLog:
     """Samples of one endpoint's answered requests, written by a background task."""
 
@@ -76,29 +90,64 @@ class InferenceLog:
             self.dropped += 1
 
     async def run(self) -> None:
-        """Write what is offered until cancelled."""
+        """Write what is offered, in batches (one thread hop and one append per file each),
+        until cancelled."""
         while True:
-            item = await self.queue.get()
+            batch = [await self.queue.get()]
+            await asyncio.sleep(GATHER_S)  # let a busy endpoint's samples gather into a batch
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
             try:
-                await asyncio.to_thread(self._write, *item)
-            except (OSError, ValueError, TypeError, AttributeError):
-                self.dropped += 1  # an unparseable request is not logged
+                await asyncio.to_thread(self._write, batch)
+            except OSError:
+                self.dropped += len(batch)
             finally:
-                self.queue.task_done()
+                for _ in batch:
+                    self.queue.task_done()
 
-    def _write(self, settings: dict[str, Any], version: str, body: bytes, answer: bytes,
-               at: float) -> None:
-        line = line_of(body, answer, frozenset(settings.get("drop", ())), at)
-        folder = Path(settings["dir"])
+    def _write(self, batch: list[tuple[dict[str, Any], str, bytes, bytes, float]]) -> None:
+        lines: dict[tuple[str, str, int], list[str]] = {}
+        for settings, version, body, answer, at in batch:
+            try:
+                text = _raw_line(body, answer, at) if not settings.get("drop") else \
+                    json.dumps(line_of(body, answer, frozenset(settings["drop"]), at),
+                               separators=(",", ":"), default=str) + "\n"
+            except (ValueError, TypeError, AttributeError):
+                self.dropped += 1  # an unparseable request is not logged
+                continue
+            key = (str(settings["dir"]), version, int(settings.get("max_bytes", 50_000_000)))
+            lines.setdefault(key, []).append(text)
+        for (folder, version, limit), texts in lines.items():
+            self._append(Path(folder), version, limit, texts)
+
+    def _append(self, folder: Path, version: str, limit: int, texts: list[str]) -> None:
+        """Append ``texts`` to the version's file, rotating it first when they would not fit:
+        the file never passes ``limit`` bytes (a line longer than that is dropped)."""
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{version}.jsonl"
-        text = json.dumps(line, separators=(",", ":"), default=str) + "\n"
-        limit = int(settings.get("max_bytes", 50_000_000))
-        if path.exists() and path.stat().st_size + len(text) > limit:
-            os.replace(path, folder / f"{version}.1.jsonl")
-        with path.open("a", encoding="utf-8") as out:
-            out.write(text)
-        self.written += 1
+        size = path.stat().st_size if path.exists() else 0
+        pending: list[str] = []
+        for text in texts:
+            length = len(text.encode())
+            if length > limit:
+                self.dropped += 1
+                continue
+            if size + length > limit:
+                self._flush(path, pending)
+                pending, size = [], 0
+                os.replace(path, folder / f"{version}.1.jsonl")
+            pending.append(text)
+            size += length
+        self._flush(path, pending)
+
+    def _flush(self, path: Path, texts: list[str]) -> None:
+        if texts:
+            with path.open("a", encoding="utf-8") as out:
+                out.write("".join(texts))
+            self.written += len(texts)
 
 
 def read_lines(folder: Path, version: str, since: float = 0.0) -> Iterator[dict[str, Any]]:
@@ -113,5 +162,12 @@ def read_lines(folder: Path, version: str, since: float = 0.0) -> Iterator[dict[
                     line = json.loads(raw)
                 except ValueError:
                     continue  # a line cut short by a crash
-                if float(line.get("t", 0)) >= since:
-                    yield line
+                if float(line.get("t", 0)) < since:
+                    continue
+                if "request" in line:  # written as it came: read as rows now
+                    columns, rows = rows_of(line["request"])
+                    answer = line.get("answer")
+                    line = {"t": line["t"], "columns": columns, "rows": rows,
+                            "predictions": answer.get("predictions", [])
+                            if isinstance(answer, dict) else []}
+                yield line

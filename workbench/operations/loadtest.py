@@ -72,12 +72,12 @@ class LoadResult:
                 "first_error": self.first_error}
 
 
-async def _drive(url: str, body: bytes, profile: LoadProfile) -> LoadResult:
+async def _drive(url: str, body: bytes, profile: LoadProfile, synthetic: bool) -> LoadResult:
     import aiohttp
 
     duration, warmup = parse_duration(profile.duration), parse_duration(profile.warmup)
     result = LoadResult(url, profile.model_dump(), duration)
-    headers = {"Content-Type": "application/json", **SYNTHETIC}
+    headers = {"Content-Type": "application/json", **(SYNTHETIC if synthetic else {})}
     limit = MAX_IN_FLIGHT if profile.rate else profile.concurrency
     connector = aiohttp.TCPConnector(limit=limit, force_close=False)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
@@ -124,8 +124,10 @@ async def _drive(url: str, body: bytes, profile: LoadProfile) -> LoadResult:
     return result
 
 
-def run_load(url: str, body: bytes, profile: LoadProfile) -> LoadResult:
+def run_load(url: str, body: bytes, profile: LoadProfile, synthetic: bool = True) -> LoadResult:
     """POST ``body`` to ``url`` under ``profile``; every measured request becomes a sample.
+    Requests say they are the workbench's own (``synthetic``): an endpoint's inference log
+    leaves them out.
 
     Runs its own event loop, on a worker thread when this thread has one running already
     (a Jupyter kernel does).
@@ -133,9 +135,9 @@ def run_load(url: str, body: bytes, profile: LoadProfile) -> LoadResult:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_drive(url, body, profile))
+        return asyncio.run(_drive(url, body, profile, synthetic))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-test") as pool:
-        return pool.submit(asyncio.run, _drive(url, body, profile)).result()
+        return pool.submit(asyncio.run, _drive(url, body, profile, synthetic)).result()
 
 
 @dataclass(frozen=True)
