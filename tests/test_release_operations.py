@@ -1,9 +1,11 @@
 """A release through qa's load test and prod's monitor on real kernels, stores and servers:
-an SLO breach blocks promotion with its numbers; a monitor breach rolls prod back."""
+an SLO breach blocks promotion with its numbers; drift in what prod is asked rolls it back."""
 
 from __future__ import annotations
 
 import json
+import threading
+import urllib.request
 from typing import Any
 
 import pytest
@@ -15,6 +17,33 @@ from workbench.project import Project
 
 pytestmark = pytest.mark.slow
 MODEL = "breast-cancer-classifier"
+
+
+def _shifted_traffic(url: str, version: str, stop: threading.Event) -> None:
+    """Once ``url`` serves ``version``, score 300 rows of the training data's population with
+    one feature (``mean radius``) three times larger, as a client would (not marked as the
+    workbench's own, so the endpoint logs them)."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).data.sample(300, random_state=3)
+    frame["mean radius"] *= 3
+    while not stop.is_set():
+        try:
+            if str(served_model(url)["version"]) == version:
+                break
+        except (OSError, ValueError):
+            pass
+        stop.wait(0.05)
+    else:
+        return
+    for start in range(0, len(frame), 50):
+        part = frame.iloc[start:start + 50]
+        body = json.dumps({"dataframe_split": {"columns": list(part.columns),
+                                               "data": part.values.tolist()}}).encode()
+        request = urllib.request.Request(f"{url}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            assert answer.status == 200
 
 
 def set_environment(ws: Workspace, name: str, **sections: Any) -> None:
@@ -66,10 +95,21 @@ def test_slo_and_monitor_gate_the_release(release_project: Workspace, oidc: Any)
     assert served_model(prod_url)["version"] == "1"
 
     # 2. The second release passes qa (compared with v1 under the same load), reaches prod,
-    #    and breaks prod's monitor threshold: prod goes back to v1, and the run fails.
-    set_environment(ws, "prod", monitor={"window": "2s", "interval": "0.25s",
-                                         "max_p95_ms": 0.001})
-    second, done = release(ws, oidc)
+    #    breaks prod's monitor threshold, and is asked for inputs unlike its training data
+    #    (one feature three times larger): the latency breach alone would not roll back
+    #    (monitor.rollback is off), the drift does (drift.on_breach: rollback), so prod goes
+    #    back to v1 with the drift figures in the rollback record, and the run fails.
+    set_environment(ws, "prod", monitor={"window": "8s", "interval": "0.25s",
+                                         "max_p95_ms": 0.001, "rollback": False},
+                    inference_log={"sample": 1.0}, drift={"on_breach": "rollback"})
+    stop = threading.Event()
+    traffic = threading.Thread(target=_shifted_traffic, args=(prod_url, "2", stop))
+    traffic.start()
+    try:
+        second, done = release(ws, oidc)
+    finally:
+        stop.set()
+        traffic.join(60)
     assert done.returncode == 1, done.stdout + done.stderr
     record = ws.run_record()
     assert record["id"] == second and record["status"] == "failed"
@@ -79,7 +119,12 @@ def test_slo_and_monitor_gate_the_release(release_project: Workspace, oidc: Any)
     monitor = record["stages"]["monitor"]
     assert monitor["status"] == "failed"
     assert "prod monitor breached: p95_ms" in monitor["error"]
-    assert "> 0.001; rolled back to v1" in monitor["error"]
+    assert "drift of mean radius" in monitor["error"] and "rolled back to v1" in monitor["error"]
+    drifted = [line for line in monitor["error"].split("; ") if line.startswith("drift of ")]
+    assert {d.split(" ")[2] for d in drifted} <= {"mean", "__prediction__"}  # that feature
+    assert "drift of mean radius " in monitor["error"] and \
+        not any(f"drift of {name} " in monitor["error"] for name in
+                ("mean texture", "worst radius", "mean smoothness"))
     assert served_model(prod_url)["version"] == "1"  # the previous version serves again
     from mlflow import MlflowClient
 
@@ -92,6 +137,11 @@ def test_slo_and_monitor_gate_the_release(release_project: Workspace, oidc: Any)
     assert (data["from_version"], data["to_version"], data["trigger"]) == ("2", "1", "monitor")
     assert data["threshold"]["max_p95_ms"] == 0.001 and data["observed"]["p95_ms"] > 0.001
     assert data["reason"].startswith("monitor breach: p95_ms")
+    assert data["threshold"]["drift"]["on_breach"] == "rollback"
+    radius = next(f for f in data["observed"]["drift"] if f["feature"] == "mean radius")
+    assert radius["drifted"] and radius["statistic"] == "ks" and radius["value"] > 0.2
+    assert not next(f for f in data["observed"]["drift"]
+                    if f["feature"] == "mean texture")["drifted"]
     journal = json.loads((project.reports / "rollbacks" / "0001.json").read_text())
     assert journal["actor"]["name"] and journal["endpoint"] == prod_url
 

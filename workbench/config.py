@@ -412,7 +412,9 @@ class DriftPolicy(Strict):
     ks_threshold: Annotated[float, Field(gt=0, le=1)] = 0.2
     psi_threshold: Annotated[float, Field(gt=0)] = 0.2
     min_rows: Annotated[int, Field(ge=1)] = 30  # logged rows needed to judge a feature
-    on_breach: Literal["warn", "fail"] = "fail"  # `workbench drift` exits 1, or only warns
+    # warn: shown only; fail: `workbench drift` exits 1 and the monitor stage fails;
+    # rollback: as fail, and the monitor rolls the environment back
+    on_breach: Literal["warn", "fail", "rollback"] = "fail"
 
 
 class Environment(Strict):

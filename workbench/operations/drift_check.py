@@ -30,7 +30,25 @@ class DriftError(WorkbenchError, RuntimeError):
 class DriftReport:
     record: DriftRecord
     results: list[FeatureDrift]
-    failing: bool  # drifted, and the environment's policy fails on a breach
+    policy: dict[str, Any]  # the environment's drift policy, as judged
+
+    @property
+    def failing(self) -> bool:
+        """Drifted, and the policy fails (or rolls back) on a breach."""
+        return bool(self.record.drifted) and self.policy["on_breach"] != "warn"
+
+    @property
+    def rolls_back(self) -> bool:
+        """Drifted, and the policy rolls the environment back on a breach (the monitor)."""
+        return bool(self.record.drifted) and self.policy["on_breach"] == "rollback"
+
+    def breaches(self) -> list[dict[str, Any]]:
+        """The drifted features as monitor breaches (none when the policy only warns)."""
+        if not self.failing:
+            return []
+        return [{"metric": f"drift of {r.feature}", "statistic": r.statistic,
+                 "observed": r.value, "threshold": r.threshold}
+                for r in self.results if r.drifted]
 
     def describe(self) -> str:
         head = (f"{self.record.environment}: {self.record.model} v{self.record.version}, "
@@ -134,5 +152,4 @@ def check_drift(project: Project, config: Config, environment: str, actor: Ident
         actor=actor.model_dump(), run_id=None,
         ledger_data=lambda _stored: {k: body[k] for k in (
             "environment", "model", "version", "requests", "rows", "drifted")})
-    return DriftReport(DriftRecord.model_validate(entry), results,
-                       bool(drifted) and policy.on_breach == "fail")
+    return DriftReport(DriftRecord.model_validate(entry), results, policy.model_dump())

@@ -13,6 +13,7 @@ from workbench.errors import WorkbenchError
 from workbench.project import Project, find_project
 
 if TYPE_CHECKING:
+    from workbench.operations.drift_check import DriftReport
     from workbench.records import RollbackRecord
 
 
@@ -66,15 +67,37 @@ class MonitorSetup:
         return (f"watching {self.url} (v{self.version}) for {self.policy.window}, every "
                 f"{self.policy.interval}")
 
-    def roll_back(self, reason: str, observed: Any, run_id: str | None) -> RollbackRecord:
+    def roll_back(self, reason: str, observed: Any, run_id: str | None,
+                  drift: DriftReport | None = None) -> RollbackRecord:
         """Roll the environment back to the version approved for it before (as the identity
-        running this notebook), recording what was observed against the policy."""
+        running this notebook), recording what was observed against the policy (and, with
+        ``drift``, each feature's drift figures against the drift policy)."""
         from workbench.identity import current
         from workbench.operations.rollback import rollback
 
+        threshold = self.policy.model_dump()
+        if drift is not None:
+            observed = {**observed, "drift": drift.record.features}
+            threshold = {**threshold, "drift": drift.policy}
         return rollback(self.project, self.config, self.environment, current(),
                         trigger="monitor", reason=reason, observed=observed,
-                        threshold=self.policy.model_dump(), run_id=run_id)
+                        threshold=threshold, run_id=run_id)
+
+    def check_drift(self) -> DriftReport | None:
+        """What the served version's endpoint logged so far against the version's training
+        baseline, recorded in ``reports/drift/``; None when the environment logs no requests
+        or none were logged yet (the reason is printed)."""
+        if self.config.environments[self.environment].inference_log is None:
+            return None
+        from workbench.identity import current
+        from workbench.operations.drift_check import DriftError, check_drift
+
+        try:
+            return check_drift(self.project, self.config, self.environment, current(),
+                               version=self.version)
+        except DriftError as exc:
+            print(f"no drift check: {exc}")
+            return None
 
 
 def _held_out(dataset: str, test_size: float, random_state: int, rows: int, target: str,
