@@ -82,7 +82,8 @@ class InferenceLog:
 
     def offer(self, settings: dict[str, Any], version: str, body: bytes, answer: bytes) -> None:
         """Called on the request path: a draw and a put, nothing more."""
-        if random.random() >= float(settings.get("sample", 1.0)):  # nosec B311 - sampling
+        # sampling, not security: the standard generator is what it needs
+        if random.random() >= float(settings.get("sample", 1.0)):  # nosec B311
             return
         try:
             self.queue.put_nowait((settings, version, body, answer, time.time()))
