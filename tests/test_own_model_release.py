@@ -209,8 +209,11 @@ def test_own_estimator_on_a_csv_through_dev_and_qa_then_a_worse_one_is_stopped(
         assert drifted.returncode == 1, drifted.stdout + drifted.stderr
         found = json.loads(drifted.stdout)
         assert found["requests"] == 6 and found["rows"] == 300
-        assert "area_m2" in found["drifted"] and "__prediction__" in found["drifted"]
-        assert "rooms" not in found["drifted"]
+        assert set(found["drifted"]) == {"area_m2", "__prediction__"}  # that feature alone
+        page = (ws.root / "reports" / "environments.html").read_text()
+        assert "<strong>drift</strong> in area_m2, predictions" in page
+        assert 'aria-label="area_m2: training and served distributions"' in page
+        assert "no drift" in page  # the earlier check, listed too
         assert "age_years" not in log_file.read_text()  # a dropped column never reaches disk
         assert len(list((ws.root / "reports" / "drift").glob("*.json"))) == 2
         verified = ws.cli("audit", "verify")

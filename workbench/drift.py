@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SAMPLE = 2000  # values of a numeric column kept in a profile
@@ -92,6 +92,11 @@ class FeatureDrift:
     drifted: bool
     rows: int
     note: str = ""
+    # the two distributions side by side, for a plot: bins (the baseline's deciles, or its
+    # categories and "other") and the share of each data set in each bin
+    bins: list[str] = field(default_factory=list)
+    baseline_shares: list[float] = field(default_factory=list)
+    current_shares: list[float] = field(default_factory=list)
 
     def describe(self) -> str:
         name = "predictions" if self.feature == PREDICTIONS else f"feature {self.feature!r}"
@@ -127,12 +132,15 @@ def compare(baseline: Mapping[str, Any], features: Any, predictions: Any = None,
                                       f"{rows} rows logged, {min_rows} needed to judge"))
             continue
         if kind == "numeric" and now["kind"] == "numeric":
-            value = ks_statistic(base["sample"], _values(features, predictions, name))
+            values = _values(features, predictions, name)
+            value = ks_statistic(base["sample"], values)
+            bins, before, after = _histograms(base, values)
         else:
             shares = now.get("frequencies") or _shares(features, predictions, name)
             value = stability_index(base.get("frequencies", {}), shares)
+            bins, before, after = _categories(base.get("frequencies", {}), shares)
         found.append(FeatureDrift(name, statistic, round(value, 6), threshold,
-                                  value > threshold, rows))
+                                  value > threshold, rows, "", bins, before, after))
     return found
 
 
@@ -149,3 +157,33 @@ def _shares(features: Any, predictions: Any, name: str) -> dict[str, float]:
     column = pd.Series(list(predictions)) if name == PREDICTIONS else features[name]
     counts = column.dropna().astype(str).value_counts(normalize=True)
     return {str(k): float(v) for k, v in counts.items()}
+
+
+def _histograms(base: Mapping[str, Any], values: list[float]) -> tuple[list[str], list[float],
+                                                                      list[float]]:
+    """Shares of the baseline's sample and of ``values`` between the baseline's deciles (the
+    outer bins open-ended)."""
+    import numpy as np
+
+    edges = sorted(set(base.get("deciles") or []))
+    if len(edges) < 2:
+        return [], [], []
+    inner = np.array(edges[1:-1])
+
+    def shares(data: list[float]) -> list[float]:
+        counts = np.bincount(np.searchsorted(inner, np.array(data), side="right"),
+                             minlength=len(edges) - 1)
+        return [round(float(c) / max(len(data), 1), 4) for c in counts]
+
+    labels = [f"{low:.4g}..{high:.4g}" for low, high in zip(edges, edges[1:], strict=False)]
+    return labels, shares(base["sample"]), shares(values)
+
+
+def _categories(before: Mapping[str, float], after: Mapping[str, float], top: int = 12
+                ) -> tuple[list[str], list[float], list[float]]:
+    """The baseline's most frequent categories and "other", with both data sets' shares."""
+    names = sorted(before, key=lambda k: -before[k])[:top]
+    rest_before = 1 - sum(before[n] for n in names)
+    rest_after = 1 - sum(after.get(n, 0.0) for n in names)
+    return ([*names, "other"], [round(before[n], 4) for n in names] + [round(rest_before, 4)],
+            [round(after.get(n, 0.0), 4) for n in names] + [round(max(rest_after, 0.0), 4)])

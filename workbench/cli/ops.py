@@ -41,8 +41,8 @@ def rollback(
 
 
 def _show_on_site(project: Any) -> None:
-    """The report site's environment history shows the rollback (best effort: the record is
-    complete already)."""
+    """The report site's environments page shows the rollback or drift check (best effort: the
+    record is complete already)."""
     import contextlib
 
     from workbench.reports.site import build_environments
@@ -81,6 +81,7 @@ def drift(
                              version=version)
     except DriftError as exc:
         raise UsageError(f"drift --env {env}: {exc}") from None
+    _show_on_site(project)
     typer.echo(json.dumps(report.record.model_dump(mode="json"), indent=2) if as_json
                else report.describe())
     if report.failing:

@@ -169,7 +169,49 @@ def _approvals_of(project: Project, run_id: str | None, environment: str | None,
 def build_environments(project: Project) -> None:
     history = environment_history(project)
     _render("environments.html.j2", project.reports / "environments.html", history=history,
-            data=_json(history))
+            data=_json(history), drift=drift_history(project))
+
+
+def drift_history(project: Project, per_environment: int = 20) -> dict[str, list[dict[str, Any]]]:
+    """Per environment, its newest drift checks (``reports/drift/``), newest first, each
+    drifted feature with the bars of its two distributions."""
+    from workbench.audit import journal
+
+    folder = project.reports / "drift"
+    if not folder.is_dir():
+        return {}
+    try:
+        entries = journal.read(folder)
+    except journal.JournalError:
+        return {}  # `audit verify` names what is wrong; the page shows the rest
+    found: dict[str, list[dict[str, Any]]] = {}
+    for entry in reversed(entries):
+        checks = found.setdefault(str(entry.get("environment")), [])
+        if len(checks) >= per_environment:
+            continue
+        features = entry.get("features") or []
+        checks.append({**entry, "plots": [_drift_bars(f) for f in features
+                                          if f.get("drifted") and f.get("bins")]})
+    return found
+
+
+def _drift_bars(feature: dict[str, Any], width: int = 360, height: int = 90) -> dict[str, Any]:
+    """Bar geometry of a drifted feature: per bin, the baseline's and the served share."""
+    bins = feature["bins"]
+    top = max([*feature["baseline_shares"], *feature["current_shares"], 1e-9])
+    step = width / max(len(bins), 1)
+    bars = []
+    for index, label in enumerate(bins):
+        for offset, (kind, share) in enumerate((("baseline", feature["baseline_shares"][index]),
+                                               ("served", feature["current_shares"][index]))):
+            tall = round(share / top * (height - 12), 1)
+            bars.append({"x": round(index * step + offset * step / 2 + 1, 1),
+                         "y": round(height - tall, 1), "w": round(step / 2 - 2, 1),
+                         "h": tall, "kind": kind, "title": f"{label}: {kind} {share:.1%}"})
+    name = "predictions" if feature["feature"] == "__prediction__" else feature["feature"]
+    return {"name": name, "statistic": feature["statistic"], "value": feature["value"],
+            "threshold": feature["threshold"], "bars": bars, "width": width,
+            "height": height}
 
 
 def _plots(path: Path, limit: int = 6) -> list[str]:
