@@ -100,3 +100,32 @@ def test_the_log_samples_writes_off_the_request_and_rotates(tmp_path: Path) -> N
     kept = list(read_lines(tmp_path, "3"))
     assert 0 < len(kept) < 20 and all(line["rows"] == [[1.5]] for line in kept)
     assert list(read_lines(tmp_path, "3", since=kept[-1]["t"] + 1)) == []
+
+
+def test_realised_performance_joins_labels_by_id_and_judges_the_objectives() -> None:
+    from workbench.operations.drift_check import DriftError, realised_performance
+
+    served = pd.DataFrame({"house_id": [1, 2, 3, 4], "rooms": [3, 4, 2, 5]})
+    predictions = [100.0, 200.0, 150.0, 300.0]
+    labels = pd.DataFrame({"house_id": [2, 3, 4, 99], "price": [210.0, 140.0, 300.0, 1.0]})
+    objective = {"metric": "rmse", "direction": "minimize", "bound": 10.0}
+    found = realised_performance(served, predictions, labels, "house_id", "price",
+                                 "regression", [objective])
+    assert (found["labelled_rows"], found["labels"]) == (3, 4)  # id 99 was never served
+    assert found["metrics"]["rmse"] == pytest.approx((200 / 3) ** 0.5, abs=1e-6)
+    assert found["metrics"]["mae"] == pytest.approx(20 / 3, abs=1e-6)
+    assert found["passed"] is True and found["objectives"][0]["metric"] == "rmse"
+    strict = realised_performance(served, predictions, labels, "house_id", "price",
+                                  "regression", [{**objective, "bound": 5.0}])
+    assert strict["passed"] is False and "is above the bound 5.0" in \
+        strict["objectives"][0]["message"]
+    classes = realised_performance(served, ["a", "b", "a", "b"],
+                                   labels.assign(price=["b", "b", "b", "x"]), "house_id",
+                                   "price", "classification", [])
+    assert classes["metrics"]["accuracy"] == pytest.approx(2 / 3)
+    with pytest.raises(DriftError, match="no column 'order_id' in the logged requests"):
+        realised_performance(served, predictions, labels, "order_id", "price", "regression",
+                             [])
+    with pytest.raises(DriftError, match="none of the 1 labels matches a logged request"):
+        realised_performance(served, predictions, labels[labels.house_id == 99], "house_id",
+                             "price", "regression", [])

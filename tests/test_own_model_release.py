@@ -86,8 +86,8 @@ def _project(tmp_path: Path) -> Workspace:
         env.pop("thresholds", None)
         env["objectives"] = [rmse] if name != "prod" else [{**rmse, "bound": 50.0}]
     # qa's endpoint logs what it serves, without the age column, for drift checks
-    environments["environments"]["qa"]["inference_log"] = {"sample": 1.0,
-                                                           "drop_columns": ["age_years"]}
+    environments["environments"]["qa"]["inference_log"] = {
+        "sample": 1.0, "drop_columns": ["age_years"], "id_column": "house_id"}
     ws.write_yaml("environments.yaml", environments)
     subprocess.run(["git", "init", "-q"], cwd=ws.root, check=True, capture_output=True)
     _commit(ws.root, "house prices")
@@ -189,9 +189,11 @@ def test_own_estimator_on_a_csv_through_dev_and_qa_then_a_worse_one_is_stopped(
 
         # drift: what qa's endpoint is asked, against the version's training baseline
         endpoint = record["stages"]["deploy_qa"]["outputs"]["endpoint"]
-        houses = pd.read_csv(ws.root / "data" / "houses.csv").drop(columns=["price_k"])
+        data = pd.read_csv(ws.root / "data" / "houses.csv")
+        houses = data.drop(columns=["price_k"]).assign(house_id=data.index)  # ignored by it
         before = _now()
-        assert _send(endpoint, houses.sample(300, random_state=1), ws) == 6
+        asked = houses.sample(300, random_state=1)
+        assert _send(endpoint, asked, ws) == 6
         log_file = ws.root / ".workbench" / "inference" / "qa" / f"{version}.jsonl"
         # the smoke and load tests' requests (synthetic) were not logged: these 6 only
         assert len(log_file.read_text().splitlines()) == 6
@@ -202,6 +204,22 @@ def test_own_estimator_on_a_csv_through_dev_and_qa_then_a_worse_one_is_stopped(
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert "feature 'age_years': not in the logged requests" in checked.stdout  # dropped
         assert "feature 'area_m2': ks" in checked.stdout and "no drift" in checked.stdout
+        # the outcomes arrive later: the realised performance against qa's objectives
+        labels = data.loc[asked.index, ["price_k"]].assign(house_id=asked.index)
+        labels.to_csv(ws.root / "labels.csv", index=False)
+        scored = ws.cli("drift", "--env", "qa", "--since", _iso(before), "--labels",
+                        str(ws.root / "labels.csv"), "--json")
+        assert scored.returncode == 0, scored.stdout + scored.stderr
+        performance = json.loads(scored.stdout)["performance"]
+        assert performance["labelled_rows"] == 300 and performance["passed"] is True
+        assert abs(performance["metrics"]["rmse"] - rmse) < 10  # as evaluated on held-out
+        (ws.root / "labels.csv").write_text(labels.assign(price_k=labels.price_k + 100)
+                                            .to_csv(index=False))
+        missed = ws.cli("drift", "--env", "qa", "--since", _iso(before), "--labels",
+                        str(ws.root / "labels.csv"))
+        assert missed.returncode == 1, missed.stdout + missed.stderr
+        assert "rmse: FAIL: rmse " in missed.stdout and "is above the bound 60.0" in \
+            missed.stdout and "no drift" in missed.stdout
         later = _now()
         shifted = houses.sample(300, random_state=2).assign(area_m2=lambda f: f.area_m2 * 2.5)
         assert _send(endpoint, shifted, ws) == 6
@@ -215,7 +233,7 @@ def test_own_estimator_on_a_csv_through_dev_and_qa_then_a_worse_one_is_stopped(
         assert 'aria-label="area_m2: training and served distributions"' in page
         assert "no drift" in page  # the earlier check, listed too
         assert "age_years" not in log_file.read_text()  # a dropped column never reaches disk
-        assert len(list((ws.root / "reports" / "drift").glob("*.json"))) == 2
+        assert len(list((ws.root / "reports" / "drift").glob("*.json"))) == 4
         verified = ws.cli("audit", "verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr
         # the site and the ledger show both runs' check tables: the failed and the passed

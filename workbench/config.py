@@ -402,7 +402,10 @@ class InferenceLogSettings(Strict):
 
     sample: Annotated[float, Field(gt=0, le=1)] = 1.0  # share of answered requests logged
     max_mb: Annotated[float, Field(gt=0)] = 50.0  # per version; one older file is kept
-    drop_columns: list[str] = []  # never written (identifiers, personal data)
+    drop_columns: list[str] = []  # never written (personal data)
+    # the request column that identifies a row (kept in the log, never a model feature):
+    # labels that arrive later join on it (`workbench drift --labels FILE`)
+    id_column: str | None = None
 
 
 class DriftPolicy(Strict):

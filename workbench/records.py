@@ -101,3 +101,5 @@ class DriftRecord(StoredRecord):
     drifted: list[str]
     actor: Identity
     time: str
+    # realised performance, when labels were given: labelled rows, metrics, objective verdicts
+    performance: dict[str, Any] | None = None

@@ -59,14 +59,25 @@ def drift(
                      "(30m, 24h, 7d).")] = None,
     version: Annotated[str | None, typer.Option("--version", help="The version whose log to "
                        "check (default: the one ENV serves).")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", metavar="FILE", help="Outcomes "
+                      "that arrived later (CSV or Parquet): the realised performance of the "
+                      "logged predictions against ENV's objectives.")] = None,
+    id_column: Annotated[str | None, typer.Option("--id-column", help="The column joining "
+                         "labels to logged requests (default: inference_log.id_column).")
+                         ] = None,
+    label_column: Annotated[str | None, typer.Option("--label-column", help="The outcome's "
+                            "column in FILE (default: model.yaml's target).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The record as JSON.")] = False,
 ) -> None:
     """Compare the requests ENV's endpoint logged with the served version's training baseline.
 
     Each feature (and the predictions) gets a named statistic against the environment's
     `drift` thresholds: Kolmogorov-Smirnov for numbers, the population stability index for
-    categories. The result is a record of `reports/drift/` in the ledger. Exit 1 on drift
-    when the policy's `on_breach` is `fail` (the default); 2 when there is nothing to compare.
+    categories. With --labels, the logged predictions joined with the outcomes that arrived
+    later are scored and judged against ENV's objectives. The result is a record of
+    `reports/drift/` in the ledger. Exit 1 on drift when the policy's `on_breach` is `fail`
+    (the default) or `rollback`, or when the realised performance misses an objective; 2 when
+    there is nothing to compare.
     """
     import json
 
@@ -77,8 +88,10 @@ def drift(
     project = _project()
     config = load_config(project.configs)
     try:
+        outcomes = _read_labels(labels) if labels else None
         report = check_drift(project, config, env, current(None), since=_since(since),
-                             version=version)
+                             version=version, labels=outcomes, id_column=id_column,
+                             label_column=label_column)
     except DriftError as exc:
         raise UsageError(f"drift --env {env}: {exc}") from None
     _show_on_site(project)
@@ -86,6 +99,18 @@ def drift(
                else report.describe())
     if report.failing:
         raise typer.Exit(1)
+
+
+def _read_labels(path: str) -> Any:
+    """The labels file as a DataFrame (CSV or Parquet, by suffix)."""
+    from workbench.datasets import READERS, resolve_path
+
+    file = resolve_path(path)
+    reader = READERS.get(file.suffix.lower())
+    if reader is None or not file.is_file():
+        raise UsageError(f"--labels {path}: expected a CSV or Parquet file"
+                         + ("" if file.is_file() else f"; there is no {file}"))
+    return reader(file)
 
 
 def _since(text: str | None) -> float:
