@@ -128,8 +128,14 @@ def _append_many(reports: Path, worker: int) -> None:
 
 
 def test_concurrent_appends_lose_nothing(tmp_path: Path) -> None:
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
+    pool = multiprocessing.get_context("spawn").Pool(4)
+    try:
         pool.starmap(_append_many, [(tmp_path, w) for w in range(4)])
+    finally:
+        # close and join, not the context manager's terminate: a worker stopped by SIGTERM
+        # while coverage (sigterm = true) saves its data can hang the join
+        pool.close()
+        pool.join()
     result = ledger.verify(tmp_path)
     assert result.ok and result.entries == 100
     seen = {(e["actor"]["name"], e["data"]["n"]) for e in ledger.entries(tmp_path)}

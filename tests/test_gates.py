@@ -221,8 +221,12 @@ def test_journal_appends_from_many_processes_keep_every_entry(tmp_path: Path) ->
     import multiprocessing
 
     folder = tmp_path / "approvals"
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
+    pool = multiprocessing.get_context("spawn").Pool(4)
+    try:
         pool.starmap(journal.append, [(folder, {"n": n}) for n in range(24)])
+    finally:  # close and join: see test_audit's concurrent appends
+        pool.close()
+        pool.join()
     entries = journal.read(folder)
     assert sorted(e["n"] for e in entries) == list(range(24))
     assert [e["seq"] for e in entries] == list(range(1, 25))
