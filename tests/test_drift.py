@@ -129,3 +129,26 @@ def test_realised_performance_joins_labels_by_id_and_judges_the_objectives() -> 
     with pytest.raises(DriftError, match="none of the 1 labels matches a logged request"):
         realised_performance(served, predictions, labels[labels.house_id == 99], "house_id",
                              "price", "regression", [])
+
+
+def test_a_secret_a_client_sends_is_never_written(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = 's3cr3t-"token"-value'
+    monkeypatch.setenv("WB_TEST_API_KEY", secret)
+    body = json.dumps({"dataframe_split": {"columns": ["x", "note"],
+                                           "data": [[1.0, secret]]}}).encode()
+
+    async def scenario(drop: list[str]) -> None:
+        log = InferenceLog()
+        writer = asyncio.create_task(log.run())
+        log.offer({"dir": str(tmp_path / str(len(drop))), "drop": drop,
+                   "secrets": ["WB_TEST_API_KEY"]}, "1", body, b'{"predictions": [1]}')
+        await log.queue.join()
+        writer.cancel()
+
+    for drop in ([], ["x"]):  # the raw line, and the parsed one
+        asyncio.run(scenario(drop))
+        text = (tmp_path / str(len(drop)) / "1.jsonl").read_text()
+        assert "[REDACTED:WB_TEST_API_KEY]" in text and "s3cr3t" not in text
+        [line] = list(read_lines(tmp_path / str(len(drop)), "1"))
+        assert line["rows"][0][-1] == "[REDACTED:WB_TEST_API_KEY]"

@@ -3,16 +3,18 @@ request path.
 
 The proxy offers each answered ``/invocations`` request to :class:`InferenceLog`; what a
 request pays is one random draw and one non-blocking queue put (a full queue drops the sample
-and counts it), never a disk write. A background task parses the samples in batches, drops the
+and counts it), never a disk write. A background task takes the samples in batches, drops the
 configured columns (with none to drop, the line holds the request and answer as they were,
-unparsed) and appends one JSON line per request to ``<dir>/<version>.jsonl``; before
-the file would pass ``max_bytes`` it becomes ``<version>.1.jsonl`` (one older file kept), so a
-version's log stays within twice that size.
+unparsed), replaces the value of every secret of the pipeline by its marker, and appends one
+JSON line per request to ``<dir>/<version>.jsonl``; before the file would pass ``max_bytes``
+it becomes ``<version>.1.jsonl`` (one older file kept), so a version's log stays within twice
+that size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import random
@@ -58,6 +60,30 @@ def line_of(body: bytes, answer: bytes, drop: frozenset[str], at: float) -> dict
     return {"t": round(at, 3), "columns": [columns[i] for i in keep],
             "rows": [[row[i] if i < len(row) else None for i in keep] for row in rows],
             "predictions": predictions}
+
+
+@functools.lru_cache(maxsize=8)
+def _secrets(names: tuple[str, ...]) -> Any:
+    """The values of the pipeline's secrets in this process's environment (the deploying
+    kernel's, which the proxy inherits), read once."""
+    from workbench.audit.redact import SecretError, Secrets
+
+    try:
+        return Secrets.from_environment(names)
+    except SecretError:  # a secret too short to tell apart: the stages refuse to run with it
+        return Secrets({})
+
+
+def _redacted(text: str, names: tuple[str, ...]) -> str:
+    """``text`` with every secret's value (as written, and as JSON escapes it) replaced by
+    its marker: a client that sends a secret never gets it written to the log."""
+    secrets = _secrets(names) if names else None
+    if not secrets:
+        return text
+    for name, value in secrets.values.items():
+        for form in {value, json.dumps(value)[1:-1]}:
+            text = text.replace(form, secrets.marker(name))
+    return text
 
 
 def _raw_line(body: bytes, answer: bytes, at: float) -> str:
@@ -119,6 +145,7 @@ class InferenceLog:
             except (ValueError, TypeError, AttributeError):
                 self.dropped += 1  # an unparseable request is not logged
                 continue
+            text = _redacted(text, tuple(settings.get("secrets", ())))
             key = (str(settings["dir"]), version, int(settings.get("max_bytes", 50_000_000)))
             lines.setdefault(key, []).append(text)
         for (folder, version, limit), texts in lines.items():

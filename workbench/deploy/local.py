@@ -408,7 +408,8 @@ class LocalTarget:
         log = settings.inference_log
         route_log = {"dir": str(inference_folder(request.project, key)), "sample": log.sample,
                      "max_bytes": int(log.max_mb * 1_000_000),
-                     "drop": list(log.drop_columns)} if log else None
+                     "drop": list(log.drop_columns),
+                     "secrets": list(request.config.pipeline.secrets)} if log else None
         return serve(request.project, key, settings.deploy.port, request.model_name,
                      request.version, request.tracking_uri, inference=route_log)
 
