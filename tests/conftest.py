@@ -24,10 +24,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-component-update", "--disable-sync"]
 
 
-def wait_until(what: str, probe: Any, timeout: float = 120.0, every: float = 0.1) -> Any:
+def wait_until(what: str, probe: Any, timeout: float = 120.0, every: float = 0.1,
+               detail: Any = None) -> Any:
     """Poll ``probe`` until it returns something truthy (that value); fail naming ``what``
-    after ``timeout``: tests wait on conditions, never on a sleep that happens to be long
-    enough."""
+    (and ``detail()``, when given) after ``timeout``: tests wait on conditions, never on a
+    sleep that happens to be long enough."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -36,7 +37,8 @@ def wait_until(what: str, probe: Any, timeout: float = 120.0, every: float = 0.1
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}"
+                        + (detail() if detail else ""))
         time.sleep(every)
 
 

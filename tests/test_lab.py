@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -26,7 +25,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, REPO, Workspace, clean_environment, free_port
+from tests.conftest import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    Workspace,
+    clean_environment,
+    free_port,
+    wait_until,
+)
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 COMMENT = "metrics look fine; checked in JupyterLab"
@@ -36,16 +43,10 @@ T = TypeVar("T")
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 0.2,
              log: Path | None = None) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tail = f"\n--- JupyterLab log ---\n{log.read_text()[-4000:]}" if log else ""
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
-        time.sleep(every)
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` (and the tail of
+    JupyterLab's ``log``) after ``timeout``."""
+    return wait_until(what, probe, timeout, every, detail=(
+        lambda: f"\n--- JupyterLab log ---\n{log.read_text()[-4000:]}") if log else None)
 
 
 @dataclass

@@ -287,10 +287,8 @@ def test_min_score_may_be_any_number_now() -> None:
 
 # ---------------------------------------------------------------- a release (slow)
 
-@pytest.mark.slow
-def test_a_release_stops_when_an_objective_fails(tmp_path: Path) -> None:
-    """The regression template, dev given an objective on mae it cannot meet: the evaluation
-    fails naming mae, the bound and the value; register refuses; the run exits 1."""
+def _regression_project(tmp_path: Path) -> tuple[Workspace, dict[str, Any]]:
+    """A project from the regression template with free ports; its environments.yaml."""
     done = Workspace(tmp_path).cli("init", str(tmp_path / "project"), "--template",
                                    "regression")
     assert done.returncode == 0, done.stderr
@@ -298,6 +296,14 @@ def test_a_release_stops_when_an_objective_fails(tmp_path: Path) -> None:
     environments = ws.read_yaml("environments.yaml")
     for env in environments["environments"].values():
         env["deploy"]["port"] = free_port()
+    return ws, environments
+
+
+@pytest.mark.slow
+def test_a_release_stops_when_an_objective_fails(tmp_path: Path) -> None:
+    """The regression template, dev given an objective on mae it cannot meet: the evaluation
+    fails naming mae, the bound and the value; register refuses; the run exits 1."""
+    ws, environments = _regression_project(tmp_path)
     environments["environments"]["dev"]["objectives"] = [
         {"metric": "mae", "direction": "minimize", "bound": 1.0}]
     ws.write_yaml("environments.yaml", environments)
@@ -330,13 +336,7 @@ def test_a_release_stops_when_an_objective_fails(tmp_path: Path) -> None:
 def test_an_environment_that_declares_no_objective_judges_none(tmp_path: Path) -> None:
     """dev with neither thresholds nor objectives: the evaluation applies no objective (not the
     notebook's by-hand defaults, which the diabetes regressor's R^2 of ~0.4 would fail)."""
-    done = Workspace(tmp_path).cli("init", str(tmp_path / "project"), "--template",
-                                   "regression")
-    assert done.returncode == 0, done.stderr
-    ws = Workspace(tmp_path / "project")
-    environments = ws.read_yaml("environments.yaml")
-    for env in environments["environments"].values():
-        env["deploy"]["port"] = free_port()
+    ws, environments = _regression_project(tmp_path)
     environments["environments"]["dev"].pop("thresholds", None)
     environments["environments"]["dev"].pop("objectives", None)
     ws.write_yaml("environments.yaml", environments)
