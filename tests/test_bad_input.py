@@ -240,8 +240,8 @@ CASES: dict[str, Case] = {
     "port-out-of-range": Case(set_key("environments.yaml", "environments.dev.deploy.port",
                                       70000), ("validate",), 2, "less than or equal to 65535",
                               "environments.dev.deploy.port"),
-    "test-size-above-one": Case(set_key("model.yaml", "test_size", 1.5), ("run",), 2,
-                                "less than 1", f"{MODEL_FILE}: test_size"),
+    "model-name-with-spaces": Case(set_key("model.yaml", "name", "my model"), ("run",), 2,
+                                   "String should match pattern", f"{MODEL_FILE}: name"),
     "quorum-zero": Case(set_key("gates.yaml", "policies.qa.quorum", 0), ("validate",), 2,
                         "greater than or equal to 1", "policies.qa.quorum"),
     "valid-for-not-a-duration": Case(set_key("gates.yaml", "policies.qa.valid_for", "1 week"),
@@ -263,8 +263,12 @@ CASES: dict[str, Case] = {
                                "environments.dev.deploy.host"),
     "gates-policy-typo": Case(set_key("gates.yaml", "policies.qa.quorom", 2), ("run",), 2,
                               "unknown key", "policies.qa.quorom"),
-    "model-unknown-key": Case(set_key("model.yaml", "epochs", 3), ("validate",), 2,
-                              "unknown key", f"{MODEL_FILE}: epochs"),
+    # model.yaml's other keys are the project's own: a stage's reference to one it lacks is
+    # named with the stage and parameter
+    "model-key-referenced-but-missing": Case(
+        yaml_edit("pipeline.yaml", lambda data: data["stages"][0]["parameters"].__setitem__(
+            "epochs", {"from": "model.epochs"})), ("validate",), 2,
+        "configs/model.yaml has no key epochs", "stages[0](build).parameters.epochs"),
     # notebooks: the stage and the notebook
     "notebook-missing": Case(lambda ws, _: (ws.root / "notebooks/release.ipynb").unlink(),
                              ("run",), 2, "notebook notebooks/release.ipynb does not exist",
