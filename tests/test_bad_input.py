@@ -374,14 +374,16 @@ KERNEL_CASES = ("port-in-use",)
 
 # --- running a case -----------------------------------------------------------------------------
 
-MUTABLE = {"run.json", "ledger.jsonl", ".site-cache.json"}  # rewritten or appended by design
+MUTABLE = {"run.json", "ledger.jsonl"}  # rewritten or appended by design
+VIEWS = {"static", ".site", "shards"}  # the site's regenerated files and its run index
 
 
 def archive_snapshot(reports: Path) -> dict[str, str]:
-    """sha256 of every archived file (run records, rendered pages and locks excepted)."""
+    """sha256 of every archived file (run records, rendered pages, the site's index and locks
+    excepted)."""
     return {p.relative_to(reports).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(reports.rglob("*")) if p.is_file() and p.name not in MUTABLE
-            and p.suffix not in (".html", ".lock") and "static" not in p.parts}
+            and p.suffix not in (".html", ".lock") and not VIEWS & set(p.parts)}
 
 
 def invoke(root: Path, args: tuple[str, ...], capsys: pytest.CaptureFixture[str]

@@ -45,7 +45,7 @@ from workbench.audit import journal, ledger
 from workbench.governance import promotion
 from workbench.identity import Identity
 from workbench.project import Project
-from workbench.reports import site
+from workbench.reports import run_index, site
 
 HOSTILE = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -236,6 +236,12 @@ def synthetic_archive(project: Project) -> None:
                               approvals=approvals, bundle_digest="b" * 64)
 
 
+def indexed(project: Project) -> list[str]:
+    """Every run id in the site's sharded index."""
+    manifest = run_index.read_manifest(project)
+    return [run for shard in manifest.shards for run in run_index.read_shard(project, shard.number)]
+
+
 def test_site_from_a_synthetic_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     project = Project(tmp_path / "project")
     synthetic_archive(project)
@@ -302,8 +308,7 @@ def test_site_from_a_synthetic_archive(tmp_path: Path, monkeypatch: pytest.Monke
     assert verdicts.count("ok") == len(verdicts) - 1
 
     # The summary cache: nothing changed, nothing re-read; one new run, one read.
-    cache = json.loads((reports / site.CACHE_FILE).read_text())["runs"]
-    assert sorted(cache) == [OLD, FAILED, WAITING]
+    assert sorted(indexed(project)) == [OLD, FAILED, WAITING]
     loaded: list[str] = []
     real_load = run_record.load
 
@@ -319,8 +324,7 @@ def test_site_from_a_synthetic_archive(tmp_path: Path, monkeypatch: pytest.Monke
     runs = site.build_index(project)
     assert loaded == [new]
     assert [r["id"] for r in runs] == [new, WAITING, FAILED, OLD]
-    assert sorted(json.loads((reports / site.CACHE_FILE).read_text())["runs"]) == sorted(
-        [new, OLD, FAILED, WAITING])
+    assert sorted(indexed(project)) == sorted([new, OLD, FAILED, WAITING])
     assert parse(index).rows["runs"][0][:6] == [new, "mini", "3", "dev → qa → prod",
                                                 "succeeded", "bob, carol, erin"]
     # A rewritten record is re-read (and only it); an unreadable one is skipped.

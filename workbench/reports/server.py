@@ -36,7 +36,9 @@ Known limits:
   with ``SameSite=Lax``, ``Strict`` and ``None; Secure`` alike). So the files directly in
   ``/static/`` — the vendored widget script, fonts and their licenses, no report data — are
   served without the token; everything else needs it. Pages inline their data and images;
-  links between pages (top-level navigations) carry the cookie.
+  links between pages (top-level navigations) carry the cookie. For the same reason the run
+  index's shards (``/shards/*.js``, loaded by a search of every run) need the site opened from
+  disk or served without a token; the shards' pages (``/shards/*.html``) are links and work.
 * A file is opened with ``O_NOFOLLOW`` after the ``realpath`` check, which closes the
   last-component race but not a swap of an intermediate directory by someone who can write
   to ``reports/``; a hard link inside ``reports/`` to a file elsewhere looks like any other.

@@ -1,7 +1,9 @@
 """The report site: static pages under ``reports/`` that open from disk or from the server.
 
-- ``index.html``: every run (model, version, environments reached, status, approvers, times),
-  filterable and sortable in the page;
+- ``index.html``: the newest runs (model, version, environments reached, status, approvers,
+  times), filterable and sortable in the page, with every older run a page away
+  (``shards/runs-NNNNN.html``) and a search that loads every run's row on demand (see
+  :mod:`workbench.reports.run_index`);
 - ``runs/<run-id>/index.html``: stage timeline, parameters, metrics and plots, links to each
   stage's HTML and notebook, approvals, deployments, the run's ledger entries and whether they
   verify;
@@ -9,9 +11,11 @@
   on which evidence — "what was in prod at time T";
 - ``compare.html``: two runs' parameters and metrics side by side.
 
-Pages carry their data inline (no requests: the server's sandbox CSP forbids them, and so does
-a page opened from disk). Run summaries are cached in ``.site-cache.json`` by the mtime of each
-``run.json``, so adding one run re-reads one record.
+Pages carry their own data inline. What only some visits need (every run's row for a search,
+an older run on the compare page) is in the index's shards, loaded by ``<script>`` elements:
+that works from disk and under the server's CSP (``script-src 'self'``), where ``fetch`` would
+not. Adding one run re-reads one record and rewrites one shard, so it costs the same at 100
+runs as at 100,000.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +34,9 @@ from workbench.atomic import write_text
 from workbench.audit import ledger
 from workbench.events import Bus, RunRecorded
 from workbench.project import Project
+from workbench.reports import run_index
 
-CACHE_FILE = ".site-cache.json"
-CACHE_VERSION = 2  # bump when a summary changes shape
+LEGACY_CACHE = ".site-cache.json"  # the unsharded summary cache of earlier versions
 TEMPLATES = Path(__file__).parent / "site_templates"
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
                           autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -73,47 +77,74 @@ def summarise(record: run_record.RunRecord) -> dict[str, Any]:
     }
 
 
-def _summaries(project: Project) -> list[dict[str, Any]]:
-    """Every run's summary, re-reading only run records that changed since the last build."""
-    cache_path = project.reports / CACHE_FILE
-    try:
-        stored = json.loads(cache_path.read_text(encoding="utf-8"))
-        cache = stored["runs"] if stored.get("version") == CACHE_VERSION else {}
-    except (OSError, ValueError, KeyError, AttributeError):
-        cache = {}
-    fresh: dict[str, Any] = {}
-    if project.runs.is_dir():
-        for folder in project.runs.iterdir():
-            path = folder / run_record.RUN_FILE
-            try:
-                mtime = path.stat().st_mtime_ns
-            except OSError:
-                continue
-            hit = cache.get(folder.name)
-            if hit and hit["mtime"] == mtime:
-                fresh[folder.name] = hit
-                continue
-            try:
-                record = run_record.load(project, folder.name)
-            except run_record.RunRecordError:
-                continue
-            fresh[folder.name] = {"mtime": mtime, "summary": summarise(record)}
-    if fresh != cache:  # a build with nothing new writes nothing
-        write_text(cache_path, json.dumps({"version": CACHE_VERSION, "runs": fresh}))
-    return sorted((v["summary"] for v in fresh.values()),
-                  key=lambda s: (s.get("created", ""), s["id"]), reverse=True)  # newest first
+FIRST_PAGE = 200  # runs on index.html (and inline on compare.html); the rest load on demand
 
 
-def build_index(project: Project) -> list[dict[str, Any]]:
-    runs = _summaries(project)
-    listed = [{k: v for k, v in r.items() if k != "parameters"} for r in runs]
-    pipelines = sorted({r["pipeline"] for r in runs if r.get("pipeline")})
-    _render("index.html.j2", project.reports / "index.html", runs=runs, data=_json(listed),
-            pipelines=pipelines, built=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+def _summary_of(project: Project) -> run_index.Summarise:
+    def summary(run_id: str) -> dict[str, Any] | None:
+        try:
+            return summarise(run_record.load(project, run_id))
+        except run_record.RunRecordError:
+            return None  # unreadable: not listed (`workbench runs` names what is wrong)
+    return summary
+
+
+def _mtime_of(project: Project) -> Callable[[str], int | None]:
+    def mtime(run_id: str) -> int | None:
+        try:
+            return (run_record.run_dir(project, run_id) / run_record.RUN_FILE).stat().st_mtime_ns
+        except (OSError, ValueError):
+            return None
+    return mtime
+
+
+def _run_ids(project: Project) -> list[str]:
+    if not project.runs.is_dir():
+        return []
+    return [f.name for f in project.runs.iterdir() if not f.name.startswith(".")]
+
+
+def build_index(project: Project, run_ids: Iterable[str] | None = None
+                ) -> list[dict[str, Any]]:
+    """Bring the run index up to date (``run_ids``: only these runs changed; None: scan the
+    archive) and render ``index.html``, the changed shards' pages and ``compare.html``; return
+    the first page's summaries, newest first."""
+    summary, mtime = _summary_of(project), _mtime_of(project)
+    if run_ids is None:
+        (project.reports / LEGACY_CACHE).unlink(missing_ok=True)
+        manifest = run_index.rebuild(project, _run_ids(project), summary, mtime)
+    else:
+        manifest = run_index.update(project, run_ids, summary, mtime)
+    first = run_index.newest(project, manifest, FIRST_PAGE)
+    pages = [{"n": shard.number, "count": shard.count, "first": shard.first[:15],
+              "last": shard.last[:15]} for shard in reversed(manifest.shards)]
+    common = {"total": manifest.total, "pages": pages, "manifest": _json(manifest.as_dict()),
+              "built": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    shard_pages = manifest.changed if run_ids is not None else \
+        {shard.number for shard in manifest.shards}
+    for number in sorted(shard_pages):
+        runs = run_index.of_shard(project, number)
+        name = run_index.shard_name(number, "runs")
+        _render("index.html.j2", project.reports / run_index.PUBLIC / f"{name}.html",
+                runs=runs, root="../", page=number, **common, **_listing(runs))
+    _render("index.html.j2", project.reports / "index.html", runs=first, root="", page=None,
+            **common, **_listing(first))
     _render("compare.html.j2", project.reports / "compare.html",
-            data=_json([{k: r[k] for k in ("id", "status", "model", "version", "metrics",
-                                              "parameters")} for r in runs[:2000]]))
-    return runs
+            data=_json([{k: r.get(k) for k in run_index.COMPARED} for r in first]),
+            manifest=_json(manifest.as_dict()))
+    return first
+
+
+def _listing(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a page of the index shows of its runs: their rows' data and pipelines."""
+    return {"data": _json([{k: r.get(k) for k in run_index.LISTED} for r in runs]),
+            "pipelines": sorted({r["pipeline"] for r in runs if r.get("pipeline")})}
+
+
+def every_summary(project: Project) -> list[dict[str, Any]]:
+    """Every run's summary as last indexed, newest first (reads every shard)."""
+    summaries = list(run_index.every(project, run_index.read_manifest(project)))
+    return sorted(summaries, key=lambda s: (s.get("created") or "", s["id"]), reverse=True)
 
 
 def environment_history(project: Project) -> dict[str, list[dict[str, Any]]]:
@@ -297,9 +328,9 @@ def _entry_status(reports: Path, entries: list[dict[str, Any]]) -> dict[int, str
 def build(project: Project, run_id: str | None = None) -> Path:
     """Rebuild the index, history and compare pages, and one run's page (or every run's)."""
     project.reports.mkdir(parents=True, exist_ok=True)
-    runs = build_index(project)
+    build_index(project, [run_id] if run_id else None)
     build_environments(project)
-    targets = [run_id] if run_id else [r["id"] for r in runs]
+    targets = [run_id] if run_id else [r["id"] for r in every_summary(project)]
     for target in targets:
         build_run_page(project, target)
     return project.reports / "index.html"
