@@ -34,7 +34,7 @@ from workbench.atomic import write_text
 from workbench.audit import ledger
 from workbench.events import Bus, RunRecorded
 from workbench.project import Project
-from workbench.reports import run_index
+from workbench.reports import ledger_view, run_index
 
 LEGACY_CACHE = ".site-cache.json"  # the unsharded summary cache of earlier versions
 TEMPLATES = Path(__file__).parent / "site_templates"
@@ -147,36 +147,30 @@ def every_summary(project: Project) -> list[dict[str, Any]]:
     return sorted(summaries, key=lambda s: (s.get("created") or "", s["id"]), reverse=True)
 
 
+HISTORY_PAGE = 500  # newest history items per environment on environments.html
+
+
 def environment_history(project: Project) -> dict[str, list[dict[str, Any]]]:
     """Per environment, every alias move, deploy and rollback in ledger order, with its
     approvals (a rollback with its trigger and reason; a deploy with the seq of the alias move
-    of its version, or None when no alias move preceded it)."""
-    history: dict[str, list[dict[str, Any]]] = {}
-    for entry in ledger.entries(project.reports):
-        if entry.get("event") not in ("alias_move", "deploy", "rollback"):
-            continue
-        data = entry.get("data", {})
-        environment = data.get("alias") if entry["event"] == "alias_move" \
-            else data.get("environment")
-        item = {"seq": entry["seq"], "time": entry["time"], "event": entry["event"],
-                "run_id": entry.get("run_id"), "actor": (entry.get("actor") or {}).get("name"),
-                "version": data.get("to_version") or data.get("version"),
-                "from_version": data.get("from_version"), "model": data.get("model"),
-                "approvals": _approvals_of(project, entry.get("run_id"), environment,
-                                           data.get("approvals") or []),
-                "reason": data.get("reason"), "trigger": data.get("trigger")}
-        history.setdefault(environment or "?", []).append(item)
+    of its version, or None when no alias move preceded it). Read through the site's ledger
+    cursor: only entries appended since the last build are parsed."""
+    ledger_view.refresh(project, lambda run_id, environment, seqs: _approvals_of(
+        project, run_id, environment, seqs))
+    history = ledger_view.history(project)
     for items in history.values():
         moves = [i for i in items if i["event"] in ("alias_move", "rollback")]
         for index, current in enumerate(moves):  # an environment may have deploys, no move
             current["until"] = moves[index + 1]["time"] if index + 1 < len(moves) else None
-        for item in items:
-            if item["event"] == "deploy":
+        latest: dict[str, Any] | None = None
+        for item in items:  # in ledger order: the move in effect when each deploy happened
+            if item["event"] in ("alias_move", "rollback"):
+                latest = item
+            elif item["event"] == "deploy":
                 # the alias move (or rollback) in effect when it deployed, if it named the
                 # version deployed; None: a deploy without an alias move, shown as such
-                before = [m for m in moves if m["seq"] < item["seq"]]
-                item["alias_move"] = before[-1]["seq"] if before and \
-                    before[-1]["version"] == item["version"] else None
+                item["alias_move"] = latest["seq"] if latest is not None and \
+                    latest["version"] == item["version"] else None
     return history
 
 
@@ -198,9 +192,14 @@ def _approvals_of(project: Project, run_id: str | None, environment: str | None,
 
 
 def build_environments(project: Project) -> None:
+    """``environments.html``: each environment's newest :data:`HISTORY_PAGE` items (the time
+    lookup covers those; ``workbench audit`` and the ledger keep the rest)."""
     history = environment_history(project)
-    _render("environments.html.j2", project.reports / "environments.html", history=history,
-            data=_json(history), drift=drift_history(project))
+    shown = {environment: items[-HISTORY_PAGE:] for environment, items in history.items()}
+    older = {environment: len(items) - len(shown[environment])
+             for environment, items in history.items()}
+    _render("environments.html.j2", project.reports / "environments.html", history=shown,
+            older=older, data=_json(shown), drift=drift_history(project))
 
 
 def drift_history(project: Project, per_environment: int = 20) -> dict[str, list[dict[str, Any]]]:
@@ -265,7 +264,9 @@ def build_run_page(project: Project, run_id: str) -> Path:
 
     record = run_record.load(project, run_id)
     folder = run_record.run_dir(project, run_id)
-    entries = [e for e in ledger.entries(project.reports) if e.get("run_id") == run_id]
+    ledger_view.refresh(project, lambda run, environment, seqs: _approvals_of(
+        project, run, environment, seqs))
+    entries = ledger_view.run_entries(project, run_id)
     status = _entry_status(project.reports, entries)
     stages = []
     start = min((s.started for s in record.stages.values() if s.started), default=None)
