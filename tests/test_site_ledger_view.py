@@ -61,7 +61,7 @@ def test_incremental_view_matches_a_full_read(tmp_path: Path,
     real_loads = json.loads
 
     def counting(text: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(text, bytes) and b'"seq"' in text:
+        if isinstance(text, bytes) and b'"hash"' in text:  # ledger lines, not history items
             parsed.append(text)
         return real_loads(text, *args, **kwargs)
 
@@ -129,3 +129,17 @@ def test_history_page_shows_the_newest(tmp_path: Path, monkeypatch: pytest.Monke
     html = (project.reports / "environments.html").read_text(encoding="utf-8")
     assert "the newest 3 entries; 2 older ones are in the ledger" in html
     assert 'data-seq="5"' in html and 'data-seq="2"' not in html
+
+
+def test_last_lines_across_block_boundaries(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    lines = [(f'{{"seq":{i},"pad":"' + "x" * (i * 997 % 150_000) + '"}\n').encode()
+             for i in range(1, 60)]
+    path.write_bytes(b"".join(lines) + b'{"torn')
+    for count in (1, 2, 7, 58, 59, 80):
+        assert ledger_view._last_lines(path, count) == lines[-count:], count
+    assert ledger_view._last_lines(path, None) == lines
+    assert ledger_view._last_lines(path, 0) == []
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert ledger_view._last_lines(empty, 5) == []

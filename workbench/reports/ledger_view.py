@@ -6,7 +6,8 @@ ledger for them on every finished run costs more the longer the archive lives; i
 cursor keeps, under ``reports/.site/``:
 
 - ``ledger-view.json``: the byte offset read up to and the hash of the entry that ends there;
-- ``ledger-history.json``: every environment's history items so far;
+- ``history/<environment>.jsonl``: the environment's history items so far, one per line,
+  appended as they are read (a page reads the newest from the end);
 - ``ledger-runs/<run-id>.json``: where each of the run's entries is in the ledger (offset and
   length), so its page reads its own lines, from the ledger itself, and nothing else.
 
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from filelock import FileLock
 
@@ -32,7 +34,7 @@ from workbench.project import Project
 
 VERSION = 1
 STATE = "ledger-view.json"
-HISTORY = "ledger-history.json"
+HISTORY = "history"
 RUNS = "ledger-runs"
 HISTORY_EVENTS = ("alias_move", "deploy", "rollback")
 
@@ -59,13 +61,54 @@ def _load(project: Project) -> View:
         return View()
 
 
-def history(project: Project) -> dict[str, list[dict[str, Any]]]:
-    """Every environment's history items, in ledger order, as of the last :func:`refresh`."""
+def _history_file(project: Project, environment: str) -> Path:
+    return _folder(project) / HISTORY / (quote(environment, safe="") + ".jsonl")
+
+
+def history(project: Project, newest: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Each environment's history items in ledger order (``newest``: only its last so many),
+    as of the last :func:`refresh`."""
+    folder = _folder(project) / HISTORY
+    found: dict[str, list[dict[str, Any]]] = {}
+    first_seen = {environment: index for index, environment in enumerate(counts(project))}
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    for path in sorted(files, key=lambda f: (first_seen.get(unquote(f.stem), len(first_seen)),
+                                             f.name)):
+        items, last = [], None
+        for line in _last_lines(path, newest):
+            item = json.loads(line)
+            if last is None or item["seq"] > last:  # a repeat after a crash: the first counts
+                items.append(item)
+                last = item["seq"]
+        found[unquote(path.stem)] = items
+    return found
+
+
+def counts(project: Project) -> dict[str, int]:
+    """How many history items each environment has."""
     try:
-        stored = json.loads((_folder(project) / HISTORY).read_text(encoding="utf-8"))
-        return dict(stored) if isinstance(stored, dict) else {}
-    except (OSError, ValueError):
+        stored = json.loads((_folder(project) / STATE).read_text(encoding="utf-8"))
+        return {str(k): int(v) for k, v in stored.get("counts", {}).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
         return {}
+
+
+def _last_lines(path: Path, count: int | None) -> list[bytes]:
+    """The file's last ``count`` complete lines (every line for None), read from the end."""
+    with path.open("rb") as handle:
+        if count is None:
+            return [line for line in handle if line.endswith(b"\n")]
+        end = position = handle.seek(0, 2)
+        chunk = b""
+        while position > 0 and chunk.count(b"\n") <= count:
+            step = min(1 << 16, position)
+            position -= step
+            handle.seek(position)
+            chunk = handle.read(step) + chunk
+    lines = chunk[:chunk.rfind(b"\n") + 1 if end else 0].split(b"\n")[:-1]
+    if position > 0:
+        lines = lines[1:]  # the first piece may be the end of a longer line
+    return [line + b"\n" for line in lines[-count:]] if count else []
 
 
 def _line_ending_at(path: Path, offset: int) -> bytes | None:
@@ -108,7 +151,7 @@ def refresh(project: Project, approvals_of: ApprovalsOf) -> None:
         if not path.exists() or not _still_valid(path, view):
             view = View()
             shutil.rmtree(folder / RUNS, ignore_errors=True)
-            (folder / HISTORY).unlink(missing_ok=True)
+            shutil.rmtree(folder / HISTORY, ignore_errors=True)
             (folder / STATE).unlink(missing_ok=True)
         if not path.exists():
             return
@@ -139,27 +182,38 @@ def refresh(project: Project, approvals_of: ApprovalsOf) -> None:
             return
         for run_id, spots in placed.items():
             _extend_run(project, run_id, spots)
-        if items:
-            known = history(project)
-            for entry in items:
-                _add_history(known, entry, approvals_of)
-            write_text(folder / HISTORY, json.dumps(known, separators=(",", ":")))
+        tally = counts(project)  # {} after a reset: the state file is gone
+        for environment in _append_history(project, items, approvals_of):
+            tally[environment] = tally.get(environment, 0) + 1
         write_text(folder / STATE, json.dumps(
-            {"version": VERSION, "offset": view.offset, "hash": view.hash}))
+            {"version": VERSION, "offset": view.offset, "hash": view.hash, "counts": tally}))
 
 
-def _add_history(known: dict[str, list[dict[str, Any]]], entry: dict[str, Any],
-                 approvals_of: ApprovalsOf) -> None:
-    data = entry.get("data") or {}
-    environment = data.get("alias") if entry["event"] == "alias_move" else data.get("environment")
-    item = {"seq": entry.get("seq"), "time": entry.get("time"), "event": entry["event"],
-            "run_id": entry.get("run_id"), "actor": (entry.get("actor") or {}).get("name"),
-            "version": data.get("to_version") or data.get("version"),
-            "from_version": data.get("from_version"), "model": data.get("model"),
-            "approvals": approvals_of(entry.get("run_id"), environment,
-                                      data.get("approvals") or []),
-            "reason": data.get("reason"), "trigger": data.get("trigger")}
-    known.setdefault(environment or "?", []).append(item)
+def _append_history(project: Project, entries: list[dict[str, Any]],
+                    approvals_of: ApprovalsOf) -> list[str]:
+    """Append each history entry's item to its environment's file (a crash between this and
+    the cursor's write re-reads those entries, so an item may repeat; :func:`history`'s
+    reader keeps the first of a seq)."""
+    lines: dict[str, list[bytes]] = {}
+    for entry in entries:
+        data = entry.get("data") or {}
+        environment = data.get("alias") if entry["event"] == "alias_move" \
+            else data.get("environment")
+        item = {"seq": entry.get("seq"), "time": entry.get("time"), "event": entry["event"],
+                "run_id": entry.get("run_id"), "actor": (entry.get("actor") or {}).get("name"),
+                "version": data.get("to_version") or data.get("version"),
+                "from_version": data.get("from_version"), "model": data.get("model"),
+                "approvals": approvals_of(entry.get("run_id"), environment,
+                                          data.get("approvals") or []),
+                "reason": data.get("reason"), "trigger": data.get("trigger")}
+        lines.setdefault(str(environment or "?"), []).append(
+            json.dumps(item, separators=(",", ":")).encode("utf-8") + b"\n")
+    for environment, chunk in lines.items():
+        path = _history_file(project, environment)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as handle:
+            handle.write(b"".join(chunk))
+    return [environment for environment, chunk in lines.items() for _ in chunk]
 
 
 def _run_file(project: Project, run_id: str) -> Path | None:

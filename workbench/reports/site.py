@@ -150,14 +150,17 @@ def every_summary(project: Project) -> list[dict[str, Any]]:
 HISTORY_PAGE = 500  # newest history items per environment on environments.html
 
 
-def environment_history(project: Project) -> dict[str, list[dict[str, Any]]]:
+def environment_history(project: Project, newest: int | None = None
+                        ) -> dict[str, list[dict[str, Any]]]:
     """Per environment, every alias move, deploy and rollback in ledger order, with its
     approvals (a rollback with its trigger and reason; a deploy with the seq of the alias move
     of its version, or None when no alias move preceded it). Read through the site's ledger
-    cursor: only entries appended since the last build are parsed."""
+    cursor: only entries appended since the last build are parsed. ``newest``: only each
+    environment's last so many (read from the end of its history)."""
     ledger_view.refresh(project, lambda run_id, environment, seqs: _approvals_of(
         project, run_id, environment, seqs))
-    history = ledger_view.history(project)
+    extra = 50 if newest else 0  # moves before the first shown, for its deploys' alias_move
+    history = ledger_view.history(project, newest + extra if newest else None)
     for items in history.values():
         moves = [i for i in items if i["event"] in ("alias_move", "rollback")]
         for index, current in enumerate(moves):  # an environment may have deploys, no move
@@ -171,7 +174,8 @@ def environment_history(project: Project) -> dict[str, list[dict[str, Any]]]:
                 # version deployed; None: a deploy without an alias move, shown as such
                 item["alias_move"] = latest["seq"] if latest is not None and \
                     latest["version"] == item["version"] else None
-    return history
+    return {environment: items[-newest:] if newest else items
+            for environment, items in history.items()}
 
 
 def _approvals_of(project: Project, run_id: str | None, environment: str | None,
@@ -194,10 +198,10 @@ def _approvals_of(project: Project, run_id: str | None, environment: str | None,
 def build_environments(project: Project) -> None:
     """``environments.html``: each environment's newest :data:`HISTORY_PAGE` items (the time
     lookup covers those; ``workbench audit`` and the ledger keep the rest)."""
-    history = environment_history(project)
-    shown = {environment: items[-HISTORY_PAGE:] for environment, items in history.items()}
-    older = {environment: len(items) - len(shown[environment])
-             for environment, items in history.items()}
+    shown = environment_history(project, HISTORY_PAGE)
+    total = ledger_view.counts(project)
+    older = {environment: max(total.get(environment, 0) - len(items), 0)
+             for environment, items in shown.items()}
     _render("environments.html.j2", project.reports / "environments.html", history=shown,
             older=older, data=_json(shown), drift=drift_history(project))
 
