@@ -9,8 +9,11 @@ Everything is written into one temporary folder and measured in this run:
   (realistic ``run.json`` of 8 stages each: parameters, outputs, metrics, two gates). Cold: no
   run index (every record read and validated; once); warm: a full build with the index from
   the previous one and nothing changed (a ``stat`` per run); add one: one new run at each size
-  by the event path a finished run takes (``build_index(project, [run_id])``). Median of
-  ``--repeat`` builds each (the operating system's file cache is warm in every case);
+  by the event path a finished run takes (``build_index(project, [run_id])``); + pages: the
+  whole site update of a finished run (``site.build(project, run_id)``: index, environments,
+  its page), with a ledger of 10 entries per run (stages, outcome, alias moves, a deploy).
+  Median of ``--repeat`` builds each (the operating system's file cache is warm in every
+  case);
 * verify: ``--files`` archived files of 50-200 KB (random bytes), each recorded in
   ``ledger.jsonl`` by ``workbench.audit.ledger.append``; then ``ledger.verify`` (chain and
   every file), ``ledger.verify(check_files=False)`` (chain only), a plain ``hashlib`` loop over
@@ -47,6 +50,7 @@ sys.path.insert(0, str(REPO))
 
 from workbench import run_record  # noqa: E402
 from workbench.audit import ledger  # noqa: E402
+from workbench.digests import canonical  # noqa: E402
 from workbench.project import Project  # noqa: E402
 from workbench.reports import run_index, site  # noqa: E402
 
@@ -147,6 +151,34 @@ def timed(action: Callable[[], Any], repeat: int, before: Callable[[], Any] | No
     return statistics.median(times)
 
 
+class SyntheticLedger:
+    """Ledger entries of each synthetic run, as a release writes them (its stages, the outcome,
+    two alias moves and a deploy), sealed into one chain and appended without fsync."""
+
+    def __init__(self, reports: Path) -> None:
+        self.path = ledger.ledger_path(reports)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.head: dict[str, Any] | None = None
+
+    def add(self, rid: str, version: str, entries: int = 10) -> None:
+        actor = {"name": "carol", "source": "github"}
+        bodies = [{"event": "stage_executed", "data": {"stage": name}} for name in STAGES[:6]]
+        bodies += [{"event": "run_recorded", "data": {"status": "succeeded"}},
+                   {"event": "alias_move", "data": {"alias": "qa", "model": "mini",
+                                                    "to_version": version}},
+                   {"event": "alias_move", "data": {"alias": "prod", "model": "mini",
+                                                    "to_version": version}},
+                   {"event": "deploy", "data": {"environment": "prod", "model": "mini",
+                                                "version": version}}]
+        lines = []
+        for body in bodies[:entries]:
+            self.head = ledger.CHAIN.seal({"time": datetime.now(UTC).isoformat(), "actor": actor,
+                                           "run_id": rid, "files": {}, **body}, self.head)
+            lines.append(canonical(self.head) + b"\n")
+        with self.path.open("ab") as handle:
+            handle.write(b"".join(lines))
+
+
 def _drop_index(project: Project) -> None:
     """No run index: the next full build reads and validates every record."""
     for name in (run_index.PRIVATE, run_index.PUBLIC):
@@ -157,11 +189,13 @@ def bench_index(work: Path, sizes: list[int], repeat: int) -> list[dict[str, Any
     template = template_record()
     rng = random.Random(7)
     project = Project(work / "archive")
+    chain = SyntheticLedger(project.reports)
     rows, written = [], 0
     for size in sorted(sizes):
         start = time.perf_counter()
         for index in range(written, size):
             write_run(project, template, index, rng)
+            chain.add(run_id(index), str(index + 1))
         written = size
         generated_s = time.perf_counter() - start
         _drop_index(project)  # once: reading every record is a one-off (an upgrade, a clone)
@@ -169,20 +203,33 @@ def bench_index(work: Path, sizes: list[int], repeat: int) -> list[dict[str, Any
         warm = timed(lambda: site.build_index(project), repeat)
         # One more run, by the event path a finished run takes (only its record is read, its
         # shard and the first page rewritten).
-        adds = []
+        adds, whole = [], []
+        site.build_environments(project)  # the site's ledger view up to date, as after a run
         for _ in range(repeat):
             write_run(project, template, written, rng)
             new = run_id(written)
+            chain.add(new, str(written + 1))
             written += 1
             start = time.perf_counter()
             first = site.build_index(project, [new])
             adds.append(time.perf_counter() - start)
             assert first[0]["id"] == new
+        for _ in range(repeat):  # what a finished run's site update costs in all
+            write_run(project, template, written, rng)
+            new = run_id(written)
+            chain.add(new, str(written + 1))
+            written += 1
+            start = time.perf_counter()
+            site.build(project, new)
+            whole.append(time.perf_counter() - start)
         shards = sorted((project.reports / run_index.PUBLIC).glob("*.js"))
         rows.append({
             "runs": size, "run_json_kb": (project.runs / run_id(0) / run_record.RUN_FILE)
             .stat().st_size / 1024, "generate_s": generated_s, "cold_s": cold,
             "warm_s": warm, "add_one_s": statistics.median(adds),
+            "add_one_site_s": statistics.median(whole),
+            "ledger_mb": ledger.ledger_path(project.reports).stat().st_size / MB,
+            "environments_html_mb": (project.reports / "environments.html").stat().st_size / MB,
             "index_html_mb": (project.reports / "index.html").stat().st_size / MB,
             "compare_html_mb": (project.reports / "compare.html").stat().st_size / MB,
             "shards": len(run_index.read_manifest(project).shards),
@@ -309,12 +356,18 @@ def print_tables(figures: dict[str, Any]) -> None:
     print("\n(a) site.build_index, seconds (cold once; warm and add one: median of "
           f"{figures['repeat']}; OS file cache warm throughout)")
     print(f"{'runs':>7}{'run.json KB':>13}{'cold':>9}{'warm':>9}{'add one':>9}"
-          f"{'index MB':>10}{'compare MB':>12}{'shards':>8}{'shard MB':>10}{'all rows MB':>13}")
+          f"{'+ pages':>9}{'index MB':>10}{'compare MB':>12}{'envs MB':>9}{'shards':>8}"
+          f"{'shard MB':>10}{'all rows MB':>13}{'ledger MB':>11}")
     for row in figures["index"]:
         print(f"{row['runs']:>7}{row['run_json_kb']:>13.1f}{row['cold_s']:>9.2f}"
-              f"{row['warm_s']:>9.2f}{row['add_one_s']:>9.3f}{row['index_html_mb']:>10.2f}"
-              f"{row['compare_html_mb']:>12.2f}{row['shards']:>8}"
-              f"{row['largest_shard_js_mb']:>10.2f}{row['all_runs_js_mb']:>13.1f}")
+              f"{row['warm_s']:>9.2f}{row['add_one_s']:>9.3f}{row['add_one_site_s']:>9.3f}"
+              f"{row['index_html_mb']:>10.2f}{row['compare_html_mb']:>12.2f}"
+              f"{row['environments_html_mb']:>9.2f}{row['shards']:>8}"
+              f"{row['largest_shard_js_mb']:>10.2f}{row['all_runs_js_mb']:>13.1f}"
+              f"{row['ledger_mb']:>11.0f}")
+    print("goals: first page (index.html) <= 1 MB at 100,000 runs; adding a run costs the "
+          "same at every size (add one: the index; + pages: the whole site update of a "
+          "finished run: index, environments and its own page)")
     largest = figures["index"][-1]
     print(f"per run at {largest['runs']}: cold {1000 * largest['cold_s'] / largest['runs']:.2f} "
           f"ms, warm {1000 * largest['warm_s'] / largest['runs']:.3f} ms")
