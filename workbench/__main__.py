@@ -1,5 +1,5 @@
 """``python -m workbench`` is the same as the ``workbench`` command."""
 
-from workbench.cli import main
+from workbench.cli.entry import entry
 
-main()
+entry()

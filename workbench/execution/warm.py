@@ -33,8 +33,22 @@ HISTORY = ["--HistoryManager.hist_file=:memory:"]  # as nbclient starts its kern
 # ``rfc3987_syntax`` (38 Lark grammars compiled at import, 2-3 s of every kernel that imports
 # scrapbook, papermill or nbformat) for ``iri`` format checks notebooks never use. It binds no
 # name and stores no history, so execution counts and the namespace are as without it.
-SKIP_IRI_CHECKS = ("--IPKernelApp.exec_lines="
-                   "[\"__import__('sys').modules.setdefault('rfc3987_syntax', None)\"]")
+SKIP_IRI = "__import__('sys').modules.setdefault('rfc3987_syntax', None)"
+# And a quick exit: a kernel's process, once its stage is done, spends 2 s tearing down the
+# objects of MLflow, scikit-learn and pandas after its atexit handlers have run; the run waits
+# for its kernels to be gone. Registered first, this handler runs after every atexit handler
+# the notebook's libraries register (atexit runs last-registered first); it then does what
+# the handlers registered before it would (IPython's own, coverage's under the tests), flushes
+# and leaves. Measured on a kernel that used MLflow and scikit-learn: 2.2 s -> 0.1 s.
+QUICK_EXIT = (
+    "__import__('atexit').register(lambda sys=__import__('sys'), os=__import__('os'): ("
+    "(lambda shell: shell is not None and shell.atexit_operations())"
+    "(__import__('IPython').get_ipython()), "
+    "(lambda cov: cov is not None and (cov.stop(), cov.save()))"
+    "(getattr(sys.modules.get('coverage'), 'Coverage', None) and "
+    "sys.modules['coverage'].Coverage.current()), "
+    "sys.stdout.flush(), sys.stderr.flush(), os._exit(0))) and None")  # no Out[] value
+KERNEL_EXEC_LINES = f"--IPKernelApp.exec_lines=[\"{SKIP_IRI}\", \"{QUICK_EXIT}\"]"
 
 
 @dataclass
@@ -149,7 +163,7 @@ def launch(kernel: StageKernel, cwd: Path, env: dict[str, str] | None = None) ->
     process's environment (default: this process's environment as it is now)."""
     from jupyter_core.utils import run_sync
 
-    extra = [*HISTORY, SKIP_IRI_CHECKS] if kernel.manager.ipykernel else list(HISTORY)
+    extra = [*HISTORY, KERNEL_EXEC_LINES] if kernel.manager.ipykernel else list(HISTORY)
     options: dict[str, Any] = {"cwd": str(cwd), "extra_arguments": extra,
                                **kernel_output.stdio()}
     if env is not None:
