@@ -11,6 +11,10 @@ nothing the ledger does not account for, and that every record beside it is the 
 
 Archives written before a check existed (no ``record_sha256``, pages rendered before they were
 recorded) are not failed by it: each is counted as predating that check.
+
+An incremental verify (``--since``) checks only the folders of the runs with entries after its
+checkpoint (and ``rollbacks/`` and ``drift/`` as always), with an index of just what those need
+(``ledger.index(reports, runs)``).
 """
 
 from __future__ import annotations
@@ -33,19 +37,30 @@ class Coverage:
     predating: dict[str, int] = field(default_factory=dict)  # check -> runs that predate it
 
 
-def check(reports: Path, index: LedgerIndex) -> Coverage:
-    """Every problem of the archive's coverage by the ledger (see the module doc)."""
+def check(reports: Path, index: LedgerIndex, runs: set[str] | None = None) -> Coverage:
+    """Every problem of the archive's coverage by the ledger (see the module doc); with
+    ``runs``, of those runs' folders only (an incremental verify: the runs with entries after
+    its checkpoint), and of the top-level record folders as always."""
     found = Coverage()
     _record_folder(reports, reports / "rollbacks", index, found)
     _record_folder(reports, reports / "drift", index, found)
     renders = [e.get("seq") or 0 for entries in index.by_run.values() for e in entries
                if e.get("event") == "stage_rendered"]
     first_render = min(renders, default=None)  # pages recorded since this ledger entry
-    runs = reports / "runs"
-    for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
-        if folder.is_dir() and not folder.name.startswith("."):
-            _run_folder(reports, folder, index, found, first_render)
+    for folder in _run_folders(reports / "runs", runs):
+        _run_folder(reports, folder, index, found, first_render)
     return found
+
+
+def _run_folders(root: Path, runs: set[str] | None) -> list[Path]:
+    """The run folders to check: every one, or those of ``runs`` that exist (a name that is
+    no plain folder name, as a forged entry could give, is none)."""
+    if runs is None:
+        found = sorted(root.iterdir()) if root.is_dir() else []
+    else:
+        found = [root / name for name in sorted(runs) if name and "/" not in name
+                 and "\\" not in name and name not in (".", "..")]
+    return [f for f in found if f.is_dir() and not f.name.startswith(".")]
 
 
 def _count(found: Coverage, what: str) -> None:

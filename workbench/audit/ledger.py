@@ -6,6 +6,14 @@ previous entry's hash) and ``hash`` (sha256 over the entry without ``hash``). Ap
 lock, are written with one ``write`` and fsynced, so concurrent runs never lose or interleave
 entries. :func:`verify` re-checks every hash, link and file; an anchor (the head's seq and hash,
 published elsewhere) also catches truncation and a wholesale rewrite.
+
+Incremental verification: :func:`checkpoint` is the anchor plus ``offset`` (the ledger's length
+in bytes at the head entry) and ``prefix_sha256`` (sha256 of those bytes). ``verify(since=...)``
+hashes the bytes before the checkpoint as one stream (no JSON parsed) and compares, which
+catches any edit, truncation or rewrite before it; then it checks the entry the checkpoint
+names and verifies only the entries after it, and only the files those name: the files of
+earlier entries are trusted (a full verify re-hashes them). The checkpoint is only as
+trustworthy as the place it is kept: outside the archive.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,18 +33,25 @@ from workbench.atomic import write_new
 from workbench.audit.chain import Chain
 from workbench.clock import utc_now
 from workbench.digests import canonical, file_sha256
-from workbench.errors import EXIT_FAILED, WorkbenchError
+from workbench.errors import EXIT_FAILED, EXIT_USAGE, WorkbenchError
 
 LEDGER_FILE = "ledger.jsonl"
 LOCK_FILE = ".ledger.lock"
 TORN_DIR = "ledger.torn"  # torn last entries set aside by :func:`repair`
 GENESIS = "0" * 64
+CHUNK = 1 << 20  # bytes read at a time when a whole ledger is streamed
 
 
 class LedgerError(WorkbenchError, RuntimeError):
     """The ledger cannot be appended to (it ends in a torn entry, or is unreadable)."""
 
     exit_code = EXIT_FAILED
+
+
+class AnchorError(WorkbenchError, ValueError):
+    """An anchor that cannot be verified from (not one :func:`checkpoint` writes)."""
+
+    exit_code = EXIT_USAGE
 
 
 CHAIN = Chain(hash_field="hash", link_field="prev", genesis=GENESIS)
@@ -49,11 +65,12 @@ def ledger_path(reports: Path) -> Path:
     return reports / LEDGER_FILE
 
 
-def _tail(path: Path) -> tuple[bytes | None, bytes | None]:
-    """The file's last two lines (the one before the last, the last), read from the end; None
-    for a line that is not there. A last line without its newline is a torn write."""
+def _tail(path: Path, end: int | None = None) -> tuple[bytes | None, bytes | None]:
+    """The file's last two lines (the one before the last, the last), read from the end (or
+    from byte ``end``); None for a line that is not there. A last line without its newline is a
+    torn write."""
     with path.open("rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
+        size = handle.seek(0, os.SEEK_END) if end is None else end
         if size == 0:
             return None, None
         block, position, tail = 4096, size, b""
@@ -84,11 +101,11 @@ def _parsed(line: bytes | None) -> dict[str, Any] | None:
     return entry if isinstance(entry, dict) else None
 
 
-def _head(path: Path) -> dict[str, Any] | None:
-    """The last entry, after checking that it is one: its own hash and form, and its link to
-    the entry before it. A head that does not verify is refused, so nothing is ever appended
-    after a forged or garbage line; None for an empty ledger."""
-    before, last = _tail(path)
+def _head(path: Path, end: int | None = None) -> dict[str, Any] | None:
+    """The last entry (before byte ``end``), after checking that it is one: its own hash and
+    form, and its link to the entry before it. A head that does not verify is refused, so
+    nothing is ever appended after a forged or garbage line; None for an empty ledger."""
+    before, last = _tail(path, end)
     if last is None:
         return None
     entry = _parsed(last)
@@ -240,6 +257,53 @@ def head(reports: Path) -> dict[str, Any]:
     return {"seq": entry["seq"], "hash": entry["hash"], "ledger": LEDGER_FILE}
 
 
+def checkpoint(reports: Path) -> dict[str, Any]:
+    """:func:`head` plus what ``verify(since=...)`` starts from: ``offset`` (the ledger's
+    length in bytes at the head entry, where the next entry starts) and ``prefix_sha256`` (the
+    sha256 of those bytes). Streams the whole ledger once; entries appended meanwhile are after
+    the checkpoint."""
+    path = ledger_path(reports)
+    offset = path.stat().st_size if path.exists() else 0
+    entry = (_head(path, offset) if offset else None) or {"seq": 0, "hash": GENESIS}
+    return {"seq": entry["seq"], "hash": entry["hash"], "ledger": LEDGER_FILE,
+            "offset": offset, "prefix_sha256": _prefix(path, offset)[0]}
+
+
+def _prefix(path: Path, offset: int) -> tuple[str, int]:
+    """sha256 of the file's bytes [0, offset) (fewer if it is shorter) and how many lines end
+    in them, streamed."""
+    sha, lines, left = hashlib.sha256(), 0, offset
+    if offset <= 0:
+        return sha.hexdigest(), 0
+    with path.open("rb") as handle:
+        while left > 0:
+            block = handle.read(min(CHUNK, left))
+            if not block:
+                break
+            sha.update(block)
+            lines += block.count(b"\n")
+            left -= len(block)
+    return sha.hexdigest(), lines
+
+
+def _since(anchor: dict[str, Any]) -> tuple[int, str, int, str]:
+    """seq, hash, offset and prefix_sha256 of a checkpoint (:class:`AnchorError` if it is
+    not one)."""
+    seq, digest = anchor.get("seq"), anchor.get("hash")
+    offset, prefix = anchor.get("offset"), anchor.get("prefix_sha256")
+    if offset is None or prefix is None:
+        raise AnchorError("the anchor has no offset and prefix_sha256 (written by an older "
+                          "workbench): verifying from it needs an anchor written by "
+                          "`workbench audit anchor` of this version; a full verify accepts "
+                          "it as --anchor")
+    if not (isinstance(seq, int) and seq >= 0 and isinstance(digest, str)
+            and isinstance(offset, int) and offset >= 0 and isinstance(prefix, str)
+            and len(prefix) == 64):
+        raise AnchorError('expected {"seq": N, "hash": "...", "offset": BYTES, '
+                          '"prefix_sha256": "..."} (from `workbench audit anchor`)')
+    return seq, digest, offset, prefix
+
+
 @dataclass
 class LedgerIndex:
     """What the ledger says, read once: the digest each file was last recorded with, and the
@@ -259,10 +323,12 @@ class LedgerIndex:
         return [e for e in self.by_run.get(run_id, []) if event is None or e.get("event") == event]
 
 
-def index(reports: Path) -> LedgerIndex:
-    """One pass over the ledger (entries as stored; :func:`verify` checks them)."""
+def index(reports: Path, runs: set[str] | None = None) -> LedgerIndex:
+    """One pass over the ledger (entries as stored; :func:`verify` checks them). With ``runs``,
+    only what the archive's coverage of those runs' folders and of ``rollbacks/`` and
+    ``drift/`` needs (:func:`_concerning`): complete for those, not for anything else."""
     found = LedgerIndex()
-    for entry in entries(reports):
+    for entry in entries(reports) if runs is None else _concerning(reports, runs):
         files = entry.get("files")
         if isinstance(files, dict):
             for name, digest in files.items():
@@ -273,25 +339,172 @@ def index(reports: Path) -> LedgerIndex:
     return found
 
 
+RECORD_ROOTS = ("rollbacks", "drift")  # record folders at the top of reports/
+# A run named in a canonical line, as its ``run_id`` or by the folder of a file: the name as
+# JSON spells it (up to a slash).
+RUN_NAMED = re.compile(rb'"(?:run_id":"|runs/)((?:[^"/\\]|\\.)*)')
+FEW_RUNS = 4
+
+
+def _concerning(reports: Path, runs: set[str]) -> Iterator[dict[str, Any]]:
+    """The entries of ``runs``, every entry naming a file under their folders or under
+    ``rollbacks/`` or ``drift/``, and the first ``stage_rendered`` entry, in order. Lines are
+    picked by searching the bytes (canonical JSON has one spelling), so only those are
+    parsed; a line picked by a near miss is dropped once parsed."""
+    few = len(runs) <= FEW_RUNS  # then a plain search per run beats a regex over every line
+    names = set() if few else {canonical(run)[1:-1].split(b"/", 1)[0] for run in runs}
+    patterns: list[bytes | None] = [
+        *(p for run in runs if few for p in (b'"run_id":' + canonical(run),
+                                            canonical(f"runs/{run}/")[:-1])),
+        *(canonical(f"{root}/")[:-1] for root in RECORD_ROOTS), b'"event":"stage_rendered"']
+    for line in _lines_naming(ledger_path(reports), names, patterns):
+        entry = _parsed(line)
+        if entry is None:
+            continue
+        first_render = patterns[-1] is not None and entry.get("event") == "stage_rendered"
+        if first_render or _concerns(entry, runs):
+            yield entry
+        if first_render:
+            patterns[-1] = None  # only the first one (coverage: pages recorded since then)
+
+
+def _concerns(entry: dict[str, Any], runs: set[str]) -> bool:
+    if entry.get("run_id") in runs:
+        return True
+    files = entry.get("files")
+    return isinstance(files, dict) and any(
+        str(name).split("/", 1)[0] in RECORD_ROOTS or _run_of(str(name)) in runs
+        for name in files)
+
+
+def _run_of(name: str) -> str | None:
+    """The run whose folder holds ``name`` (a path under ``reports/``), if any."""
+    parts = name.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "runs" else None
+
+
+def _lines_naming(path: Path, names: set[bytes], patterns: list[bytes | None]
+                  ) -> Iterator[bytes]:
+    """Complete lines of the file, in order, that name a run of ``names`` (:data:`RUN_NAMED`)
+    or hold one of ``patterns`` (None is skipped; the list may change between blocks). Each
+    block of lines is searched as a whole: one without any costs no work per line."""
+    for block in _blocks(path):
+        starts: set[int] = set()
+        for pattern in [p for p in patterns if p is not None]:
+            at = block.find(pattern)
+            while at >= 0:  # each line once: go on after the end of the line found
+                starts.add(block.rfind(b"\n", 0, at) + 1)
+                at = block.find(pattern, block.find(b"\n", at))
+        if names and names.intersection(RUN_NAMED.findall(block)):
+            starts.update(block.rfind(b"\n", 0, m.start()) + 1
+                          for m in RUN_NAMED.finditer(block) if m.group(1) in names)
+        for start in sorted(starts):
+            yield block[start:block.index(b"\n", start)]
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    """The file's complete lines, about :data:`CHUNK` bytes at a time (a torn last line is
+    no entry and is left out)."""
+    if not path.exists():
+        return
+    carry = b""
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            block = carry + chunk
+            cut = block.rfind(b"\n") + 1
+            carry = block[cut:]
+            if cut:
+                yield block[:cut]
+
+
 @dataclass
 class Verification:
-    entries: int = 0
+    entries: int = 0  # entries checked (with ``since``: after the checkpoint)
     files: int = 0
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
+    since: int | None = None  # the checkpoint's seq, for an incremental verify
+    runs: set[str] = field(default_factory=set)  # runs the checked entries name or write in
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
+@dataclass
+class _Scan:
+    """A pass over ledger lines: the chain it continues, where it is, what it has seen. Entries
+    starting at byte ``new_from`` or later are counted and have their files checked."""
+
+    reports: Path
+    result: Verification
+    check_files: bool
+    new_from: int = 0
+    previous: str = GENESIS
+    expected_seq: int = 1
+    line: int = 0
+    position: int = 0
+    seen: dict[int, str | None] = field(default_factory=dict)
+    known: dict[tuple[str, str], bool] = field(default_factory=dict)
+
+    def run(self, handle: Any) -> None:
+        """Check every line from the handle's position on; a torn last line ends the pass."""
+        for raw in handle:
+            if not self.check(raw):
+                break
+
+    def check(self, raw: bytes) -> bool:
+        """Check one line; False after a torn (incomplete) last line."""
+        self.line += 1
+        new, self.position = self.position >= self.new_from, self.position + len(raw)
+        where = f"{LEDGER_FILE} line {self.line}"
+        if not raw.endswith(b"\n"):
+            self.result.problems.append(f"{where}: incomplete entry (torn write)")
+            return False
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            self.result.problems.append(f"{where}: not valid JSON (edited)")
+            return True
+        if not isinstance(entry, dict):
+            self.result.problems.append(f"{where}: not a ledger entry (edited)")
+            return True
+        seq = entry.get("seq")
+        where = f"{where} (seq {seq})"
+        found = CHAIN.problems(entry, self.expected_seq, self.previous)
+        if entry.get("hash") == entry_hash(entry) and raw != canonical(entry) + b"\n":
+            found.insert(0, "not in canonical form (edited)")
+        self.result.problems += [f"{where}: {problem}" for problem in found]
+        self.previous = entry.get("hash", "")
+        self.expected_seq = (seq if isinstance(seq, int) else self.expected_seq) + 1
+        if isinstance(seq, int):
+            self.seen[seq] = entry.get("hash")
+        if new:
+            self._new(entry, where)
+        return True
+
+    def _new(self, entry: dict[str, Any], where: str) -> None:
+        self.result.entries += 1
+        if isinstance(entry.get("run_id"), str):
+            self.result.runs.add(entry["run_id"])
+        files = entry.get("files")
+        if isinstance(files, dict):
+            self.result.runs.update(r for r in map(_run_of, map(str, files)) if r)
+        if self.check_files:
+            _check_files(self.reports, entry, where, self.result, self.known)
+
+
 def verify(reports: Path, anchor: dict[str, Any] | None = None,
-           check_files: bool = True) -> Verification:
+           check_files: bool = True, since: dict[str, Any] | None = None) -> Verification:
     """Recompute every hash and link, re-hash every referenced file, compare with ``anchor``.
 
-    Each problem names the entry (line and seq) or the file; verification goes on after a
-    problem so that one report lists them all.
+    With ``since`` (a :func:`checkpoint`), incrementally: the bytes before it are compared
+    with its digest, then only the entries after it and the files they name are checked
+    (:func:`_verify_since`). Each problem names the entry (line and seq) or the file;
+    verification goes on after a problem so that one report lists them all.
     """
+    if since is not None:
+        return _verify_since(reports, since, anchor, check_files)
     result = Verification()
     path = ledger_path(reports)
     if not path.exists():
@@ -299,39 +512,81 @@ def verify(reports: Path, anchor: dict[str, Any] | None = None,
             result.problems.append(f"{LEDGER_FILE} is missing; the anchor expects "
                                    f"{anchor['seq']} entries")
         return result
-    previous, expected_seq = GENESIS, 1
-    seen: dict[int, str | None] = {}
-    known: dict[tuple[str, str], bool] = {}
+    scan = _Scan(reports, result, check_files)
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{LEDGER_FILE} line {number}"
-            if not raw.endswith(b"\n"):
-                result.problems.append(f"{where}: incomplete entry (torn write)")
-                break
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                result.problems.append(f"{where}: not valid JSON (edited)")
-                continue
-            if not isinstance(entry, dict):
-                result.problems.append(f"{where}: not a ledger entry (edited)")
-                continue
-            seq = entry.get("seq")
-            where = f"{where} (seq {seq})"
-            found = CHAIN.problems(entry, expected_seq, previous)
-            if entry.get("hash") == entry_hash(entry) and raw != canonical(entry) + b"\n":
-                found.insert(0, "not in canonical form (edited)")
-            result.problems += [f"{where}: {problem}" for problem in found]
-            previous = entry.get("hash", "")
-            expected_seq = (seq if isinstance(seq, int) else expected_seq) + 1
-            if isinstance(seq, int):
-                seen[seq] = entry.get("hash")
-            result.entries += 1
-            if check_files:
-                _check_files(reports, entry, where, result, known)
+        scan.run(handle)
     if anchor:
-        _check_anchor(anchor, seen, result)
+        _check_anchor(anchor, scan.seen, result)
     return result
+
+
+def _verify_since(reports: Path, since: dict[str, Any], anchor: dict[str, Any] | None,
+                  check_files: bool) -> Verification:
+    """Verify from a checkpoint: its prefix digest, the entry it names, then the entries
+    after it. When the bytes before it changed, the chain is checked from the first entry (no
+    files but the new entries') to name what changed, and the checkpoint like an anchor."""
+    seq, digest, offset, prefix = _since(since)
+    if anchor is not None and isinstance(anchor.get("seq"), int) and anchor["seq"] < seq:
+        raise AnchorError(f"the anchor (seq {anchor['seq']}) is before the checkpoint (seq "
+                          f"{seq}): a full verify checks it")
+    result = Verification(since=seq)
+    path = ledger_path(reports)
+    if not path.exists():
+        if offset > 0:
+            result.problems.append(f"{LEDGER_FILE} is missing; the checkpoint expects seq "
+                                   f"{seq} ({offset} bytes): truncated")
+        if anchor:
+            _check_anchor(anchor, {}, result)
+        return result
+    changed, lines = _prefix_problem(path, offset, seq, prefix)
+    scan = _Scan(reports, result, check_files, new_from=offset)
+    with path.open("rb") as handle:
+        if changed is None:
+            result.problems += _checkpoint_problems(path, offset, seq, digest)
+            scan.previous, scan.expected_seq, scan.seen[seq] = digest, seq + 1, digest
+            scan.line, scan.position = lines, handle.seek(offset)
+        else:
+            result.problems.append(changed)
+        scan.run(handle)
+    if changed is not None:
+        _check_anchor(since, scan.seen, result, "checkpoint")
+    if anchor:
+        _check_anchor(anchor, scan.seen, result)
+    return result
+
+
+def _prefix_problem(path: Path, offset: int, seq: int, prefix: str) -> tuple[str | None, int]:
+    """What is wrong with the ledger's bytes before the checkpoint (None: nothing), and how
+    many lines they hold."""
+    size = path.stat().st_size
+    if size < offset:
+        return (f"{LEDGER_FILE} has {size} bytes, fewer than the {offset} it had at the "
+                f"checkpoint (seq {seq}): truncated"), 0
+    actual, lines = _prefix(path, offset)
+    if actual != prefix:
+        return (f"{LEDGER_FILE}: the {offset} bytes up to the checkpoint (seq {seq}) do not "
+                f"match its prefix_sha256: an entry up to seq {seq} was edited, removed or "
+                f"rewritten"), lines
+    return None, lines
+
+
+def _checkpoint_problems(path: Path, offset: int, seq: int, digest: str) -> list[str]:
+    """What is wrong with the entry ending at ``offset`` as the checkpoint's (seq, hash)."""
+    if offset == 0:
+        return [] if (seq, digest) == (0, GENESIS) else [
+            f"checkpoint: at offset 0 there is no entry, but it says seq {seq}"]
+    try:
+        last = _tail(path, offset)[1]
+    except LedgerError:
+        return [f"checkpoint: offset {offset} is not the end of an entry"]
+    entry = _parsed(last)
+    if entry is None or entry.get("hash") != entry_hash(entry) or last != canonical(entry):
+        return [f"checkpoint: the entry ending at offset {offset} does not match its hash"]
+    if (entry.get("seq"), entry.get("hash")) != (seq, digest):
+        return [f"checkpoint: the entry ending at offset {offset} is seq {entry.get('seq')} "
+                f"({str(entry.get('hash'))[:12]}), the checkpoint says seq {seq} "
+                f"({digest[:12]})"]
+    return []
 
 
 def _check_files(reports: Path, entry: dict[str, Any], where: str, result: Verification,
@@ -361,18 +616,18 @@ def _check_files(reports: Path, entry: dict[str, Any], where: str, result: Verif
                                        f"changed since it was recorded")
 
 
-def _check_anchor(anchor: dict[str, Any], seen: dict[int, str | None], result: Verification
-                  ) -> None:
+def _check_anchor(anchor: dict[str, Any], seen: dict[int, str | None], result: Verification,
+                  label: str = "anchor") -> None:
     seq, digest = anchor.get("seq"), anchor.get("hash")
     if not isinstance(seq, int) or seq < 0 or not isinstance(digest, str):
-        result.problems.append("anchor: expected {\"seq\": N, \"hash\": \"...\"}")
+        result.problems.append(f"{label}: expected {{\"seq\": N, \"hash\": \"...\"}}")
         return
     if seq == 0:
         return
     if seq not in seen:
         last = max(seen, default=0)
-        result.problems.append(f"anchor: the ledger ends at seq {last} but the anchor is at "
+        result.problems.append(f"{label}: the ledger ends at seq {last} but the {label} is at "
                                f"seq {seq} (truncated)")
     elif seen[seq] != digest:
-        result.problems.append(f"anchor: entry seq {seq} has hash {str(seen[seq])[:12]}, the "
-                               f"anchor says {digest[:12]} (the ledger was rewritten)")
+        result.problems.append(f"{label}: entry seq {seq} has hash {str(seen[seq])[:12]}, the "
+                               f"{label} says {digest[:12]} (the ledger was rewritten)")

@@ -1,11 +1,12 @@
-"""``workbench audit``: verify the ledger and the archive, print the anchor to publish."""
+"""``workbench audit``: verify the ledger and the archive (in full, or from a checkpoint), print
+the anchor to publish."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,26 +21,34 @@ def verify(
     anchor: Annotated[Path | None, typer.Option(help="A saved anchor (JSON from `workbench "
                                                 "audit anchor`): also catches truncation and "
                                                 "a rewritten ledger.")] = None,
+    since: Annotated[Path | None, typer.Option(
+        help="Verify incrementally from a checkpoint (JSON from `workbench audit anchor` of "
+        "this version, kept outside the archive): the bytes before it must match its "
+        "prefix_sha256; only the entries after it, the files they name and the folders of "
+        "their runs (and rollbacks/, drift/) are checked; files of earlier entries are "
+        "trusted. With --anchor too, that anchor must be at or after the checkpoint.")] = None,
     files: Annotated[bool, typer.Option(help="Re-hash every referenced file.")] = True,
 ) -> None:
-    """Recompute every ledger hash and link and re-hash every archived file; name each problem."""
+    """Recompute every ledger hash and link and re-hash every archived file; name each problem
+    (with --since: only what was appended after a checkpoint)."""
     from workbench.audit import coverage
-    from workbench.audit.ledger import index
+    from workbench.audit.ledger import AnchorError, index
     from workbench.audit.ledger import verify as verify_ledger
 
     project = _project()
-    saved = None
-    if anchor is not None:
-        try:
-            saved = json.loads(anchor.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--anchor {anchor}: not a readable anchor ({exc})") from None
-        if not isinstance(saved, dict):
-            raise UsageError(f"--anchor {anchor}: expected a JSON object with seq and hash")
+    saved = _read_anchor(anchor, "--anchor")
+    checkpoint = _read_anchor(since, "--since")
+    if saved and checkpoint and _seq(saved) < _seq(checkpoint):
+        raise UsageError(f"--anchor {anchor}: at seq {saved['seq']}, before the --since "
+                         f"checkpoint (seq {checkpoint['seq']}); a full verify checks it")
     started = time.perf_counter()
-    result = verify_ledger(project.reports, saved, check_files=files)
+    try:
+        result = verify_ledger(project.reports, saved, check_files=files, since=checkpoint)
+    except AnchorError as exc:
+        raise UsageError(f"--since {since}: {exc}") from None
     if files:  # the archive beside the ledger: records, run records, files nothing recorded
-        covered = coverage.check(project.reports, index(project.reports))
+        runs = result.runs if checkpoint is not None else None
+        covered = coverage.check(project.reports, index(project.reports, runs), runs)
         result.problems += covered.problems
         for what, count in covered.predating.items():
             typer.echo(f"note: {count} item(s) not checked for {what}: they predate that "
@@ -48,21 +57,43 @@ def verify(
     for problem in result.problems:
         typer.echo(f"FAIL {problem}", err=True)
     verdict = "verified" if result.ok else f"FAILED ({len(result.problems)} problems)"
-    typer.echo(f"ledger {verdict}: {result.entries} entries, {result.files} files "
+    scope = (f" from seq {result.since}: {result.entries} new entries" if result.since is not None
+             else f": {result.entries} entries")
+    typer.echo(f"ledger {verdict}{scope}, {result.files} files "
                f"({result.bytes / 1e6:.1f} MB) in {took:.2f} s"
                + (f"; anchored at seq {saved['seq']}" if saved and result.ok else ""))
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
 
 
+def _read_anchor(path: Path | None, option: str) -> dict[str, Any] | None:
+    """The anchor saved in ``path`` (None without one); a UsageError naming the file."""
+    if path is None:
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{option} {path}: not a readable anchor ({exc})") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"{option} {path}: expected a JSON object with seq and hash")
+    return saved
+
+
+def _seq(anchor: dict[str, Any]) -> int:
+    seq = anchor.get("seq")
+    return seq if isinstance(seq, int) else 0
+
+
 @audit_app.command("anchor")
 def anchor_command(
     output: Annotated[Path | None, typer.Option(help="Also write it to this file.")] = None,
 ) -> None:
-    """Print the ledger's head (seq and hash) to publish outside the archive."""
-    from workbench.audit.ledger import head
+    """Print the ledger's checkpoint to publish outside the archive: the head (seq and hash),
+    the ledger's length there (offset) and the sha256 of those bytes (prefix_sha256), which
+    `audit verify --since` starts from."""
+    from workbench.audit.ledger import checkpoint
 
-    text = json.dumps(head(_project().reports), sort_keys=True)
+    text = json.dumps(checkpoint(_project().reports), sort_keys=True)
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
     typer.echo(text)
