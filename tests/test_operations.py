@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, Workspace, clean_environment, notebook, wait_until
+from conftest import REPO, Workspace, clean_environment, notebook, processes_with, wait_until
 
 from workbench.audit import ledger
 from workbench.config import load_config
@@ -226,3 +228,56 @@ def test_webhooks_get_events_and_a_dead_one_never_fails_the_run(mini_project: Wo
     record = mini_project.run_record()
     assert record["status"] == "succeeded"
     assert "s3cr3t" not in json.dumps(record)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _warm(project: Project, environment: str) -> bool:
+    log = project.servers / f"{environment}.forks.log"
+    return log.is_file() and "forking model servers on" in log.read_text(encoding="utf-8")
+
+
+def test_a_redeploy_forks_a_warm_model_server(versions: Any) -> None:
+    _, project, tracking_uri = versions
+    config = load_config(project.configs)
+    first = deploy_to(project, config, "dev", MODEL, "1", tracking_uri)
+    assert local._forks_alive(first.forks_pid), "the first deploy starts the fork server"
+    wait_until("the fork server to warm up", lambda: _warm(project, "dev"), timeout=180)
+
+    second = deploy_to(project, config, "dev", MODEL, "2", tracking_uri)
+    assert _parent(second.backend_pid) == first.forks_pid == second.forks_pid
+    served = local.served_model(second.url)
+    assert served["version"] == "2" and served["model_uuid"]
+    assert served == local.served_model(second.backend_url)  # the forked server itself
+    request = urllib.request.Request(f"{second.url}/invocations", data=rows_body(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert len(json.loads(answer.read())["predictions"]) == 3
+    assert not local._group_alive(first.backend_pid)
+
+    # A version that cannot load: its forked server exits, the running one keeps serving.
+    with pytest.raises(local.DeployError, match="exited"):
+        deploy_to(project, config, "dev", MODEL, "99", tracking_uri)
+    assert local.served_model(second.url)["version"] == "2"
+    assert local._forks_alive(second.forks_pid)
+
+    # The fork server goes with its endpoint, and so does everything it forked.
+    local.stop(project, "dev")
+    marker = local._marker(project, "dev")
+    assert not local._forks_alive(second.forks_pid)
+    assert processes_with(local.ENDPOINT_VARIABLE, marker) == []
+
+
+def test_a_fork_server_leaves_when_its_endpoint_is_gone(versions: Any) -> None:
+    _, project, tracking_uri = versions
+    config = load_config(project.configs)
+    first = deploy_to(project, config, "dev", MODEL, "1", tracking_uri)
+    wait_until("the fork server to warm up", lambda: _warm(project, "dev"), timeout=180)
+    os.kill(first.pid, signal.SIGKILL)  # the proxy dies (a crash, a reboot of sorts)
+    wait_until("the fork server to notice", lambda: not local._forks_alive(first.forks_pid),
+               timeout=30)
+    assert local.current(project, "dev") is None
+    local.stop(project, "dev")  # what is left (the model server) is stopped by the record
+    assert processes_with(local.ENDPOINT_VARIABLE, local._marker(project, "dev")) == []

@@ -13,19 +13,23 @@ State lives in ``.workbench/servers/<env>.json`` (pids, ports, version, logs) an
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from workbench.atomic import write_json
+from workbench.deploy.server_forks import request_fork
 from workbench.errors import EXIT_FAILED, WorkbenchError
 from workbench.execution.reaper import STAGE_VARIABLE
 from workbench.project import Project
@@ -55,6 +59,7 @@ class Server:
     log: str
     backend_pid: int = 0
     backend_port: int = 0
+    forks_pid: int = 0  # the endpoint's model-server fork server (0: none)
 
     @property
     def url(self) -> str:
@@ -187,10 +192,13 @@ def stop(project: Project, environment: str, grace: float = 10.0) -> Server | No
         with contextlib.suppress(ValueError, TypeError, OSError):
             stale = json.loads(path.read_text(encoding="utf-8"))
             for pid, module in ((stale.get("pid", 0), "workbench.deploy.proxy"),
-                                (stale.get("backend_pid", 0), "workbench.deploy.model_server")):
+                                (stale.get("backend_pid", 0), "workbench.deploy.model_server"),
+                                (stale.get("forks_pid", 0), "--fork-server")):
                 if _is_ours(pid, module):
                     stop_group(pid, grace)
     if server is not None:
+        if _forks_alive(server.forks_pid):
+            stop_group(server.forks_pid, grace)
         stop_group(server.pid, grace)
         stop_group(server.backend_pid, grace)
     path.unlink(missing_ok=True)
@@ -212,6 +220,63 @@ def _marker(project: Project, environment: str) -> str:
     return f"{project.root}::{environment}"
 
 
+class Process(Protocol):
+    """A started server: a child (``Popen``) or a process the fork server forked."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+
+class Forked:
+    """A model server forked by the endpoint's fork server (its child, not ours)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not _is_ours(self.pid, "workbench.deploy.model_server"):
+            self.returncode = -1  # its exit status went to the fork server, its parent
+        return self.returncode
+
+
+def forks_socket(project: Project, environment: str) -> Path | None:
+    """Where the endpoint's fork server listens: beside its state when that path fits a Unix
+    socket's 107 bytes, else in a private folder of this user under the temp folder; None
+    when no such folder can be trusted (then deploys start servers the ordinary way)."""
+    path = project.servers / f"{environment}.forks.sock"
+    if len(str(path).encode()) < 100:
+        return path
+    folder = Path(tempfile.gettempdir()) / f"workbench-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None
+    private = folder / (hashlib.sha256(str(path).encode()).hexdigest()[:20] + ".sock")
+    return private if len(str(private).encode()) < 100 else None
+
+
+def _forks_alive(pid: int) -> bool:
+    return pid > 0 and _is_ours(pid, "--fork-server")
+
+
+def _start_forks(project: Project, environment: str, owner: int, model_uri: str,
+                 env: dict[str, str]) -> int:
+    """Start the endpoint's fork server in the background (it warms up while the endpoint
+    serves); its pid, or 0 when it cannot have a socket."""
+    path = forks_socket(project, environment)
+    if path is None:
+        return 0
+    log = project.servers / f"{environment}.forks.log"
+    process = _spawn(project, environment, [
+        sys.executable, "-m", "workbench.deploy.model_server", "--fork-server", str(path),
+        "--owner", str(owner), "--warm-with", model_uri], log, env)
+    return process.pid
+
+
 def _spawn(project: Project, environment: str, command: list[str], log: Path,
            env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start a server of the environment's endpoint, marked so that ``stop`` finds it after any
@@ -223,13 +288,18 @@ def _spawn(project: Project, environment: str, command: list[str], log: Path,
     with open(log, "ab") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=service,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
+    _note_pending(project, environment, process.pid)
+    return process
+
+
+def _note_pending(project: Project, environment: str, pid: int) -> None:
+    """Record a server before it is waited for, so that ``stop`` finds it after a crash."""
     pending = _pending_file(project, environment)
     try:
         known = json.loads(pending.read_text(encoding="utf-8")).get("pids", [])
     except (OSError, ValueError, AttributeError):
         known = []
-    write_json(pending, {"pids": [*known, process.pid]})
-    return process
+    write_json(pending, {"pids": [*known, pid]})
 
 
 def _pending_file(project: Project, environment: str) -> Path:
@@ -258,8 +328,7 @@ def _orphans(project: Project, environment: str, keep: set[int]) -> list[int]:
     return sorted(found - keep - {os.getpid()})
 
 
-def _wait_ready(process: subprocess.Popen[bytes], url: str, what: str, log: Path,
-                timeout: float) -> None:
+def _wait_ready(process: Process, url: str, what: str, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -273,16 +342,32 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, what: str, log: Path
                       f"{_log_tail(log)}")
 
 
+def model_server_env(tracking_uri: str) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
 def start_model_server(project: Project, environment: str, model_name: str, version: str,
-                        tracking_uri: str, timeout: float) -> tuple[subprocess.Popen[bytes], int,
-                                                                    Path]:
+                        tracking_uri: str, timeout: float, forks: bool = True
+                        ) -> tuple[Process, int, Path]:
+    """A model server of ``version`` on a free port, answering and serving that version:
+    forked by the endpoint's fork server when one answers (``forks``), else started anew."""
     port = _free_port()
     log = project.servers / f"{environment}.model-{port}.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    process = _spawn(project, environment, [
-        sys.executable, "-m", "workbench.deploy.model_server", "--model-uri",
-        f"models:/{model_name}/{version}", "--name", model_name, "--version", str(version),
-        "--port", str(port)], log, env)
+    env = model_server_env(tracking_uri)
+    arguments = ["--model-uri", f"models:/{model_name}/{version}", "--name", model_name,
+                 "--version", str(version), "--port", str(port)]
+    socket_path = forks_socket(project, environment) if forks else None
+    pid = request_fork(socket_path, arguments, {
+        **{k: v for k, v in env.items() if k != STAGE_VARIABLE},
+        ENDPOINT_VARIABLE: _marker(project, environment)}, log, project.root) \
+        if socket_path is not None else None
+    process: Process
+    if pid is not None:
+        _note_pending(project, environment, pid)
+        process = Forked(pid)
+    else:
+        process = _spawn(project, environment, [
+            sys.executable, "-m", "workbench.deploy.model_server", *arguments], log, env)
     url = f"http://{HOST}:{port}"
     try:
         _wait_ready(process, url, f"model server for {environment!r} ({model_name} "
@@ -381,9 +466,12 @@ def _serve(project: Project, environment: str, port: int, model_name: str, versi
             raise
         stop_group(old.backend_pid, 10)
         proxy_pid = old.pid
+    forks = old.forks_pid if old is not None and _forks_alive(old.forks_pid) else \
+        _start_forks(project, environment, proxy_pid, f"models:/{model_name}/{version}",
+                     model_server_env(tracking_uri))
     server = Server(environment, proxy_pid, port, model_name, str(version),
                     f"models:/{model_name}/{version}", tracking_uri, time.time(),
-                    str(backend_log), backend.pid, backend_port)
+                    str(backend_log), backend.pid, backend_port, forks)
     write_json(_state_file(project, environment), asdict(server))
     return server
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 HOST = "127.0.0.1"
@@ -52,6 +53,9 @@ def app_from_environment() -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if argv is None and "--fork-server" in sys.argv:
+        _fork_server(sys.argv[1:])
+        return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-uri", required=True)
     parser.add_argument("--name", required=True)
@@ -67,6 +71,22 @@ def main(argv: list[str] | None = None) -> None:
     uvicorn.run("workbench.deploy.model_server:app_from_environment", factory=True,
                 host=args.host, port=args.port, workers=args.workers, log_level="warning",
                 access_log=False, timeout_graceful_shutdown=10)
+
+
+def _fork_server(argv: list[str]) -> None:
+    """``--fork-server SOCKET --owner PID --warm-with URI``: see
+    :mod:`workbench.deploy.server_forks` (run as this module, so that every process it forks
+    is a ``workbench.deploy.model_server`` process by its command line)."""
+    from pathlib import Path
+
+    from workbench.deploy import server_forks
+
+    parser = argparse.ArgumentParser(description="an endpoint's model-server fork server")
+    parser.add_argument("--fork-server", required=True, type=Path)
+    parser.add_argument("--owner", required=True, type=int)
+    parser.add_argument("--warm-with", required=True)
+    args = parser.parse_args(argv)
+    sys.exit(server_forks.serve(args.fork_server, args.owner, args.warm_with, main))
 
 
 if __name__ == "__main__":
