@@ -242,8 +242,11 @@ def _warm(project: Project, environment: str) -> bool:
 def test_a_redeploy_forks_a_warm_model_server(versions: Any) -> None:
     _, project, tracking_uri = versions
     config = load_config(project.configs)
-    first = deploy_to(project, config, "dev", MODEL, "1", tracking_uri)
-    assert local._forks_alive(first.forks_pid), "the first deploy starts the fork server"
+    deployed_once = deploy_to(project, config, "dev", MODEL, "1", tracking_uri)
+    assert deployed_once.forks_pid == 0, "an endpoint deployed once has no fork server"
+    first = deploy_to(project, config, "dev", MODEL, "3", tracking_uri)
+    assert _parent(first.backend_pid) != first.forks_pid, "the first redeploy starts anew"
+    assert local._forks_alive(first.forks_pid), "and starts the fork server"
     wait_until("the fork server to warm up", lambda: _warm(project, "dev"), timeout=180)
 
     second = deploy_to(project, config, "dev", MODEL, "2", tracking_uri)
@@ -273,7 +276,8 @@ def test_a_redeploy_forks_a_warm_model_server(versions: Any) -> None:
 def test_a_fork_server_leaves_when_its_endpoint_is_gone(versions: Any) -> None:
     _, project, tracking_uri = versions
     config = load_config(project.configs)
-    first = deploy_to(project, config, "dev", MODEL, "1", tracking_uri)
+    deploy_to(project, config, "dev", MODEL, "1", tracking_uri)
+    first = deploy_to(project, config, "dev", MODEL, "2", tracking_uri)
     wait_until("the fork server to warm up", lambda: _warm(project, "dev"), timeout=180)
     os.kill(first.pid, signal.SIGKILL)  # the proxy dies (a crash, a reboot of sorts)
     wait_until("the fork server to notice", lambda: not local._forks_alive(first.forks_pid),

@@ -466,9 +466,13 @@ def _serve(project: Project, environment: str, port: int, model_name: str, versi
             raise
         stop_group(old.backend_pid, 10)
         proxy_pid = old.pid
-    forks = old.forks_pid if old is not None and _forks_alive(old.forks_pid) else \
-        _start_forks(project, environment, proxy_pid, f"models:/{model_name}/{version}",
-                     model_server_env(tracking_uri))
+    # The fork server pays off from an endpoint's second redeploy on; one that is deployed
+    # once (a CI job's, a test's) never pays for its warm-up.
+    forks = 0
+    if old is not None:
+        forks = old.forks_pid if _forks_alive(old.forks_pid) else _start_forks(
+            project, environment, proxy_pid, f"models:/{model_name}/{version}",
+            model_server_env(tracking_uri))
     server = Server(environment, proxy_pid, port, model_name, str(version),
                     f"models:/{model_name}/{version}", tracking_uri, time.time(),
                     str(backend_log), backend.pid, backend_port, forks)
