@@ -66,14 +66,19 @@ def _reply(connection: socket.socket, message: dict[str, Any]) -> None:
         connection.sendall(json.dumps(message).encode("utf-8") + b"\n")
 
 
-def _read_request(connection: socket.socket) -> dict[str, Any]:
+def _read_message(connection: socket.socket) -> Any:
+    """One JSON line from the connection (ValueError when it is not JSON)."""
     data = b""
     while not data.endswith(b"\n"):
         chunk = connection.recv(65536)
         if not chunk:
             break
         data += chunk
-    request = json.loads(data)
+    return json.loads(data)
+
+
+def _read_request(connection: socket.socket) -> dict[str, Any]:
+    request = _read_message(connection)
     if not isinstance(request, dict) or not isinstance(request.get("argv"), list):
         raise ValueError("expected {\"argv\": [...], \"env\": {...}, \"log\": PATH}")
     return dict(request)
@@ -189,19 +194,8 @@ def request_fork(path: Path, argv: list[str], env: dict[str, str], log: Path, cw
             client.connect(str(path))
             client.sendall(json.dumps({"argv": argv, "env": env, "log": str(log),
                                        "cwd": str(cwd)}).encode("utf-8") + b"\n")
-            reply = _read_request_reply(client)
+            reply = _read_message(client)
     except (OSError, ValueError):
         return None
-    pid = reply.get("pid")
+    pid = reply.get("pid") if isinstance(reply, dict) else None
     return pid if isinstance(pid, int) and pid > 0 else None
-
-
-def _read_request_reply(client: socket.socket) -> dict[str, Any]:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = client.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    reply = json.loads(data)
-    return reply if isinstance(reply, dict) else {}
