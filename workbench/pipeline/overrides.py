@@ -111,7 +111,8 @@ class _Notebooks:
     def cell(self, notebook: str) -> Any:
         if notebook not in self.cells:
             try:
-                self.cells[notebook] = read_parameters_cell(self.project.root / notebook)
+                self.cells[notebook] = read_parameters_cell(
+                    self.project.root / notebook, cache=self.project.local_state / "cache")
             except (NotebookError, OSError) as exc:
                 raise OverrideError(f"{notebook}: {exc}") from None
         return self.cells[notebook]

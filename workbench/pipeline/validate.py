@@ -110,7 +110,7 @@ def notebook_problems(project: Project, config: Config) -> list[Problem]:
                                     f"notebook {stage.notebook} does not exist"))
             continue
         try:
-            cell = read_parameters_cell(path)
+            cell = read_parameters_cell(path, cache=project.local_state / "cache")
         except NotebookError as exc:
             problems.append(Problem(PIPELINE_LABEL, f"{where}.notebook", f"{stage.notebook} {exc}"))
             continue
