@@ -19,8 +19,11 @@ from workbench.project import Project
 
 def test_the_socket_lives_beside_the_endpoint_or_in_a_private_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    short = Project(tmp_path / "p")
-    assert local.forks_socket(short, "dev") == short.servers / "dev.forks.sock"
+    short = Project(Path(tempfile.mkdtemp(prefix="wb-")))  # tmp_path may be too long already
+    try:
+        assert local.forks_socket(short, "dev") == short.servers / "dev.forks.sock"
+    finally:
+        shutil.rmtree(short.root)
 
     deep = Project(tmp_path / ("very-long-folder-name-" * 6))
     temp = Path(tempfile.mkdtemp(prefix="wb-"))  # short, as /tmp is
