@@ -65,9 +65,12 @@ SERVER_MODULES = ("workbench.deploy.proxy", "workbench.deploy.model_server")
 NEEDED_OPTIONS = ("--no-cache",)
 CHOICES = ("papermill", "plain", "rerun", "overhead", "memory")
 # the goal of each figure (at most); None: reported without a verdict
-GOALS: dict[str, float | None] = {"pipeline_vs_papermill": 0.7, "pipeline_vs_plain_python": 1.5,
-                                  "unchanged_rerun_s": 1.0, "per_stage_overhead_s": 0.3,
+# (round two: the first round's goals were 0.7, 1.5 and 1.0 s; they are now the floor)
+GOALS: dict[str, float | None] = {"pipeline_vs_papermill": 0.4, "pipeline_vs_plain_python": 1.0,
+                                  "unchanged_rerun_s": 0.5, "per_stage_overhead_s": 0.3,
                                   "peak_memory_mb": None}
+EXIT_GOAL_S = 0.5  # from the run record written to the process exit
+MEMORY_RATIO_GOAL = 1.0  # the run's tree PSS over papermill's
 ALIASES = {"pipeline_vs_papermill": "papermill", "pipeline_vs_plain_python": "plain",
            "unchanged_rerun_s": "rerun", "per_stage_overhead_s": "overhead",
            "peak_memory_mb": "memory"}
@@ -857,7 +860,8 @@ def print_table(summary: dict[str, Any], chosen: list[str], wanted: list[str]) -
         if name == "peak_memory_mb":
             extra = (f"   PSS; papermill baseline "
                      f"{_num(totals.get('papermill_default', {}).get('pss_mb'), 0)} MB, ratio "
-                     f"{_num(summary['memory_ratio_vs_papermill'])} (RSS ratio "
+                     f"{_num(summary['memory_ratio_vs_papermill'])} (goal <= "
+                     f"{MEMORY_RATIO_GOAL:g}; RSS ratio "
                      f"{_num(summary['rss_ratio_vs_papermill'])})")
         digits = 0 if name == "peak_memory_mb" else 2
         print(f"{name:<26} {_num(value, digits):>7}   {goal_text:<16} {verdict}{extra}")
@@ -865,7 +869,7 @@ def print_table(summary: dict[str, Any], chosen: list[str], wanted: list[str]) -
         label = "unchanged rerun" if variant == "rerun_chain" else labels[variant]
         print(f"{label}: launch to run record {_num(parts.get('startup_s'))} s, "
               f"run {_num(parts.get('run_s'))} s, run finished to exit "
-              f"{_num(parts.get('shutdown_s'))} s")
+              f"{_num(parts.get('shutdown_s'))} s (goal <= {EXIT_GOAL_S:g})")
     for error in summary["errors"]:
         for variant, message in error.items():
             print(f"error: {variant}: {message.splitlines()[0] if message else ''}")
