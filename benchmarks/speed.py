@@ -396,7 +396,14 @@ def _run_record(root: Path, events: list[dict[str, Any]]) -> dict[str, Any]:
     if path is None or not path.is_file():
         found = sorted(runs.glob("*/run.json"), key=lambda p: p.stat().st_mtime)
         path = found[-1] if found else None
-    return json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
+    if path is None:
+        return {}
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record[WRITTEN] = path.stat().st_mtime  # when the record was last written
+    return dict(record)
+
+
+WRITTEN = "_written"  # not a field of run.json: its mtime, added by _run_record
 
 
 def workbench_run(root: Path, logs: Path, options: list[str], memory: bool = False,
@@ -414,13 +421,18 @@ def workbench_run(root: Path, logs: Path, options: list[str], memory: bool = Fal
 
 def breakdown(result: Timed, record: dict[str, Any]) -> dict[str, float]:
     """The command's wall clock split by the run record's stamps: launch -> run created
-    (interpreter, imports, validation, store), created -> finished, finished -> exit.
+    (interpreter, imports, validation, store), created -> record written, record written ->
+    exit (the record's last write is its mtime).
 
-    A run stopped at a gate has no ``finished``: created + its run_finished ``duration_s``.
+    Without the mtime: ``finished``, or for a run stopped at a gate (no ``finished``) created
+    + its run_finished ``duration_s`` (which starts after the record is created, so that
+    overstates the time after the record).
     """
     try:
         created = datetime.fromisoformat(record["created"]).timestamp()
-        if record.get("finished"):
+        if record.get(WRITTEN):
+            finished = float(record[WRITTEN])
+        elif record.get("finished"):
             finished = datetime.fromisoformat(record["finished"]).timestamp()
         else:
             ends = [e for e in _events(result.stdout) if e["event"] == "run_finished"]
