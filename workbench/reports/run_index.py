@@ -33,6 +33,7 @@ from filelock import FileLock
 
 from workbench.atomic import write_text
 from workbench.project import Project
+from workbench.reports.script_data import script_json
 
 SHARD_SIZE = 500
 VERSION = 1  # bump when a summary or the manifest changes shape
@@ -113,12 +114,6 @@ def read_shard(project: Project, number: int) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def _json(data: Any) -> str:
-    """JSON safe inside a script (no ``<`` or ``>`` that could close the element)."""
-    return json.dumps(data, default=str, separators=(",", ":")).replace(
-        "<", "\\u003c").replace(">", "\\u003e")
-
-
 def _newest_first(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(summaries, key=lambda s: (s.get("created") or "", s["id"]), reverse=True)
 
@@ -131,9 +126,9 @@ def _write_shard(project: Project, number: int, runs: dict[str, dict[str, Any]])
     listed = [{k: summary.get(k) for k in LISTED} for summary in ordered]
     compared = [{k: summary.get(k) for k in COMPARED} for summary in ordered]
     write_text(public / f"{shard_name(number, 'runs')}.js",
-               f"workbenchRuns({number},{_json(listed)});\n")
+               f"workbenchRuns({number},{script_json(listed)});\n")
     write_text(public / f"{shard_name(number, 'compare')}.js",
-               f"workbenchCompare({number},{_json(compared)});\n")
+               f"workbenchCompare({number},{script_json(compared)});\n")
 
 
 def _lock(project: Project) -> FileLock:

@@ -35,6 +35,7 @@ from workbench.audit import ledger
 from workbench.events import Bus, RunRecorded
 from workbench.project import Project
 from workbench.reports import ledger_view, run_index
+from workbench.reports.script_data import script_json
 
 LEGACY_CACHE = ".site-cache.json"  # the unsharded summary cache of earlier versions
 TEMPLATES = Path(__file__).parent / "site_templates"
@@ -45,11 +46,6 @@ _env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
 
 def _render(template: str, target: Path, **values: Any) -> None:
     write_text(target, _env.get_template(template).render(**values))
-
-
-def _json(data: Any) -> str:
-    """JSON safe to embed in a <script type="application/json"> element."""
-    return json.dumps(data, default=str).replace("<", "\\u003c").replace(">", "\\u003e")
 
 
 def summarise(record: run_record.RunRecord) -> dict[str, Any]:
@@ -118,7 +114,7 @@ def build_index(project: Project, run_ids: Iterable[str] | None = None
     first = run_index.newest(project, manifest, FIRST_PAGE)
     pages = [{"n": shard.number, "count": shard.count, "first": shard.first[:15],
               "last": shard.last[:15]} for shard in reversed(manifest.shards)]
-    common = {"total": manifest.total, "pages": pages, "manifest": _json(manifest.as_dict()),
+    common = {"total": manifest.total, "pages": pages, "manifest": script_json(manifest.as_dict()),
               "built": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     shard_pages = manifest.changed if run_ids is not None else \
         {shard.number for shard in manifest.shards}
@@ -130,14 +126,14 @@ def build_index(project: Project, run_ids: Iterable[str] | None = None
     _render("index.html.j2", project.reports / "index.html", runs=first, root="", page=None,
             **common, **_listing(first))
     _render("compare.html.j2", project.reports / "compare.html",
-            data=_json([{k: r.get(k) for k in run_index.COMPARED} for r in first]),
-            manifest=_json(manifest.as_dict()))
+            data=script_json([{k: r.get(k) for k in run_index.COMPARED} for r in first]),
+            manifest=script_json(manifest.as_dict()))
     return first
 
 
 def _listing(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """What a page of the index shows of its runs: their rows' data and pipelines."""
-    return {"data": _json([{k: r.get(k) for k in run_index.LISTED} for r in runs]),
+    return {"data": script_json([{k: r.get(k) for k in run_index.LISTED} for r in runs]),
             "pipelines": sorted({r["pipeline"] for r in runs if r.get("pipeline")})}
 
 
@@ -203,7 +199,7 @@ def build_environments(project: Project) -> None:
     older = {environment: max(total.get(environment, 0) - len(items), 0)
              for environment, items in shown.items()}
     _render("environments.html.j2", project.reports / "environments.html", history=shown,
-            older=older, data=_json(shown), drift=drift_history(project))
+            older=older, data=script_json(shown), drift=drift_history(project))
 
 
 def drift_history(project: Project, per_environment: int = 20) -> dict[str, list[dict[str, Any]]]:
