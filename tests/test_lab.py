@@ -230,9 +230,10 @@ def test_approve_in_jupyterlab(gated_project: Workspace, tmp_path: Path) -> None
     models = saved_state["state"]
     kinds = {m["model_name"] for m in models.values()}
     assert {"TextModel", "TextareaModel", "ButtonModel", "HTMLModel", "VBoxModel"} <= kinds
-    values = {m["model_name"]: m["state"].get("value") for m in models.values()}
-    assert values["TextModel"] == "alice"
-    assert values["TextareaModel"] == COMMENT
+    values = {m["state"].get("description"): m["state"].get("value") for m in models.values()
+              if m["model_name"] in ("TextModel", "TextareaModel")}
+    assert values["Approver"] == "alice" and values["Comment"] == COMMENT
+    assert not values["SSH key"]  # not signed: the policy does not ask for it
     views = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
              for c in json.loads(saved.read_text())["cells"] for o in c.get("outputs", [])
              if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]

@@ -137,7 +137,7 @@ CASES: dict[str, Case] = {
     "unknown-top-level-key": Case(
         edit_pipeline(lambda data: data.__setitem__("version", 2)), PIPELINE, "version",
         "unknown key; expected one of ['name', 'mlflow', 'secrets', 'notifications', 'retry', "
-        "'stages']"),
+        "'attestation', 'stages']"),
     "unknown-stage-key-typo": Case(
         rename_stage_key("evaluate", "parameters", "paramters"), PIPELINE,
         "stages[1](evaluate).paramters",

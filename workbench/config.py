@@ -46,8 +46,9 @@ PIPELINE_FILE = "pipeline.yaml"
 ENVIRONMENTS_FILE = "environments.yaml"
 MODEL_FILE = "model.yaml"
 GATES_FILE = "gates.yaml"
+SIGNERS_FILE = "allowed_signers"  # approvers' SSH keys, git's format (workbench.signatures)
 CONFIG_FILES = (PIPELINE_FILE, ENVIRONMENTS_FILE, MODEL_FILE)
-OPTIONAL_FILES = (GATES_FILE,)
+OPTIONAL_FILES = (GATES_FILE, SIGNERS_FILE)
 
 OutputType = Literal["str", "int", "float", "bool", "list", "dict"]
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -297,6 +298,39 @@ class Notification(Strict):
     timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
 
 
+ATTESTATION_KEY_VAR = "WORKBENCH_ATTESTATION_KEY"
+
+
+class Attestation(Strict):
+    """The project's Ed25519 key that signs the attestation of every gate promotion
+    (``workbench.governance.attestation``). The public half is a file in the project; the
+    private half never is: an environment variable names the key file (outside the project,
+    not readable by others) or holds the PEM text itself (then list the variable under
+    ``secrets:``, so its value is redacted like any secret's)."""
+
+    public_key: str | None = None  # path in the project, e.g. keys/attestation.pub
+    private_key_env: SecretName = ATTESTATION_KEY_VAR
+    # true: a gate promotion with no usable private key fails before the alias moves;
+    # false: its attestation is written unsigned (and `attest verify` says so)
+    required: bool = False
+
+    @field_validator("public_key")
+    @classmethod
+    def _in_project(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith(("/", "~")) or ".." in Path(value).parts
+                                  or not value.strip()):
+            raise ValueError(f"public_key {value!r} must be a path inside the project, "
+                             f"relative to its root (e.g. keys/attestation.pub)")
+        return value
+
+    @model_validator(mode="after")
+    def _required_needs_key(self) -> Attestation:
+        if self.required and self.public_key is None:
+            raise ValueError("required: true needs public_key (the key signatures are "
+                             "checked against); `workbench attest keygen` makes one")
+        return self
+
+
 class Pipeline(Strict):
     name: str = Field(min_length=1)
     mlflow: MlflowSettings = MlflowSettings()
@@ -305,6 +339,7 @@ class Pipeline(Strict):
     secrets: list[SecretName] = []
     notifications: list[Notification] = []
     retry: Retry = Retry()  # default retries per failure class, for every stage
+    attestation: Attestation = Attestation()  # how gate promotions are signed
     stages: list[Stage] = Field(min_length=1)
 
     def retry_policy(self, stage: Stage) -> dict[str, int]:
@@ -489,6 +524,9 @@ class GatePolicy(Strict):
     require_comment: bool | None = None  # default: strict; a rejection always needs one
     # identity sources whose approvals count here (default: any); e.g. [github, jupyterhub]
     identity_sources: list[IdentitySource] | None = None
+    # a typed or OS name counts only with the approver's SSH signature (configs/allowed_signers);
+    # identities a platform vouched for (CI, JupyterHub) count as before
+    require_signature: bool | None = None
 
     @field_validator("valid_for")
     @classmethod
@@ -540,6 +578,9 @@ class Gates(Strict):
         allowed = self.policies[environment].allow_self_approval
         return not self.is_strict(environment) if allowed is None else allowed
 
+    def requires_signature(self, environment: str) -> bool:
+        return bool(self.policies[environment].require_signature)
+
     def requires_comment(self, environment: str) -> bool:
         required = self.policies[environment].require_comment
         return self.is_strict(environment) if required is None else required
@@ -550,8 +591,9 @@ class Gates(Strict):
         policy["approvers"] = sorted(self.approvers(environment))
         if policy.get("strict") is None:  # the version of policies that predate it
             policy.pop("strict", None)
-        if policy.get("identity_sources") is None:  # the version of policies without it
-            policy.pop("identity_sources", None)  # stays what earlier releases computed
+        for later in ("identity_sources", "require_signature"):  # unset: the version of
+            if policy.get(later) is None:  # policies without it stays what earlier releases
+                policy.pop(later, None)  # computed
         blob = json.dumps(policy, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -587,6 +629,11 @@ class Config(Strict):
     sources: dict[str, str]
 
     @property
+    def signers(self) -> str:
+        """The text of ``configs/allowed_signers`` (empty without one)."""
+        return self.sources.get(SIGNERS_FILE, "")
+
+    @property
     def digest(self) -> str:
         """sha256 over the raw config files: the config hash recorded with every run."""
         return sources_digest(self.sources)
@@ -605,6 +652,17 @@ class Config(Strict):
 def sources_digest(sources: dict[str, str]) -> str:
     """sha256 over config files' texts (file name -> text): a run's config hash."""
     return hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()
+
+
+def _signer_problems(text: str, label: str) -> list[Problem]:
+    """Each line of an allowed signers file that is not one signer."""
+    from workbench.signatures import parse
+
+    problems = []
+    for found in parse(text, label)[1]:
+        where, _, why = found.partition(": ")
+        problems.append(Problem(label, f"line {where.rsplit(':', 1)[-1]}", why))
+    return problems
 
 
 def _key_path(loc: tuple[Any, ...], data: Any) -> str:
@@ -889,6 +947,11 @@ def parse_config(texts: dict[str, str | None], labels: dict[str, str] | None = N
         PIPELINE_FILE: Pipeline, ENVIRONMENTS_FILE: Environments, MODEL_FILE: Model,
         GATES_FILE: Gates,
     }
+    signers = texts.get(SIGNERS_FILE)
+    if signers is not None:
+        sources[SIGNERS_FILE] = signers
+        problems += _signer_problems(signers, (labels or {}).get(SIGNERS_FILE,
+                                                                   f"configs/{SIGNERS_FILE}"))
     for file, model in models.items():
         label = (labels or {}).get(file, f"configs/{file}")
         text = texts.get(file)
@@ -901,6 +964,13 @@ def parse_config(texts: dict[str, str | None], labels: dict[str, str] | None = N
         sources[file] = text
         parsed[file], found = _parse(model, data, label)
         problems += found
+    gates = parsed.get(GATES_FILE)
+    if isinstance(gates, Gates) and signers is None:
+        label = (labels or {}).get(GATES_FILE, f"configs/{GATES_FILE}")
+        problems += [Problem(label, f"policies.{env}.require_signature", f"needs "
+                             f"configs/{SIGNERS_FILE}, mapping approvers to their SSH public "
+                             f"keys (git's allowed signers format)")
+                     for env, policy in gates.policies.items() if policy.require_signature]
     if problems:
         raise ConfigError(problems)
     return Config(

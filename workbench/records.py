@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from workbench.identity import Identity
+from workbench.signatures import Signature
 
 CHAIN_FIELDS = frozenset({"seq", "previous", "digest"})
 Decision = Literal["approve", "reject"]
@@ -50,6 +51,17 @@ class ApprovalRecord(StoredRecord):
     bundle_digest: str
     evidence: dict[str, str] = {}  # archived notebook -> sha256, as shown
     policy_version: str = ""
+    # the approver's SSH signature of the decision (workbench.signatures.message)
+    signature: Signature | None = None
+    diff_digest: str | None = None  # sha256 of the review's diff against the serving version
+
+    def body(self) -> dict[str, Any]:
+        """The stored form; fields added later are left out when unset (earlier records' form)."""
+        data = super().body()
+        for later in ("signature", "diff_digest"):
+            if data.get(later) is None:
+                data.pop(later, None)
+        return data
 
 
 class AliasMoveRecord(StoredRecord):

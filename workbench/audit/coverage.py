@@ -7,7 +7,8 @@ nothing the ledger does not account for, and that every record beside it is the 
   recorded (``record_sha256``), unless the run is still running;
 - every other file under a run folder must be named by a ledger entry (notebooks, attempts,
   rendered pages), apart from what is regenerated or private: the site's ``index.html``, the
-  run's lock, the record folders' locks and the reviewers' working copies in ``reviews/``.
+  run's lock, the record folders' locks and the reviewers' working copies in ``reviews/``;
+- every approver's SSH signature must verify (:mod:`workbench.audit.approval_signatures`).
 
 Archives written before a check existed (no ``record_sha256``, pages rendered before they were
 recorded) are not failed by it: each is counted as predating that check.
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbench.audit import approval_signatures
 from workbench.audit.ledger import LedgerIndex
 from workbench.digests import file_sha256
 
@@ -35,6 +37,7 @@ REVIEWS = "reviews"  # a reviewer's working copy of the approval notebook, saved
 class Coverage:
     problems: list[str] = field(default_factory=list)
     predating: dict[str, int] = field(default_factory=dict)  # check -> runs that predate it
+    notes: list[str] = field(default_factory=list)  # worth a reader's eye, not a failure
 
 
 def check(reports: Path, index: LedgerIndex, runs: set[str] | None = None) -> Coverage:
@@ -89,6 +92,9 @@ def _run_folder(reports: Path, folder: Path, index: LedgerIndex, found: Coverage
                 first_render: int | None) -> None:
     for sub in RECORD_FOLDERS:
         _record_folder(reports, folder / sub, index, found)
+    signed = approval_signatures.check(reports, folder)
+    found.problems += signed.problems
+    found.notes += signed.notes
     _run_record(reports, folder, index, found)
     for path in sorted(folder.iterdir()):
         if path.is_dir() or path.name in UNRECORDED or path.name.startswith("."):

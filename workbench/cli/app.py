@@ -160,6 +160,10 @@ def _finish_run(record: Any, target: str | None = None, junit: Path | None = Non
 
 
 RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run id, or 'latest'.")]
+SignOption = Annotated[Path | None, typer.Option(
+    "--sign", metavar="KEY", envvar="WORKBENCH_SIGNING_KEY",
+    help="Sign the decision with your SSH key (a private key file, or its .pub when ssh-agent "
+         "holds it), as git signs commits; configs/allowed_signers maps it to your name.")]
 
 
 def _run_id(project: Project, run_id: str) -> str:

@@ -50,6 +50,8 @@ def verify(
         runs = result.runs if checkpoint is not None else None
         covered = coverage.check(project.reports, index(project.reports, runs), runs)
         result.problems += covered.problems
+        for note in covered.notes:
+            typer.echo(f"note: {note}", err=True)
         for what, count in covered.predating.items():
             typer.echo(f"note: {count} item(s) not checked for {what}: they predate that "
                        f"check", err=True)

@@ -14,6 +14,7 @@ from workbench.cli.app import (
     NoForkOption,
     NoWarmOption,
     RunArg,
+    SignOption,
     SummaryOption,
     UsageError,
     _drive,
@@ -192,6 +193,7 @@ def promote(
     to: Annotated[str, typer.Option("--to", help="Environment to promote into.")],
     approver: Annotated[str | None, typer.Option("--as", help="Approve first, as NAME.")] = None,
     comment: Annotated[str | None, typer.Option(help="Comment for that approval.")] = None,
+    sign: SignOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     junit: JunitOption = None,
     summary: SummaryOption = None,
@@ -203,7 +205,7 @@ def promote(
     project = _project()
     run_id = _run_id(project, run_id)
     if approver is not None:
-        _decide(project, run_id, to, "approve", approver, comment)
+        _decide(project, run_id, to, "approve", approver, comment, sign)
     record = _drive(lambda report: resume_run(project, run_id, report, until=to), as_json)
     _finish_run(record, target=to, junit=junit, summary=summary)
 

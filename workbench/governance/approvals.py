@@ -15,11 +15,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from workbench import clock, run_record
+from workbench import clock, run_record, signatures
 from workbench.audit import journal
 from workbench.config import Config, GatePolicy, Gates, parse_config
 from workbench.digests import file_sha256
 from workbench.errors import EXIT_FAILED, WorkbenchError
+from workbench.governance import release_diff
 from workbench.governance.bundle import Bundle, compute, gate_stage
 from workbench.governance.trust import Trusted, trusted
 from workbench.identity import Identity
@@ -55,6 +56,7 @@ class Verdict(BaseModel):
     eligible: list[str] = []
     excluded: dict[str, str] = {}
     not_counted: list[dict[str, Any]] = []
+    signature_required: bool = False
 
     @property
     def missing(self) -> int:
@@ -78,8 +80,9 @@ class Verdict(BaseModel):
         lines += [f"  may not approve: {name} ({why})" for name, why in self.excluded.items()]
         lines += [f"  not counted: #{n['seq']} {n['approver']} ({n['reason']})"
                   for n in self.not_counted]
+        sign = " --sign KEY" if self.signature_required else ""
         lines.append(f"  approve with: workbench approve {run_id} --env {self.environment} "
-                     f"--as NAME [--comment TEXT]")
+                     f"--as NAME{sign} [--comment TEXT]")
         return "\n".join(lines)
 
 
@@ -100,10 +103,12 @@ class Duties:
     names: dict[str, str]
     people: dict[str, str]
 
-    def reason(self, approver: Identity) -> str | None:
+    def reason(self, approver: Identity, person: str | None = None) -> str | None:
+        """Why ``approver`` (``person``: who they are proven to be, default
+        :meth:`Identity.person`) is kept out, or None."""
         if approver.name in self.names:
             return self.names[approver.name]
-        person = approver.person()
+        person = person or approver.person()
         if person in self.people:
             return f"{self.people[person]} (the same {_person_kind(person)})"
         return None
@@ -111,7 +116,17 @@ class Duties:
 
 def _person_kind(person: str) -> str:
     kind, _, who = person.partition(":")
+    if kind == "ssh":
+        return f"holder of {who}'s SSH key"
     return f"OS user {who}" if kind == "os" else f"{kind} account {who}"
+
+
+def signed_person(record: ApprovalRecord, signed: dict[int, str | None]) -> str:
+    """Who made the decision, for counting distinct people: the holder of the approver's SSH
+    key when the signature verified (``ssh:NAME``), else :meth:`Identity.person`."""
+    verified = record.signature is not None and record.seq in signed \
+        and signed[record.seq] is None
+    return f"ssh:{record.approver.name}" if verified else record.approver.person()
 
 
 def duties(gates: Gates, environment: str, requester: Identity | None,
@@ -139,11 +154,14 @@ def excluded_names(gates: Gates, environment: str, requester: Identity | None,
 
 def evaluate(records: list[ApprovalRecord], gates: Gates, environment: str, gate: str,
              bundle_digest: str, requester: Identity | None, trainers: Trainers,
-             now: datetime | None = None, ledgered: set[int] | None = None) -> Verdict:
+             now: datetime | None = None, ledgered: set[int] | None = None,
+             signed: dict[int, str | None] | None = None) -> Verdict:
     """Apply the policy to the recorded decisions; pure, so every rule is testable alone.
 
     ``ledgered``: the records (seq) the ledger vouches for (None: all of them); quorum counts
-    distinct people, so names one OS user typed count once."""
+    distinct people, so names one OS user typed count once. ``signed``: for each signed record
+    (seq), None if its signature verified for its approver, else why not (see
+    :func:`check_signatures`); a signature not checked there never counts."""
     now = now or datetime.now(UTC)
     policy = gates.policies[environment]
     allowed = gates.approvers(environment)
@@ -151,14 +169,16 @@ def evaluate(records: list[ApprovalRecord], gates: Gates, environment: str, gate
     verdict = Verdict(environment=environment, gate=gate, state="awaiting",
                       bundle_digest=bundle_digest, policy_version=gates.version(environment),
                       quorum=policy.quorum, eligible=sorted(allowed - set(rule.names)),
+                      signature_required=bool(policy.require_signature),
                       excluded={k: v for k, v in rule.names.items() if k in allowed})
     counted: dict[str, int] = {}  # person -> the seq that counted for them
     for record in records:
         if record.environment != environment or record.kind != "approval":
             continue
         name = record.approver.name
-        reason = _why_not_counted(record, allowed, rule, bundle_digest, policy, now, ledgered)
-        person = record.approver.person()
+        reason = _why_not_counted(record, allowed, rule, bundle_digest, policy, now, ledgered,
+                                  signed or {})
+        person = signed_person(record, signed or {})
         if reason is None and record.decision == "approve" and person in counted:
             reason = (f"the same person as #{counted[person]} "
                       f"({_person_kind(person)}): one person counts once")
@@ -181,7 +201,7 @@ def evaluate(records: list[ApprovalRecord], gates: Gates, environment: str, gate
 
 def _why_not_counted(record: ApprovalRecord, allowed: set[str], rule: Duties,
                      bundle_digest: str, policy: GatePolicy, now: datetime,
-                     ledgered: set[int] | None) -> str | None:
+                     ledgered: set[int] | None, signed: dict[int, str | None]) -> str | None:
     name = record.approver.name
     if ledgered is not None and record.seq not in ledgered:
         return "not in the ledger: the record was written or changed by hand"
@@ -195,13 +215,38 @@ def _why_not_counted(record: ApprovalRecord, allowed: set[str], rule: Duties,
     if sources is not None and record.approver.source not in sources:
         return (f"identity source {record.approver.source} does not count here (the policy "
                 f"counts {', '.join(sources)})")
-    excluded = rule.reason(record.approver)
+    unsigned = _signature_problem(record, policy, signed)
+    if unsigned:
+        return unsigned
+    excluded = rule.reason(record.approver, signed_person(record, signed))
     if excluded:
         return f"may not approve: {excluded}"
     age = (now - clock.parse(record.time)).total_seconds()
     if record.decision == "approve" and age > policy.valid_for_s:  # a rejection stands
         return f"expired: given {record.time}, valid for {policy.valid_for_s:.0f} s"
     return None
+
+
+def _signature_problem(record: ApprovalRecord, policy: GatePolicy,
+                       signed: dict[int, str | None]) -> str | None:
+    """Why the record's signature (or its lack) keeps it from counting, or None."""
+    if record.signature is not None:
+        if record.seq not in signed:
+            return "signature not checked"
+        problem = signed[record.seq]
+        return f"signature refused: {problem}" if problem else None
+    if policy.require_signature and not record.approver.vouched:
+        return (f"unsigned: a {record.approver.source} name counts here only with the "
+                f"approver's SSH signature")
+    return None
+
+
+def check_signatures(config: Config, records: list[ApprovalRecord]) -> dict[int, str | None]:
+    """Verify each signed record against the run's ``configs/allowed_signers``: seq -> None
+    (verified for its approver) or why not."""
+    return {record.seq: signatures.verify(signatures.message(record.body()), record.signature,
+                                          record.approver.name, config.signers)
+            for record in records if record.signature is not None}
 
 
 # --- the project-level calls the CLI, the runner and the approval notebook share ------------
@@ -248,16 +293,22 @@ def status(project: Project, record: RunRecord, environment: str,
     records = read_records(project, record.id)
     verdict = evaluate(records, config.gates, environment, gate, bundle.digest,
                        trust.requester, trust.trainers,
-                       ledgered=trust.ledgered(project, records, record.id))
+                       ledgered=trust.ledgered(project, records, record.id),
+                       signed=check_signatures(config, records))
     return verdict, bundle
 
 
 def submit(project: Project, record: RunRecord, environment: str, decision: Decision,
-           approver: Identity, comment: str | None, via: str
-           ) -> tuple[ApprovalRecord, Bundle, Trusted]:
+           approver: Identity, comment: str | None, via: str, sign_with: Path | None = None,
+           diff_shown: str | None = None) -> tuple[ApprovalRecord, Bundle, Trusted]:
     """Record a decision on the run's current bundle; return it, the bundle it binds to and
     what the ledger vouched for. Raise :class:`ApprovalRefused` if the policy forbids it
-    (after recording the refused attempt)."""
+    (after recording the refused attempt). ``sign_with``: the approver's SSH key (a private
+    key file, or a public one whose private half ssh-agent holds) to sign the decision.
+
+    The decision records the digest of the changes against what the environment serves
+    (:mod:`workbench.governance.release_diff`); ``diff_shown``: the digest of the diff the
+    approver was shown, refused if the changes are no longer those."""
     config = run_config(record)
     _check_environment(config, environment)
     gates = config.gates
@@ -267,13 +318,25 @@ def submit(project: Project, record: RunRecord, environment: str, decision: Deci
         raise ApprovalUsageError(f"{what} needs a comment (--comment TEXT)")
     trust = trusted(project, record, config)
     bundle = compute(project, config, record, environment, trust)
-    refused = _refusal(gates, environment, approver,
-                       duties(gates, environment, trust.requester, trust.trainers))
+    diff = release_diff.compute(project, config, record, environment).digest
+    if diff_shown is not None and diff_shown != diff:
+        raise ApprovalUsageError(f"the changes against what {environment} serves are no "
+                                 f"longer the ones shown (diff {diff_shown[:12]}, now "
+                                 f"{diff[:12]}): review them again (workbench diff "
+                                 f"{record.id} --env {environment})")
     approval = ApprovalRecord(
-        run_id=record.id, environment=environment, decision=decision,
-        accepted=refused is None, refused=refused, approver=approver, via=via,
-        time=clock.utc_now(), comment=comment, bundle_digest=bundle.digest,
-        evidence=bundle.evidence, policy_version=gates.version(environment))
+        run_id=record.id, environment=environment, decision=decision, accepted=True,
+        approver=approver, via=via, time=clock.utc_now(), comment=comment,
+        bundle_digest=bundle.digest, evidence=bundle.evidence,
+        policy_version=gates.version(environment), diff_digest=diff)
+    if sign_with is not None:  # before any refusal: a key that cannot sign records nothing
+        approval.signature = signatures.sign(signatures.message(approval.body()), sign_with)
+    unsigned = _unsigned_refusal(config, environment, approval)
+    person = f"ssh:{approver.name}" if approval.signature and not unsigned else None
+    refused = _refusal(gates, environment, approver,
+                       duties(gates, environment, trust.requester, trust.trainers),
+                       unsigned, person)
+    approval.accepted, approval.refused = refused is None, refused
     entry, recorded = journal.append_recorded(
         project.reports, approvals_dir(project, record.id), approval.body(), event="approval",
         actor=approver.model_dump(), run_id=record.id,
@@ -288,8 +351,10 @@ def submit(project: Project, record: RunRecord, environment: str, decision: Deci
     return stored, bundle, trust
 
 
-def _refusal(gates: Gates, environment: str, approver: Identity, rule: Duties) -> str | None:
-    """Why the policy refuses ``approver`` any decision here, or None."""
+def _refusal(gates: Gates, environment: str, approver: Identity, rule: Duties,
+             unsigned: str | None = None, person: str | None = None) -> str | None:
+    """Why the policy refuses ``approver`` any decision here, or None (``unsigned``: why the
+    signature, or its lack, is refused; ``person``: who a verified signature proves)."""
     allowed = gates.approvers(environment)
     sources = gates.policies[environment].identity_sources
     if approver.name not in allowed:
@@ -299,10 +364,26 @@ def _refusal(gates: Gates, environment: str, approver: Identity, rule: Duties) -
         why = f" ({approver.unvouched})" if approver.unvouched else ""
         return (f"{approver.name!r} is a {approver.source} identity{why}; the {environment} "
                 f"policy counts {', '.join(sources)} identities only")
-    excluded = rule.reason(approver)
+    if unsigned:
+        return unsigned
+    excluded = rule.reason(approver, person)
     if excluded:
         return (f"{approver.name!r} {excluded} and the {environment} policy forbids "
                 f"self-approval")
+    return None
+
+
+def _unsigned_refusal(config: Config, environment: str, approval: ApprovalRecord) -> str | None:
+    """Why the decision's signature, or its lack under a policy requiring one, is refused."""
+    who = approval.approver
+    if approval.signature is not None:
+        problem = signatures.verify(signatures.message(approval.body()), approval.signature,
+                                    who.name, config.signers)
+        return f"signature of {who.name!r} refused: {problem}" if problem else None
+    if config.gates.requires_signature(environment) and not who.vouched:
+        return (f"{who.name!r} is a {who.source} name and the {environment} policy requires "
+                f"the approver's SSH signature: sign with --sign KEY (a key configs/"
+                f"{signatures.SIGNERS_FILE} maps to {who.name!r})")
     return None
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -50,29 +52,48 @@ class Bundle(BaseModel):
 REWRITTEN_ON_LOAD = frozenset({"registered_model_meta"})
 
 
-def tree_digest(root: Path) -> str:
-    """sha256 over every file below ``root``: relative path and content digest, sorted (the
-    files MLflow rewrites on load left out)."""
+def tree_files(root: Path) -> list[tuple[str, str]]:
+    """(relative path, sha256) of every file below ``root``, sorted by path (the files MLflow
+    rewrites on load left out)."""
     files = sorted(p for p in root.rglob("*") if p.is_file()
                    and p.relative_to(root).as_posix() not in REWRITTEN_ON_LOAD)
-    listing = [(p.relative_to(root).as_posix(), file_sha256(p)) for p in files]
+    return [(p.relative_to(root).as_posix(), file_sha256(p)) for p in files]
+
+
+def listing_digest(listing: list[tuple[str, str]]) -> str:
+    """The digest of a :func:`tree_files` listing: what a bundle's ``artifact_digest`` is."""
     return hashlib.sha256(canonical(listing)).hexdigest()
 
 
-def model_artifact_digest(tracking_uri: str, name: str, version: str) -> str:
-    """Digest of a registered version's artifact files (read in place when they are local:
-    on the embedded store without importing MLflow at all)."""
+def tree_digest(root: Path) -> str:
+    """sha256 over every file below ``root``: relative path and content digest, sorted (the
+    files MLflow rewrites on load left out)."""
+    return listing_digest(tree_files(root))
+
+
+@contextmanager
+def model_files(tracking_uri: str, name: str, version: str) -> Iterator[Path]:
+    """A local folder holding a registered version's artifact files: the files themselves
+    when they are local (on the embedded store without importing MLflow at all), else a
+    download into a temporary folder, removed afterwards."""
     uri = version_location(tracking_uri, name, version)
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file") and Path(unquote(parsed.path)).is_dir():
-        return tree_digest(Path(unquote(parsed.path)))
+        yield Path(unquote(parsed.path))
+        return
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="workbench-bundle-") as tmp:
         mlflow.set_tracking_uri(tracking_uri)
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
                                                     dst_path=tmp)
-        return tree_digest(Path(local))
+        yield Path(local)
+
+
+def model_artifact_digest(tracking_uri: str, name: str, version: str) -> str:
+    """Digest of a registered version's artifact files (see :func:`model_files`)."""
+    with model_files(tracking_uri, name, version) as root:
+        return tree_digest(root)
 
 
 def version_location(tracking_uri: str, name: str, version: str) -> str:

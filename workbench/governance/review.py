@@ -21,12 +21,13 @@ from typing import Any
 from workbench import identity, run_record
 from workbench.clock import stamped_id
 from workbench.config import Config, Stage
-from workbench.governance import approvals
+from workbench.governance import approvals, release_diff
 from workbench.governance.bundle import Bundle
 from workbench.project import Project, find_project
 from workbench.records import ApprovalRecord
 
 MODES = ("auto", "interactive", "headless")
+SIGNING_KEY_VARIABLE = "WORKBENCH_SIGNING_KEY"  # the form's default key, as the CLI's --sign
 
 
 def resolve_mode(mode: str) -> str:
@@ -69,6 +70,16 @@ class Review:
     verdict: approvals.Verdict
     bundle: Bundle
     submitted: list[ApprovalRecord] = field(default_factory=list)
+    diff: release_diff.ReleaseDiff | None = None  # against what the environment serves
+
+    def changes(self) -> release_diff.ReleaseDiff:
+        """What this release changes against what the environment serves (computed once: the
+        reviewer approves the diff they were shown)."""
+        if self.diff is None:
+            config = approvals.run_config(self.record)
+            self.diff = release_diff.compute(self.project, config, self.record,
+                                             self.environment)
+        return self.diff
 
     # --- evidence ---------------------------------------------------------------------------
 
@@ -88,11 +99,22 @@ class Review:
                  f"{policy.valid_for}; self-approval "
                  f"{'allowed' if self_ok else 'not allowed'}"]
         _markdown("\n".join(line for line in lines if line))
+        self._show_changes()
         self._show_data_checks()
         self._show_metrics()
         self._show_plots()
         self._show_load_tests()
         self._show_decisions()
+
+    def _show_changes(self) -> None:
+        """The diff against the serving version, its plots side by side."""
+        from IPython.display import HTML, display
+
+        diff = self.changes()
+        _markdown(release_diff.markdown(diff))
+        side_by_side = release_diff.plots_html(self.project, diff, self.record)
+        if side_by_side:
+            display(HTML(side_by_side))
 
     def _show_data_checks(self) -> None:
         """The data contracts checked before training: the contract file, its digest (part of
@@ -169,11 +191,14 @@ class Review:
     # --- deciding -----------------------------------------------------------------------------
 
     def decide(self, decision: approvals.Decision, name: str, comment: str | None,
-               via: str = "notebook") -> ApprovalRecord:
-        """Record a decision through the library call the CLI uses."""
+               via: str = "notebook", sign_with: Path | None = None) -> ApprovalRecord:
+        """Record a decision through the library call the CLI uses (signed with the SSH key
+        ``sign_with`` when given)."""
         who = identity.current(name or None)
         entry, bundle, trust = approvals.submit(self.project, self.record, self.environment,
-                                                decision, who, comment, via=via)
+                                                decision, who, comment, via=via,
+                                                sign_with=sign_with,
+                                                diff_shown=self.changes().digest)
         self.submitted.append(entry)
         self.verdict, self.bundle = approvals.status(self.project, self.record,
                                                      self.environment, bundle=bundle,
@@ -222,6 +247,10 @@ class ApprovalForm:
                                      disabled=platform is not None)
         self.comment = widgets.Textarea(description="Comment", placeholder="why (required to "
                                         "reject, and at a strict gate)")
+        required = review.verdict.signature_required
+        self.key = widgets.Text(value=os.environ.get(SIGNING_KEY_VARIABLE, ""),
+                                description="SSH key", placeholder="~/.ssh/id_ed25519 (sign "
+                                "the decision" + (": required here)" if required else ")"))
         self.approve_button = widgets.Button(description="Approve", button_style="success",
                                              icon="check")
         self.reject_button = widgets.Button(description="Reject", button_style="danger",
@@ -230,22 +259,26 @@ class ApprovalForm:
                                          f"{review.verdict.missing} more approval(s) needed")
         self.approve_button.on_click(lambda _b: self._submit("approve"))
         self.reject_button.on_click(lambda _b: self._submit("reject"))
-        self.widget = widgets.VBox([self.approver, self.comment,
+        self.widget = widgets.VBox([self.approver, self.comment, self.key,
                                     widgets.HBox([self.approve_button, self.reject_button]),
                                     self.status])
         self.done = False
 
     def _submit(self, decision: approvals.Decision) -> None:
         try:
-            entry = self.review.decide(decision, self.approver.value, self.comment.value)
+            key = self.key.value.strip()
+            entry = self.review.decide(decision, self.approver.value, self.comment.value,
+                                       sign_with=Path(key).expanduser() if key else None)
         except Exception as exc:  # shown in the form; the person can correct and retry
             self.status.value = f"<b>not recorded</b>: {html.escape(str(exc))}"
             return
         self.done = True
-        for item in (self.approver, self.comment, self.approve_button, self.reject_button):
+        for item in (self.approver, self.comment, self.key, self.approve_button,
+                     self.reject_button):
             item.disabled = True
+        signed = f", signed {entry.signature.fingerprint}" if entry.signature else ""
         self.status.value = (f"<b>recorded</b> #{entry.seq}: {decision} by "
-                             f"{html.escape(entry.approver.name)}; gate is "
+                             f"{html.escape(entry.approver.name)}{html.escape(signed)}; gate is "
                              f"<b>{self.review.verdict.state}</b>")
 
     async def wait(self, timeout_s: float, poll_s: float = 0.1) -> bool:

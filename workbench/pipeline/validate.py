@@ -34,6 +34,7 @@ def load_and_validate(project: Project, pipeline: str | None = None) -> Config:
     problems += notebook_problems(project, config)
     problems += _kubernetes_problems(project, config)  # configs/kubernetes.yaml, when used
     problems += _contract_problems(project, config)
+    problems += _attestation_problems(project, config)
     if problems:
         raise ConfigError(problems)
     return config
@@ -62,6 +63,20 @@ def _contract_problems(project: Project, config: Config) -> list[Problem]:
             problems.append(Problem(PIPELINE_LABEL, f"stages({stage.name}).parameters.contract",
                                     str(exc)))
     return problems
+
+
+def _attestation_problems(project: Project, config: Config) -> list[Problem]:
+    """The configured attestation public key must be an Ed25519 key file in the project."""
+    if config.pipeline.attestation.public_key is None:
+        return []
+    from workbench.governance.project_key import AttestationKeyError, load_public
+
+    try:
+        load_public(project.root / config.pipeline.attestation.public_key)
+    except AttestationKeyError as exc:
+        return [Problem(PIPELINE_LABEL, "attestation.public_key",
+                        f"{exc} (`workbench attest keygen` makes one)")]
+    return []
 
 
 def _kubernetes_problems(project: Project, config: Config) -> list[Problem]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from workbench.atomic import fsync_dir
@@ -198,6 +200,19 @@ def registered_location(tracking_uri: str, name: str, version: str) -> str | Non
     as MLflow's own ``get_model_version_download_uri`` reads it (``storage_location``, else
     ``source``), so that approving a release needs no MLflow import; None for any other store,
     or when the row is not there (MLflow then says why)."""
+    def read(connection: Any) -> Any:
+        return connection.execute(
+            "SELECT storage_location, source FROM model_versions WHERE name = ? AND "
+            "version = ? AND current_stage != 'Deleted_Internal'",
+            (name, int(version))).fetchone()
+
+    row = _read_embedded(tracking_uri, read)
+    return (row[0] or row[1]) if row and (row[0] or row[1]) else None
+
+
+def _read_embedded(tracking_uri: str, read: Callable[[Any], Any]) -> Any:
+    """``read(connection)`` on an embedded store's database opened read-only; None for any
+    other store, a missing database, or an error."""
     import sqlite3
 
     db = sqlite_file(tracking_uri)
@@ -206,15 +221,29 @@ def registered_location(tracking_uri: str, name: str, version: str) -> str | Non
     try:
         connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
         try:
-            row = connection.execute(
-                "SELECT storage_location, source FROM model_versions WHERE name = ? AND "
-                "version = ? AND current_stage != 'Deleted_Internal'",
-                (name, int(version))).fetchone()
+            return read(connection)
         finally:
             connection.close()
     except (sqlite3.Error, ValueError):
         return None
-    return (row[0] or row[1]) if row and (row[0] or row[1]) else None
+
+
+def alias_holder(tracking_uri: str, name: str, alias: str
+                 ) -> tuple[str | None, dict[str, str]] | None:
+    """(version ``alias`` points at or None, that version's tags), read straight from an
+    embedded (SQLite) store as :func:`registered_location` reads, so that reviewing a release
+    needs no MLflow import; None for any other store (ask MLflow then)."""
+    def read(connection: Any) -> tuple[str | None, dict[str, str]]:
+        row = connection.execute(
+            "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?",
+            (name, alias)).fetchone()
+        tags = connection.execute(
+            "SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?",
+            (name, row[0])).fetchall() if row else []
+        return (str(row[0]) if row else None), {str(k): str(v) for k, v in tags}
+
+    found: tuple[str | None, dict[str, str]] | None = _read_embedded(tracking_uri, read)
+    return found
 
 
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
