@@ -42,6 +42,22 @@ def wait_until(what: str, probe: Any, timeout: float = 120.0, every: float = 0.1
         time.sleep(every)
 
 
+def local_only(blocked: list[str], hosts: tuple[str, ...] = ("127.0.0.1",)) -> Any:
+    """A Playwright route handler letting through files, ``data:`` and ``blob:`` URLs and
+    pages of ``hosts``; any other request is aborted and its URL appended to ``blocked``."""
+    from urllib.parse import urlsplit
+
+    def route(request_route: Any) -> None:
+        parts = urlsplit(request_route.request.url)
+        if parts.scheme in ("data", "blob", "file") or parts.hostname in hosts:
+            request_route.continue_()
+        else:
+            blocked.append(request_route.request.url)
+            request_route.abort()
+
+    return route
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

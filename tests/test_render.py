@@ -28,7 +28,7 @@ import pytest
 from nbconvert import HTMLExporter
 from nbconvert.preprocessors import ExecutePreprocessor
 
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, local_only
 from workbench.reports import render
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -228,21 +228,14 @@ def test_page_in_chromium_offline(server: tuple[str, list[str]], site: Path,
                                   tmp_path: Path) -> None:
     assert CHROMIUM.exists(), (f"{CHROMIUM} is missing: install Debian's chromium "
                                "(apt-get install chromium) to run the browser test")
-    from playwright.sync_api import Route, expect, sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     base, served = server
     url = f"{base}/runs/{RUN_ID}/evaluate.html"
     blocked: list[str] = []
     errors: list[str] = []
 
-    def only_local(route: Route) -> None:
-        parts = urlsplit(route.request.url)
-        if parts.scheme in ("data", "blob", "file") or parts.hostname == "127.0.0.1":
-            route.continue_()
-        else:
-            blocked.append(route.request.url)
-            route.abort()
-
+    only_local = local_only(blocked)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                      args=CHROMIUM_ARGS)

@@ -293,9 +293,11 @@ def build_run_page(project: Project, run_id: str) -> Path:
     promotions = _verified(lambda: read_moves(project, run_id))
     deploys = [e for e in entries if e["event"] == "deploy"]
     target = folder / "index.html"
+    packs = sorted(p.name for p in folder.glob("evidence-*.zip"))  # workbench evidence
+    attestations = sorted(p.name for p in folder.glob("attestation-*.json"))
     _render("run.html.j2", target, record=record, stages=stages, longest=longest,
             approvals=approvals, promotions=promotions, deploys=deploys, entries=entries,
-            entry_status=status, started=start)
+            entry_status=status, started=start, packs=packs, attestations=attestations)
     return target
 
 
