@@ -347,9 +347,64 @@ class Pipeline(Strict):
         return stage.retry.merged(self.retry)
 
 
+class CanaryStep(Strict):
+    """One step of a canary: the candidate's share of requests (percent), then how long its
+    traffic is watched before the analysis decides (``pause``: a duration)."""
+
+    weight: Annotated[float, Field(gt=0, le=100)]
+    pause: str = "30s"
+
+    @field_validator("pause")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def pause_s(self) -> float:
+        return parse_duration(self.pause)
+
+
+class CanaryAnalysis(Strict):
+    """What each step's analysis checks on each version's own traffic of that step: the
+    candidate's error rate and p95 latency, absolute and against the serving version's."""
+
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_p95_ms: Annotated[float, Field(gt=0)] | None = None
+    max_p95_ratio: Annotated[float, Field(gt=0)] | None = None  # candidate / serving p95
+    min_requests: Annotated[int, Field(ge=1)] = 20  # fewer in a step: inconclusive, aborted
+
+
+class Canary(Strict):
+    """``deploy.strategy: canary``: the candidate serves a growing share beside the serving
+    version, step by step; a step whose analysis fails sends every request back to the serving
+    version, stops the candidate and fails the stage. A last step below 100 ends with 100."""
+
+    steps: list[CanaryStep] = Field(min_length=1)
+    # requests with the same value of this header go to the same version (none: at random)
+    sticky_header: str | None = None
+    analysis: CanaryAnalysis = CanaryAnalysis()
+
+    @field_validator("steps")
+    @classmethod
+    def _growing(cls, value: list[CanaryStep]) -> list[CanaryStep]:
+        weights = [step.weight for step in value]
+        if weights != sorted(weights) or len(set(weights)) != len(weights):
+            raise ValueError(f"step weights must grow: {weights}")
+        return value
+
+
 class DeployTarget(Strict):
     target: Literal["local", "kubernetes"] = "local"
     port: Annotated[int, Field(ge=1024, le=65535)]
+    strategy: Literal["replace", "canary"] = "replace"  # how a new version takes traffic
+    canary: Canary | None = None
+
+    @model_validator(mode="after")
+    def _canary_needs_steps(self) -> DeployTarget:
+        if self.strategy == "canary" and self.canary is None:
+            raise ValueError("strategy: canary needs canary: {steps: [{weight, pause}, ...]}")
+        return self
 
 
 class Thresholds(Strict):

@@ -15,12 +15,14 @@ def _request(project: Any, config: Any, environment: str, model_name: str, versi
 
 
 def deploy_to(project: Any, config: Any, environment: str, model_name: str, version: str,
-              tracking_uri: str, strategy: str = "replace") -> Any:
-    """Serve ``models:/<model_name>/<version>`` on ``environment``'s target; the endpoint
-    (``url``, ``version``, ``describe()``) once it is up."""
+              tracking_uri: str, strategy: str | None = None) -> Any:
+    """Serve ``models:/<model_name>/<version>`` on ``environment``'s target the way its
+    ``deploy.strategy`` says (``strategy`` overrides it); the endpoint (``url``, ``version``,
+    ``describe()``) once it is up."""
     from workbench.deploy.targets import strategy_named, target_of
 
     target = target_of(config, environment)
+    strategy = strategy or config.environments[environment].deploy.strategy
     return strategy_named(strategy).release(
         target, _request(project, config, environment, model_name, version, tracking_uri))
 

@@ -491,23 +491,29 @@ def server_key(project: Project, config: Any, environment: str) -> str:
     return f"{config.model.name}@{environment}"
 
 
+def inference_settings(request: Any, key: str) -> dict[str, Any] | None:
+    """The route's inference log settings for a deploy request (None: off)."""
+    log = request.config.environments[request.environment].inference_log
+    return {"dir": str(inference_folder(request.project, key)), "sample": log.sample,
+            "max_bytes": int(log.max_mb * 1_000_000), "drop": list(log.drop_columns),
+            "secrets": list(request.config.pipeline.secrets)} if log else None
+
+
 class LocalTarget:
-    """The ``local`` deploy target (see the module doc)."""
+    """The ``local`` deploy target (see the module doc); its canary strategy is in
+    :mod:`workbench.deploy.canary`."""
 
     def deploy(self, request: Any) -> Server:
         settings = request.config.environments[request.environment]
         key = server_key(request.project, request.config, request.environment)
-        log = settings.inference_log
-        route_log = {"dir": str(inference_folder(request.project, key)), "sample": log.sample,
-                     "max_bytes": int(log.max_mb * 1_000_000),
-                     "drop": list(log.drop_columns),
-                     "secrets": list(request.config.pipeline.secrets)} if log else None
         return serve(request.project, key, settings.deploy.port, request.model_name,
-                     request.version, request.tracking_uri, inference=route_log)
+                     request.version, request.tracking_uri,
+                     inference=inference_settings(request, key))
 
     def rollback(self, request: Any) -> Server:
-        """A rollback is a zero-downtime redeploy of the earlier version."""
+        """A rollback is a zero-downtime redeploy of the earlier version (never a canary)."""
         return self.deploy(request)
+
 
     def current(self, project: Project, config: Any, environment: str) -> Server | None:
         return current(project, server_key(project, config, environment))

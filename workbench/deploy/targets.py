@@ -71,6 +71,24 @@ class Replace:
         return target.deploy(request)
 
 
+class Canary:
+    """The new version takes a growing share of traffic, step by step, each step analysed
+    (``deploy.canary``; :mod:`workbench.deploy.canary`), on a target that can split traffic."""
+
+    def release(self, target: DeployTarget, request: DeployRequest) -> Endpoint:
+        if isinstance(target, LocalTarget):
+            from workbench.deploy.canary import release_local
+
+            return release_local(request)
+        progressive = getattr(target, "canary", None)  # another target's own canary
+        if progressive is None:
+            raise TargetError(f"environment {request.environment!r}: its deploy target "
+                              f"{type(target).__name__} cannot run a canary (the local target "
+                              f"can); use strategy: replace there")
+        endpoint: Endpoint = progressive(request)
+        return endpoint
+
+
 # Each registry holds classes (or factories taking no argument): one instance per use.
 TARGETS: Registry[Callable[[], DeployTarget]] = Registry("deploy target",
                                                          "workbench.deploy_targets")
@@ -78,6 +96,7 @@ TARGETS.register("local", LocalTarget)
 STRATEGIES: Registry[Callable[[], DeployStrategy]] = Registry("deploy strategy",
                                                               "workbench.deploy_strategies")
 STRATEGIES.register("replace", Replace)
+STRATEGIES.register("canary", Canary)
 
 
 def target_named(name: str) -> DeployTarget:
