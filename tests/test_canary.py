@@ -22,6 +22,7 @@ from tests.conftest import REPO, Workspace, free_port, notebook
 from workbench.config import load_config
 from workbench.deploy import deploy_to, local
 from workbench.deploy.canary import CanaryAborted
+from workbench.deploy.shadow import shadow
 from workbench.project import Project
 
 pytestmark = pytest.mark.slow
@@ -173,3 +174,37 @@ def _model_servers_of(version: str) -> list[str]:
                 b"canaried" in b" ".join(words):
             found.append(cmdline.parent.name)
     return found
+
+
+def test_shadow_compares_answers_and_clients_see_only_the_serving_version(
+        canary_project: Workspace) -> None:
+    ws = canary_project
+    project = Project(ws.root)
+    config = load_config(project.configs)
+    uri = f"sqlite:///{project.mlflow_dir / 'mlflow.db'}"
+    serving, same, differing = register(ws, {}, {}, {"threshold": 0.7})
+    try:
+        endpoint = deploy_to(project, config, "prod", "canaried", serving, uri,
+                             strategy="replace")
+        with Traffic(endpoint.url) as traffic:
+            identical = shadow(project, "prod", "prod", "canaried", same, uri, 3.0)
+            # rows 0.5 and -0.5: the candidate labels the first 0 instead of 1, the second
+            # alike: exactly half of its labels differ
+            half = shadow(project, "prod", "prod", "canaried", differing, uri, 3.0)
+        assert identical.comparison["compared"] >= 20, identical.comparison
+        assert identical.disagreement_rate == 0.0
+        assert half.comparison["compared"] >= 20
+        assert half.disagreement_rate == pytest.approx(0.5)
+        assert half.comparison["disagreed"] == half.comparison["compared"]
+        assert half.comparison["errors"] == 0 and half.comparison["shadow_p95_ms"] > 0
+        assert traffic.failures == []
+        assert set(traffic.answers) == {(200, serving)}  # only the serving version answered
+        route = json.loads(local.route_file(project, "prod").read_text())
+        assert "shadow" not in route
+        assert not _model_servers_of(same)
+        assert not _model_servers_of(differing)
+        shadows = [e["data"] for e in _ledger(ws) if e["event"] == "shadow"]
+        assert [(s["shadow_version"], s["disagreement_rate"]) for s in shadows] == [
+            (same, 0.0), (differing, 0.5)]
+    finally:
+        local.stop(project, "prod")

@@ -25,7 +25,8 @@ Metric objectives
     :func:`check_objectives` (each objective of an environment judged against the metrics and
     the champion's), :func:`objectives_from_thresholds`.
 Deploy & smoke test
-    :func:`deploy_model`, :func:`smoke_test`, :func:`check_served_version`.
+    :func:`deploy_model`, :func:`smoke_test`, :func:`check_served_version`,
+    :func:`shadow_release` (mirror live traffic to a candidate and compare its answers).
 Review form
     :func:`load_review` (evidence, form and summary of one release),
     :func:`resolve_review_mode` (interactive or headless).
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from workbench.data_contract import validate_data
     from workbench.datasets import load_split, task_of
     from workbench.deploy import deploy_model
+    from workbench.deploy.shadow import shadow_release
     from workbench.deploy.smoke import check_served_version, smoke_test
     from workbench.estimators import build_estimator
     from workbench.governance.review import load as load_review
@@ -94,6 +96,7 @@ _LAZY = {
     "deploy_model": "workbench.deploy:deploy_model",
     "smoke_test": "workbench.deploy.smoke:smoke_test",
     "check_served_version": "workbench.deploy.smoke:check_served_version",
+    "shadow_release": "workbench.deploy.shadow:shadow_release",
     # review form
     "load_review": "workbench.governance.review:load",
     "resolve_review_mode": "workbench.governance.review:resolve_mode",
@@ -116,7 +119,8 @@ __all__ = [
     "evaluate_slo", "glue", "latest_model_uri",
     "load_review", "load_split", "load_test_setup", "log_sklearn_model", "monitor_setup",
     "objectives_from_thresholds", "record_evaluation", "recorded_evaluation", "register",
-    "resolve_review_mode", "run_load", "smoke_test", "task_of", "timeline", "validate_data",
+    "resolve_review_mode", "run_load", "shadow_release", "smoke_test", "task_of", "timeline",
+    "validate_data",
     "version_by_alias", "watch",
 ]
 

@@ -1,0 +1,124 @@
+"""Shadow a candidate on the local target: it serves every live request beside the serving
+version for a window, and only the serving version's answers reach clients.
+
+:func:`shadow` starts the candidate's model server, adds it to the endpoint's route as a
+shadow (the proxy sends each scoring request to it once the client has its answer, and
+compares the two answers: :class:`workbench.deploy.traffic.Comparison`), waits the window,
+then takes it off the route and stops it. The result is the comparison: disagreement rate
+(class labels: share of different labels; floats: the distribution of differences), each
+side's p95 latency, the shadow's errors; a ledger entry ``shadow`` keeps it. Nothing changes
+for clients: the serving version keeps every request, and a shadow that is slow or fails only
+shows in the comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from filelock import FileLock
+
+from workbench.atomic import write_json
+from workbench.audit import ledger
+from workbench.clock import stamped_id, utc_now
+from workbench.deploy import local
+from workbench.deploy.local import DeployError, Server
+from workbench.identity import current as current_identity
+from workbench.project import Project
+
+RUN_VARIABLE = "WORKBENCH_RUN_ID"
+
+
+@dataclass(frozen=True)
+class ShadowResult:
+    environment: str
+    model: str
+    serving_version: str
+    shadow_version: str
+    seconds: float
+    comparison: dict[str, Any]  # Comparison.summary(), plus the serving side's traffic
+
+    @property
+    def disagreement_rate(self) -> float | None:
+        rate = self.comparison.get("disagreement_rate")
+        return None if rate is None else float(rate)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment, "model": self.model,
+                "serving_version": self.serving_version, "shadow_version": self.shadow_version,
+                "seconds": self.seconds, **self.comparison}
+
+
+def shadow(project: Project, key: str, environment: str, model_name: str, version: str,
+           tracking_uri: str, window_s: float, inference: dict[str, Any] | None = None
+           ) -> ShadowResult:
+    """Mirror the endpoint's live traffic to ``version`` for ``window_s`` seconds (see the
+    module doc); the endpoint must already serve another version."""
+    with FileLock(project.servers / f"{key}.lock", timeout=local.DEPLOY_LOCK_S):
+        old = local.current(project, key)
+        if old is None:
+            raise DeployError(f"environment {environment!r} serves nothing yet: a shadow needs "
+                              f"live traffic to mirror")
+        process, port, _log = local.start_model_server(project, key, model_name, str(version),
+                                                       tracking_uri, 180.0)
+        started = time.monotonic()
+        try:
+            window = f"shadow-{version}-{stamped_id(2)}"
+            _route(project, key, old, inference, window,
+                   {"port": port, "version": str(version)})
+            _await_window(old, window)
+            while time.monotonic() - started < window_s:
+                time.sleep(0.2)
+            stats = local.get_json(f"{old.url}/-/route", timeout=5.0)
+        finally:
+            _route(project, key, old, inference, f"after-{stamped_id(2)}", None)
+            local.stop_group(process.pid, 10)
+            local._pending_file(project, key).unlink(missing_ok=True)
+    comparison = {**stats.get("shadow_stats", {}),
+                  "serving": stats.get("stats", {}).get("versions", {}).get(old.version, {})}
+    result = ShadowResult(environment, model_name, old.version, str(version),
+                          round(time.monotonic() - started, 3), comparison)
+    ledger.append(project.reports, "shadow", actor=current_identity().model_dump(),
+                  run_id=os.environ.get(RUN_VARIABLE) or None,
+                  data={**result.as_dict(), "time": utc_now()})
+    return result
+
+
+def _route(project: Project, key: str, old: Server, inference: dict[str, Any] | None,
+           window: str, mirror: dict[str, Any] | None) -> None:
+    route = local._route(old.backend_port, old.version, inference)
+    route["window"] = window
+    if mirror is not None:
+        route["shadow"] = mirror
+    write_json(local.route_file(project, key), route)
+
+
+def _await_window(old: Server, window: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if local.get_json(f"{old.url}/-/route").get("stats", {}).get("window") == window:
+            return
+        time.sleep(0.02)
+    raise DeployError(f"the proxy on {old.url} did not take the shadow route within "
+                      f"{timeout:g} s")
+
+
+def shadow_release(environment: str, model_name: str, version: str, window: str = "60s"
+                   ) -> ShadowResult:
+    """The notebook call: shadow ``version`` on ``environment``'s endpoint for ``window`` (a
+    duration such as ``"2m"``); the comparison to glue, plot and judge."""
+    from workbench.config import load_config, parse_duration
+    from workbench.project import find_project
+    from workbench.registry.store import resolve
+
+    project = find_project()
+    config = load_config(project.configs)
+    if config.environments[environment].deploy.target != "local":
+        raise DeployError(f"environment {environment!r}: shadow runs on the local target; "
+                          f"its target is {config.environments[environment].deploy.target}")
+    tracking_uri = resolve(project, config.pipeline.mlflow).tracking_uri
+    key = local.server_key(project, config, environment)
+    return shadow(project, key, environment, model_name, version, tracking_uri,
+                  parse_duration(window))
