@@ -133,7 +133,7 @@ def test_policy_version_changes_with_the_policy() -> None:
     ({"qa": {"approvers": ["alice"], "quorom": 1}},
      "configs/gates.yaml: policies.qa.quorom: unknown key; expected one of ['approvers', "
      "'quorum', 'strict', 'allow_self_approval', 'valid_for', 'require_comment', "
-     "'identity_sources', 'require_signature']"),
+     "'identity_sources', 'require_signature', 'soak']"),
 ])
 def test_bad_policies_are_reported(policies: dict[str, Any], message: str) -> None:
     import yaml

@@ -286,9 +286,9 @@ def test_site_from_a_synthetic_archive(tmp_path: Path, monkeypatch: pytest.Monke
     assert [row[:2] for row in old_page.rows["stages"]] == [[s, "succeeded"] for s in STAGES]
     assert "qa gate: approved, 1 of 1 (alice)" in old_page.rows["stages"][1][5]
     assert "prod gate: approved, 2 of 2 (dave, erin)" in old_page.rows["stages"][3][5]
-    assert [(row[3], row[5]) for row in old_page.rows["approvals"]] == [
-        ("alice (typed)", "metrics hold"), ("dave (typed)", HOSTILE),
-        ("erin (typed)", "load fine")]
+    assert [(row[3], row[4], row[6]) for row in old_page.rows["approvals"]] == [
+        ("alice (typed)", "", "metrics hold"), ("dave (typed)", "", HOSTILE),
+        ("erin (typed)", "", "load fine")]  # none signed
     verdicts = [row[-1] for row in old_page.rows["ledger"]]
     assert len(verdicts) == 5 + 3 + 2 and set(verdicts) == {"ok"}
     old_html = (reports / "runs" / OLD / "index.html").read_text(encoding="utf-8")

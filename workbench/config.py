@@ -566,6 +566,30 @@ def parse_duration(text: str) -> float:
 IdentitySource = Literal["jupyterhub", "github", "gitlab", "jenkins", "os", "typed"]
 
 
+class SoakPolicy(Strict):
+    """``soak: {in: qa, for: 24h}``: the version must have served ``in`` (an environment
+    earlier in the promotion order) healthy for ``for`` before this gate can pass."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    within: str = Field(alias="in", min_length=1)
+    duration: str = Field(alias="for")
+    # for tests only: the soak's "now" is $WORKBENCH_SOAK_NOW when set (an ISO time); part of
+    # the policy (and its version), so no production policy honours it unless it says so
+    test_clock: bool = False
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if parse_duration(value) <= 0:
+            raise ValueError(f"a soak needs a duration above zero, got {value!r}")
+        return value
+
+    @property
+    def duration_s(self) -> float:
+        return parse_duration(self.duration)
+
+
 class GatePolicy(Strict):
     """Who may approve a release into one environment, and what an approval needs."""
 
@@ -582,6 +606,8 @@ class GatePolicy(Strict):
     # a typed or OS name counts only with the approver's SSH signature (configs/allowed_signers);
     # identities a platform vouched for (CI, JupyterHub) count as before
     require_signature: bool | None = None
+    # the version must first serve an earlier environment healthy for a while (SoakPolicy)
+    soak: SoakPolicy | None = None
 
     @field_validator("valid_for")
     @classmethod
@@ -612,6 +638,21 @@ class Gates(Strict):
                 raise ValueError(f"policy {env!r}: quorum {policy.quorum} is more than the "
                                  f"{len(names)} distinct approvers {sorted(names)}")
         return value
+
+    def soak_problems(self, environments: list[str], label: str) -> list[Problem]:
+        """Each ``soak.in`` that names no environment before its policy's own in the promotion
+        order (``environments``: the order of configs/environments.yaml)."""
+        problems = []
+        for env, policy in self.policies.items():
+            soak = policy.soak
+            if soak is None or env not in environments:
+                continue  # an unknown policy environment is reported by `validate`
+            earlier = environments[:environments.index(env)]
+            if soak.within not in earlier:
+                problems.append(Problem(label, f"policies.{env}.soak.in", f"{soak.within!r} "
+                                        f"is not an environment before {env!r} in the "
+                                        f"promotion order; expected one of {earlier}"))
+        return problems
 
     def approvers(self, environment: str) -> set[str]:
         """Every name that may approve for ``environment`` (groups expanded)."""
@@ -646,7 +687,7 @@ class Gates(Strict):
         policy["approvers"] = sorted(self.approvers(environment))
         if policy.get("strict") is None:  # the version of policies that predate it
             policy.pop("strict", None)
-        for later in ("identity_sources", "require_signature"):  # unset: the version of
+        for later in ("identity_sources", "require_signature", "soak"):  # unset: the version of
             if policy.get(later) is None:  # policies without it stays what earlier releases
                 policy.pop(later, None)  # computed
         blob = json.dumps(policy, sort_keys=True).encode()
@@ -1026,6 +1067,10 @@ def parse_config(texts: dict[str, str | None], labels: dict[str, str] | None = N
                              f"configs/{SIGNERS_FILE}, mapping approvers to their SSH public "
                              f"keys (git's allowed signers format)")
                      for env, policy in gates.policies.items() if policy.require_signature]
+    environments = parsed.get(ENVIRONMENTS_FILE)
+    if isinstance(gates, Gates) and isinstance(environments, Environments):
+        problems += gates.soak_problems(list(environments.environments),
+                                        (labels or {}).get(GATES_FILE, f"configs/{GATES_FILE}"))
     if problems:
         raise ConfigError(problems)
     return Config(

@@ -22,6 +22,7 @@ from workbench.digests import file_sha256
 from workbench.errors import EXIT_FAILED, WorkbenchError
 from workbench.governance import release_diff
 from workbench.governance.bundle import Bundle, compute, gate_stage
+from workbench.governance.soak import SoakFacts, SoakVerdict, facts_for, judge
 from workbench.governance.trust import Trusted, trusted
 from workbench.identity import Identity
 from workbench.project import Project
@@ -57,25 +58,37 @@ class Verdict(BaseModel):
     excluded: dict[str, str] = {}
     not_counted: list[dict[str, Any]] = []
     signature_required: bool = False
+    soak: SoakVerdict | None = None  # the policy's soak, judged (None: it requires none)
 
     @property
     def missing(self) -> int:
         return max(0, self.quorum - len(self.approved_by))
 
+    @property
+    def soaking(self) -> bool:
+        """The policy's soak is not over (the gate waits for it, whatever the approvals)."""
+        return self.soak is not None and not self.soak.passed
+
     def describe(self, run_id: str) -> str:
         """One paragraph a person or a CI log can act on."""
         short = self.bundle_digest[:12]
+        soak = [f"  {self.soak.describe()}"] if self.soak is not None else []
         if self.state == "approved":
-            return (f"gate {self.gate} ({self.environment}) approved for bundle {short} by "
-                    f"{', '.join(self.approved_by)}")
+            return "\n".join([f"gate {self.gate} ({self.environment}) approved for bundle "
+                              f"{short} by {', '.join(self.approved_by)}", *soak])
         if self.state == "rejected":
             rejection = self.rejection or {}
             return (f"gate {self.gate} ({self.environment}) rejected by "
                     f"{rejection.get('approver')}: {rejection.get('comment')}")
+        if self.missing == 0:  # only the soak is missing
+            return "\n".join([f"gate {self.gate} ({self.environment}) is awaiting its soak: "
+                              f"approved for bundle {short} (sha256:{self.bundle_digest}) by "
+                              f"{', '.join(self.approved_by)}", *soak,
+                              f"  then continue with: workbench resume {run_id}"])
         candidates = [n for n in self.eligible if n not in self.approved_by]
         lines = [f"gate {self.gate} ({self.environment}) is awaiting approval: needs "
                  f"{self.missing} more of {self.quorum} for bundle {short} "
-                 f"(sha256:{self.bundle_digest})",
+                 f"(sha256:{self.bundle_digest})", *soak,
                  f"  may approve: {', '.join(candidates) or 'nobody left: check the policy'}"]
         lines += [f"  may not approve: {name} ({why})" for name, why in self.excluded.items()]
         lines += [f"  not counted: #{n['seq']} {n['approver']} ({n['reason']})"
@@ -155,13 +168,17 @@ def excluded_names(gates: Gates, environment: str, requester: Identity | None,
 def evaluate(records: list[ApprovalRecord], gates: Gates, environment: str, gate: str,
              bundle_digest: str, requester: Identity | None, trainers: Trainers,
              now: datetime | None = None, ledgered: set[int] | None = None,
-             signed: dict[int, str | None] | None = None) -> Verdict:
+             signed: dict[int, str | None] | None = None,
+             soaked: SoakFacts | None = None) -> Verdict:
     """Apply the policy to the recorded decisions; pure, so every rule is testable alone.
 
     ``ledgered``: the records (seq) the ledger vouches for (None: all of them); quorum counts
     distinct people, so names one OS user typed count once. ``signed``: for each signed record
     (seq), None if its signature verified for its approver, else why not (see
-    :func:`check_signatures`); a signature not checked there never counts."""
+    :func:`check_signatures`); a signature not checked there never counts. ``soaked``: what
+    the ledger says of the version in the policy's soak environment (see
+    :mod:`workbench.governance.soak`; None: it never served there); until the soak is over
+    the gate awaits it, even with its quorum."""
     now = now or datetime.now(UTC)
     policy = gates.policies[environment]
     allowed = gates.approvers(environment)
@@ -194,7 +211,9 @@ def evaluate(records: list[ApprovalRecord], gates: Gates, environment: str, gate
             if name not in verdict.approved_by:
                 verdict.approved_by.append(name)
             verdict.approval_seqs.append(record.seq)
-    if verdict.state != "rejected" and len(counted) >= policy.quorum:
+    if policy.soak is not None:
+        verdict.soak = judge(policy.soak, soaked, now)
+    if verdict.state != "rejected" and len(counted) >= policy.quorum and not verdict.soaking:
         verdict.state = "approved"
     return verdict
 
@@ -285,16 +304,19 @@ def status(project: Project, record: RunRecord, environment: str,
            ) -> tuple[Verdict, Bundle]:
     """The gate's verdict for the run's current bundle (``bundle``, ``trust``: computed just
     before for the same decision). Only what the ledger vouches for counts (see
-    :mod:`workbench.governance.trust`)."""
+    :mod:`workbench.governance.trust`), the soak facts too (:mod:`workbench.governance.soak`:
+    one more pass over the ledger, only for a policy with a soak)."""
     config = run_config(record)
     gate = _check_environment(config, environment)
     trust = trust or trusted(project, record, config)
     bundle = bundle or compute(project, config, record, environment, trust)
     records = read_records(project, record.id)
+    soak = config.gates.policies[environment].soak
     verdict = evaluate(records, config.gates, environment, gate, bundle.digest,
                        trust.requester, trust.trainers,
                        ledgered=trust.ledgered(project, records, record.id),
-                       signed=check_signatures(config, records))
+                       signed=check_signatures(config, records),
+                       soaked=facts_for(project, config, record, soak) if soak else None)
     return verdict, bundle
 
 
