@@ -120,10 +120,10 @@ def _steps(project: Project, key: str, environment: str, old: Server, model_name
     try:
         for number, settings in enumerate(canary.steps, start=1):
             window = f"{version}-{number}-{stamped_id(2)}"
-            _route(project, key, old, inference, window, {
+            write_route(project, key, old, inference, window, canary={
                 "port": port, "version": version, "weight": settings.weight,
                 "sticky_header": canary.sticky_header})
-            _await_window(old, window)
+            await_window(old, window)
             step = _watch(old, window, number, settings, canary.analysis, version)
             steps.append(step)
             _record_step(project, environment, model_name, version, old.version, step)
@@ -149,12 +149,13 @@ def _steps(project: Project, key: str, environment: str, old: Server, model_name
     return Rollout(server, steps)
 
 
-def _route(project: Project, key: str, old: Server, inference: dict[str, Any] | None,
-           window: str, canary: dict[str, Any] | None) -> None:
+def write_route(project: Project, key: str, old: Server, inference: dict[str, Any] | None,
+                window: str, **extra: dict[str, Any] | None) -> None:
+    """The endpoint's route: the serving version, a new analysis window, and ``canary`` or
+    ``shadow`` settings (None: none)."""
     route = local._route(old.backend_port, old.version, inference)
     route["window"] = window
-    if canary is not None:
-        route["canary"] = canary
+    route.update({name: value for name, value in extra.items() if value is not None})
     write_json(local.route_file(project, key), route)
 
 
@@ -162,14 +163,14 @@ def _stats(old: Server) -> dict[str, Any]:
     return dict(local.get_json(f"{old.url}/-/route", timeout=5.0))
 
 
-def _await_window(old: Server, window: str, timeout: float = 30.0) -> None:
+def await_window(old: Server, window: str, timeout: float = 30.0) -> None:
     """Return once the proxy counts traffic in ``window`` (it re-reads its route file)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _stats(old).get("stats", {}).get("window") == window:
             return
         time.sleep(0.02)
-    raise DeployError(f"the proxy on {old.url} did not take the canary route within "
+    raise DeployError(f"the proxy on {old.url} did not take its new route within "
                       f"{timeout:g} s")
 
 
@@ -225,7 +226,7 @@ def _abort(project: Project, key: str, old: Server, inference: dict[str, Any] | 
            port: int, pid: int) -> None:
     """Every request back to the serving version; the candidate stopped once idle."""
     window = f"aborted-{stamped_id(2)}"
-    _route(project, key, old, inference, window, None)
+    write_route(project, key, old, inference, window)
     deadline = time.monotonic() + local.DRAIN_TIMEOUT
     while time.monotonic() < deadline:
         try:

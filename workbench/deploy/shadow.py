@@ -20,11 +20,11 @@ from typing import Any
 
 from filelock import FileLock
 
-from workbench.atomic import write_json
 from workbench.audit import ledger
 from workbench.clock import stamped_id, utc_now
 from workbench.deploy import local
-from workbench.deploy.local import DeployError, Server
+from workbench.deploy.canary import await_window, write_route
+from workbench.deploy.local import DeployError
 from workbench.identity import current as current_identity
 from workbench.project import Project
 
@@ -66,14 +66,14 @@ def shadow(project: Project, key: str, environment: str, model_name: str, versio
         started = time.monotonic()
         try:
             window = f"shadow-{version}-{stamped_id(2)}"
-            _route(project, key, old, inference, window,
-                   {"port": port, "version": str(version)})
-            _await_window(old, window)
+            write_route(project, key, old, inference, window,
+                        shadow={"port": port, "version": str(version)})
+            await_window(old, window)
             while time.monotonic() - started < window_s:
                 time.sleep(0.2)
             stats = local.get_json(f"{old.url}/-/route", timeout=5.0)
         finally:
-            _route(project, key, old, inference, f"after-{stamped_id(2)}", None)
+            write_route(project, key, old, inference, f"after-{stamped_id(2)}")
             local.stop_group(process.pid, 10)
             local._pending_file(project, key).unlink(missing_ok=True)
     comparison = {**stats.get("shadow_stats", {}),
@@ -84,25 +84,6 @@ def shadow(project: Project, key: str, environment: str, model_name: str, versio
                   run_id=os.environ.get(RUN_VARIABLE) or None,
                   data={**result.as_dict(), "time": utc_now()})
     return result
-
-
-def _route(project: Project, key: str, old: Server, inference: dict[str, Any] | None,
-           window: str, mirror: dict[str, Any] | None) -> None:
-    route = local._route(old.backend_port, old.version, inference)
-    route["window"] = window
-    if mirror is not None:
-        route["shadow"] = mirror
-    write_json(local.route_file(project, key), route)
-
-
-def _await_window(old: Server, window: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if local.get_json(f"{old.url}/-/route").get("stats", {}).get("window") == window:
-            return
-        time.sleep(0.02)
-    raise DeployError(f"the proxy on {old.url} did not take the shadow route within "
-                      f"{timeout:g} s")
 
 
 def shadow_release(environment: str, model_name: str, version: str, window: str = "60s"
