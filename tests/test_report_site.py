@@ -542,8 +542,9 @@ def test_release_site_in_chromium(gated_project: Workspace, tmp_path: Path, oidc
             expect(approvals).to_have_count(3)
             expect(approvals.locator("td:nth-child(4)")).to_have_text(
                 ["alice (typed)", "dave (github)", "erin (github)"])
-            expect(approvals.locator("td:nth-child(5)").first).not_to_be_empty()
-            expect(approvals.locator("td:nth-child(6)")).to_have_text(
+            expect(approvals.locator("td:nth-child(5)")).to_have_text(["", "", ""])  # unsigned
+            expect(approvals.locator("td:nth-child(6)").first).not_to_be_empty()
+            expect(approvals.locator("td:nth-child(7)")).to_have_text(
                 ["metrics hold", f"ok {HOSTILE}", "load fine"])  # shown as text, not run
             expect(approvals.locator("td:nth-child(2)")).to_have_text(["qa", "prod", "prod"])
             verdicts = page.locator("#ledger tbody tr td:last-child")
