@@ -21,7 +21,8 @@ invocation):
 * ``peak_memory_mb``: peak summed PSS (proportional set size: a page shared by N processes
   counts 1/N in each, so forked kernels are not counted N times) of the workbench process tree
   during the default pipeline (kernels, model servers included), beside the papermill
-  baseline's tree; the peak summed RSS is printed too.
+  baseline's tree; the peak summed RSS is printed too, and for both trees every process at the
+  PSS peak (its role, PSS, private dirty, ...: ``tree_memory.py``).
 
 The model servers started by the deploy stage are stopped after each variant. The figures go to
 a table on stdout and, as JSON, to the last line of stdout (and ``--json-out`` if given). The
@@ -39,7 +40,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -54,6 +54,7 @@ from pipeline import (  # benchmarks/ is on sys.path
     cli_environment,
     free_port,
 )
+from tree_memory import TreeMemory, by_role, stat
 
 REPO = Path(__file__).resolve().parents[1]
 ENVIRONMENT = "dev"
@@ -166,104 +167,6 @@ def make_chain_project(parent: Path) -> Path:
 # Processes: memory of a tree, model servers
 
 
-def _stat(pid: str) -> tuple[int, int] | None:
-    """(parent pid, start time) of ``pid`` from /proc, None if gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] == b"Z":
-        return None
-    return int(fields[1]), int(fields[19])
-
-
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as handle:
-            return int(handle.read().split()[1]) * PAGE_SIZE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _pss_bytes(pid: int) -> int:
-    """The process's proportional set size (its share of every page it maps)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, IndexError, ValueError):
-        pass
-    return 0
-
-
-PSS_EVERY = 5  # smaps_rollup costs ~2 ms per large process: PSS every 5th sample (0.5 s)
-
-
-class TreeMemory(threading.Thread):
-    """Samples the summed RSS of a process and all its descendants every SAMPLE_INTERVAL_S,
-    and their summed PSS every PSS_EVERY samples.
-
-    A process once seen in the tree keeps counting while it lives (same pid and start time),
-    so model servers still count after the kernel that started them exits and they are
-    reparented.
-    """
-
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.peak_bytes = 0
-        self.peak_pss_bytes = 0
-        self.samples = 0
-        self._members: dict[int, int] = {}  # pid -> start time
-        self._done = threading.Event()
-
-    def sample(self) -> int:
-        """One sample: the tree's summed RSS in bytes now."""
-        table: dict[int, tuple[int, int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                found = _stat(entry)
-                if found is not None:
-                    table[int(entry)] = found
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _start) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        members = {pid: start for pid, start in self._members.items()
-                   if pid in table and table[pid][1] == start}
-        stack = [self.pid, *members]
-        while stack:
-            pid = stack.pop()
-            if pid in table and pid not in members:
-                members[pid] = table[pid][1]
-            stack.extend(child for child in children.get(pid, []) if child not in members)
-        self._members = members
-        if self.samples % PSS_EVERY == 0:
-            self.peak_pss_bytes = max(self.peak_pss_bytes,
-                                      sum(_pss_bytes(pid) for pid in members))
-        return sum(_rss_bytes(pid) for pid in members)
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            self.peak_bytes = max(self.peak_bytes, self.sample())
-            self.samples += 1
-            self._done.wait(SAMPLE_INTERVAL_S)
-
-    @property
-    def peak_pss_mb(self) -> float | None:
-        return self.peak_pss_bytes / 2**20 if self.peak_pss_bytes else None
-
-    def finish(self) -> float:
-        """Stop sampling; return the peak in MB (2**20 bytes)."""
-        self._done.set()
-        self.join()
-        return self.peak_bytes / 2**20
-
-
 def stop_server(root: Path) -> str:
     """``workbench stop dev`` for the project at ``root``; return what it printed."""
     done = subprocess.run(
@@ -321,7 +224,7 @@ def reap_servers(root: Path) -> None:
             continue
     deadline = time.monotonic() + 10
     while pids and time.monotonic() < deadline:
-        pids = [pid for pid in pids if _stat(str(pid)) is not None]
+        pids = [pid for pid in pids if stat(str(pid)) is not None]
         time.sleep(0.1)
     for pid in pids:
         try:
@@ -346,6 +249,7 @@ class Timed:
     exited: float
     peak_mb: float | None = None  # summed RSS
     pss_mb: float | None = None  # summed PSS
+    memory: dict[str, Any] = field(default_factory=dict)  # TreeMemory.report()
 
 
 def timed(command: list[str], env: dict[str, str], cwd: Path, logs: Path,
@@ -357,7 +261,7 @@ def timed(command: list[str], env: dict[str, str], cwd: Path, logs: Path,
         launched, started = time.time(), time.perf_counter()
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
                                    stdin=subprocess.DEVNULL)
-        sampler = TreeMemory(process.pid) if memory else None
+        sampler = TreeMemory(process.pid, SAMPLE_INTERVAL_S) if memory else None
         if sampler is not None:
             sampler.start()
         try:
@@ -372,7 +276,8 @@ def timed(command: list[str], env: dict[str, str], cwd: Path, logs: Path,
         wall, exited = time.perf_counter() - started, time.time()
     return Timed(wall, returncode, out.read_text(encoding="utf-8", errors="replace"),
                  err.read_text(encoding="utf-8", errors="replace"), launched, exited, peak,
-                 sampler.peak_pss_mb if sampler is not None else None)
+                 sampler.peak_pss_mb if sampler is not None else None,
+                 sampler.report() if sampler is not None else {})
 
 
 def run_options_missing() -> list[str]:
@@ -447,6 +352,23 @@ def _statuses(record: dict[str, Any]) -> dict[str, str]:
     return {name: str(stage.get("status")) for name, stage in record.get("stages", {}).items()}
 
 
+def _running_at(record: dict[str, Any], moment: float) -> str:
+    """Where the run was at ``moment`` (epoch seconds): the stages running then, else the
+    last one finished before it."""
+    running, last = [], "before the first stage"
+    for name, stage in record.get("stages", {}).items():
+        try:
+            started = datetime.fromisoformat(stage["started"]).timestamp()
+            finished = datetime.fromisoformat(stage["finished"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            continue
+        if started <= moment <= finished:
+            running.append(name)
+        elif finished < moment:
+            last = f"after {name}"
+    return ", ".join(running) if running else last
+
+
 def workbench_default(parent: Path) -> dict[str, Any]:
     """The default pipeline with ``--no-cache``: wall clock and tree peak RSS."""
     root = make_project(parent)
@@ -461,8 +383,11 @@ def workbench_default(parent: Path) -> dict[str, Any]:
             raise BenchmarkError(f"workbench run did not execute and deploy: {statuses}")
         stages = {e["stage"]: float(e["duration_s"]) for e in _events(result.stdout)
                   if e["event"] == "stage_finished" and e.get("duration_s") is not None}
+        memory = dict(result.memory)
+        if memory.get("peak_at_s") is not None:
+            memory["during"] = _running_at(record, result.launched + memory["peak_at_s"])
         return {"wall_s": result.wall_s, "peak_mb": result.peak_mb, "pss_mb": result.pss_mb,
-                "stages": stages,
+                "memory": memory, "stages": stages,
                 "status": record.get("status"), "breakdown": breakdown(result, record)}
     finally:
         stop_server(root)
@@ -565,7 +490,7 @@ def baseline_default(kind: str, parent: Path) -> dict[str, Any]:
         if data["outputs"].get("deploy", {}).get("smoke_passed") is not True:
             raise BenchmarkError(f"{kind} baseline did not deploy: {data['outputs']}")
         return {"wall_s": result.wall_s, "peak_mb": result.peak_mb, "pss_mb": result.pss_mb,
-                "stages": data["stages"],
+                "memory": result.memory, "stages": data["stages"],
                 "imports_s": data["imports_s"]}
     finally:
         stop_server(root)
@@ -877,6 +802,8 @@ def print_table(summary: dict[str, Any], chosen: list[str], wanted: list[str]) -
                      f"{_num(summary['rss_ratio_vs_papermill'])})")
         digits = 0 if name == "peak_memory_mb" else 2
         print(f"{name:<26} {_num(value, digits):>7}   {goal_text:<16} {verdict}{extra}")
+    if "memory" in chosen:
+        print_memory(summary, labels)
     for variant, parts in summary["workbench_breakdown_s"].items():
         label = "unchanged rerun" if variant == "rerun_chain" else labels[variant]
         print(f"{label}: launch to run record {_num(parts.get('startup_s'))} s, "
@@ -885,6 +812,40 @@ def print_table(summary: dict[str, Any], chosen: list[str], wanted: list[str]) -
     for error in summary["errors"]:
         for variant, message in error.items():
             print(f"error: {variant}: {message.splitlines()[0] if message else ''}")
+
+
+TOP_PROCESSES = 8  # processes listed per variant at its PSS peak
+
+
+def print_memory(summary: dict[str, Any], labels: dict[str, str]) -> None:
+    """Who holds the PSS peak of each default-pipeline variant (the round nearest the median):
+    the largest processes, then the sum per role."""
+    for variant in ("wb_default", "papermill_default"):
+        runs = [r[variant] for r in summary["per_round"]
+                if r.get(variant, {}).get("memory", {}).get("processes")]
+        median = summary["totals"].get(variant, {}).get("pss_mb")
+        if not runs or median is None:
+            continue
+        chosen = min(runs, key=lambda r: abs(r["pss_mb"] - median))
+        memory = chosen["memory"]
+        during = f", during {memory['during']}" if memory.get("during") else ""
+        print(f"\n{labels[variant]}: PSS peak {_num(chosen['pss_mb'], 0)} MB at "
+              f"{_num(memory['peak_at_s'], 1)} s{during}")
+        row = "  {:>7} {:<22} {:>7} {:>9} {:>9} {:>13} {:>13}"
+        print(row.format("pid", "process", "PSS", "PSS anon", "PSS file", "private dirty",
+                         "shared clean"))
+        for process in memory["processes"][:TOP_PROCESSES]:
+            print(row.format(process["pid"], process["role"][:22],
+                             *(_num(process.get(key), 0) for key in (
+                                 "pss_mb", "pss_anon_mb", "pss_file_mb", "private_dirty_mb",
+                                 "shared_clean_mb"))))
+        rest = memory["processes"][TOP_PROCESSES:]
+        if rest:
+            print(f"  {'':>7} {len(rest)} more: "
+                  f"{_num(sum(p.get('pss_mb', 0) for p in rest), 0)} MB PSS")
+        print("  by role: " + "; ".join(
+            f"{name} x{count} {pss:.0f} MB (private dirty {dirty:.0f})"
+            for name, count, pss, dirty in by_role(memory["processes"])))
 
 
 def selected(only: str | None) -> list[str]:

@@ -48,14 +48,15 @@ def run(kernel: StageKernel, code: str) -> Any:
 
 
 PROBE = """
-import json, os, sys
+import gc, json, os, sys
 imported = "numpy" in sys.modules
 import numpy
 print(json.dumps({"cwd": os.getcwd(), "mark": os.environ.get("WORKBENCH_TEST_FORKSERVER"),
                   "pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgid(0),
                   "numpy_before_cell": imported,
                   "random": numpy.random.random(), "count": get_ipython().execution_count,
-                  "mpl": os.environ.get("MPLBACKEND")}))
+                  "mpl": os.environ.get("MPLBACKEND"), "frozen": gc.get_freeze_count(),
+                  "gc": gc.isenabled()}))
 """  # the variable is MARK
 
 
@@ -97,6 +98,9 @@ def test_forked_kernels_behave_like_fresh_ones(server: ForkServer, tmp_path: Pat
         # as in a fresh kernel: no history before the first cell, the inline backend
         assert one["count"] == two["count"] == fresh["count"]
         assert one["mpl"] == fresh["mpl"] == "module://matplotlib_inline.backend_inline"
+        # what the server imported is frozen for the garbage collector (a collection in the
+        # kernel would copy every page it inherited); the kernel's own objects are collected
+        assert one["frozen"] > 0 and fresh["frozen"] == 0 and one["gc"] and two["gc"]
 
         # exit statuses come from the server, as Popen would give them
         process = first.manager.provisioner.process
@@ -182,3 +186,41 @@ def test_a_forked_kernel_ends_when_its_server_is_gone(server: ForkServer, tmp_pa
         assert _gone(found["pid"], timeout=15), "the kernel outlived its fork server"
     finally:
         kernel.close()
+
+
+TASKS = """
+import json, os, sys
+
+
+def record(payload):
+    with open(payload["out"], "w") as handle:
+        json.dump({"cwd": os.getcwd(), "ppid": os.getppid(),
+                   "numpy": "numpy.random" in sys.modules}, handle)
+
+
+def fail(payload):
+    raise ValueError(f"no good: {payload['why']}")
+"""
+
+
+@pytest.mark.slow
+def test_a_task_forked_from_the_server_runs_with_its_imports(tmp_path: Path) -> None:
+    """The workbench process's MLflow work runs in a process forked from the server (see
+    forked_calls): it finds the preloaded modules, runs in the folder asked, reports failure
+    with its message, and leaves at once."""
+    (tmp_path / "tasks_here.py").write_text(TASKS)
+    work = tmp_path / "work"
+    work.mkdir()
+    server = ForkServer(["numpy.random"], tmp_path, {"PYTHONPATH": str(tmp_path)})
+    try:
+        out = tmp_path / "out.json"
+        assert server.call("tasks_here:record", {"out": str(out)}, str(work), 120) is None
+        found = json.loads(out.read_text())
+        assert found == {"cwd": str(work), "ppid": server.process.pid, "numpy": True}
+        error = server.call("tasks_here:fail", {"why": "testing"}, str(work), 120)
+        assert error == "ValueError: no good: testing"
+        assert server.call("tasks_here:nothing", {}, str(work), 120) == \
+            "AttributeError: module 'tasks_here' has no attribute 'nothing'"
+    finally:
+        server.close(timeout=15)
+    assert server.process.returncode == 0  # no task left behind

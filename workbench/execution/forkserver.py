@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -147,6 +148,32 @@ class ForkServer:
     def spawn(self, command: Sequence[str], env: dict[str, str], cwd: str,
               ready_timeout: float) -> ForkedProcess:
         """Fork a kernel running ``command``; waits up to ``ready_timeout`` for the imports."""
+        return self._fork({"argv": list(command), "env": env, "cwd": cwd}, ready_timeout)
+
+    def call(self, target: str, payload: Any, cwd: str, timeout: float) -> str | None:
+        """Run ``target`` (``module:function``, given ``payload``) in a process forked from the
+        server, which imported what it needs (MLflow) so that this process need not; waits up
+        to ``timeout`` in all. None once it succeeded, else what went wrong. Raises
+        :class:`ForkServerError` when the server cannot fork (the caller does it itself)."""
+        end = time.monotonic() + timeout
+        fd, result = tempfile.mkstemp(prefix="workbench-call-", suffix=".json")
+        os.close(fd)
+        try:
+            process = self._fork({"call": target, "payload": payload, "cwd": cwd,
+                                  "result": result}, timeout)
+            try:
+                code = process.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                return f"{target} did not finish in {timeout:g} s"
+            if code == 0:
+                return None
+            text = Path(result).read_text(encoding="utf-8")
+            return str(json.loads(text)["error"]) if text else f"{target} exited {code}"
+        finally:
+            Path(result).unlink(missing_ok=True)
+
+    def _fork(self, fields: dict[str, Any], ready_timeout: float) -> ForkedProcess:
         if not self._ready.wait(ready_timeout) or self.gone or self.problem:
             raise ForkServerError(self.problem or "the kernel fork server is not ready")
         future: Future[ForkedProcess] = Future()
@@ -154,7 +181,7 @@ class ForkServer:
             if self._closed:
                 raise ForkServerError("the kernel fork server is closed")
             self._next_id += 1
-            request = {"id": self._next_id, "argv": list(command), "env": env, "cwd": cwd}
+            request = {"id": self._next_id, **fields}
             self._pending[self._next_id] = future
             try:
                 self._sock.sendall(json.dumps(request).encode("utf-8") + b"\n")

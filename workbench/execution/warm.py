@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.execution import kernel_output
+from workbench.execution import forked_calls, kernel_output
 from workbench.execution.reaper import STAGE_VARIABLE, stage_tag
 
 if TYPE_CHECKING:
@@ -223,6 +223,12 @@ class KernelPool:
     ``warm(stage, ...)`` starts one in the background; ``take(stage)`` hands it over (waiting
     for it to finish warming) or returns None, and the caller then owns it. ``close()`` stops
     every kernel nobody took.
+
+    At most ``limit`` kernels are kept warm. Forked kernels start in a fraction of a second, so
+    a pool that forks also counts the kernels it handed over while they live (running, or
+    shutting down after their stage): it keeps warm at most ``limit`` minus those, and always
+    one for what comes next (a forked kernel holds copies of the fork server's pages it wrote
+    to: 50 MB even idle, measured).
     """
 
     def __init__(self, limit: int, on_problem: Callable[[str, str], None] | None = None,
@@ -235,6 +241,7 @@ class KernelPool:
         self._threads = ThreadPoolExecutor(max_workers=self.limit,
                                            thread_name_prefix="warm-kernel")
         self._kernels: dict[str, Future[StageKernel]] = {}
+        self._taken: list[StageKernel] = []  # handed over by a forking pool, maybe alive
         self._lock = threading.Lock()
         self._on_problem = on_problem
         self._told_problem = False
@@ -244,17 +251,25 @@ class KernelPool:
             return set(self._kernels)
 
     def warm(self, stage: str, kernel_name: str, cwd: Path, startup_timeout: float,
-             preload: Iterable[str]) -> bool:
-        """Start warming a kernel for ``stage`` unless one is already there or the pool holds
-        ``limit`` kernels; return whether ``stage`` has one (now)."""
+             preload: Iterable[str], starting: bool = False) -> bool:
+        """Start warming a kernel for ``stage`` unless one is already there or the pool is full
+        (see the class doc); return whether ``stage`` has one (now). ``starting``: the stage
+        starts now, so a pool that forks forks its kernel whatever it holds (a fraction of a
+        second, against seconds of imports in a kernel of its own); any other pool leaves
+        that to the stage."""
         with self._lock:
             if stage in self._kernels:
                 return True
-            if len(self._kernels) >= self.limit:
+            if starting:
+                if not self._forks():
+                    return False
+            elif len(self._kernels) >= max(1, self.limit - self._alive_taken()):
                 return False
             if self.fork_server is None and self.fork_preload:
                 self.fork_server = _fork_server(self.fork_preload, self.cwd, self.env)
                 self.fork_preload = ()  # one attempt
+                if self.fork_server is not None:
+                    forked_calls.offer(self.fork_server)
             env = {**(self.env or {}), STAGE_VARIABLE: stage_tag(
                 (self.env or {}).get("WORKBENCH_RUN_ID", ""), stage)}
             self._kernels[stage] = self._threads.submit(
@@ -282,7 +297,22 @@ class KernelPool:
             self._problem(stage, f"kernels are started, not forked: {server.problem}")
         for problem in kernel.problems:
             self._problem(stage, f"preload: {problem}")
+        if kernel.forked:
+            with self._lock:
+                self._taken.append(kernel)
         return kernel
+
+    def _forks(self) -> bool:
+        """Whether kernels come from a fork server (one that is up, or still to start)."""
+        server = self.fork_server
+        if server is None:
+            return bool(self.fork_preload and self.cwd is not None)
+        return not server.gone and not server.problem
+
+    def _alive_taken(self) -> int:
+        """How many kernels this pool forked and handed over still live (under the lock)."""
+        self._taken[:] = [kernel for kernel in self._taken if kernel.alive()]
+        return len(self._taken)
 
     def discard(self, stage: str) -> None:
         """Stop the kernel warmed for ``stage`` (it will not run here after all)."""
@@ -302,6 +332,7 @@ class KernelPool:
         with self._lock:
             self.fork_preload = ()  # none is started after this
         if self.fork_server is not None:
+            forked_calls.withdraw(self.fork_server)
             self.fork_server.close(timeout=wait)
 
     def _problem(self, stage: str, message: str) -> None:

@@ -13,6 +13,7 @@ only its record and the ledger, through its :class:`~workbench.pipeline.recorder
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -30,7 +31,7 @@ from workbench.clock import utc_now
 from workbench.config import PIPELINE_ENV_VAR, Config, pipeline_names
 from workbench.errors import WorkbenchError
 from workbench.events import Bus, CallbackListener, RunFinished, RunStarted, standard_listeners
-from workbench.execution import kernel_output
+from workbench.execution import forked_calls, kernel_output
 from workbench.pipeline import recover
 from workbench.pipeline.recorder import Recorder
 from workbench.pipeline.scheduler import Scheduler, note_mlflow, stage_environment
@@ -191,7 +192,7 @@ def start_run(project: Project, config: Config, environment: str, listeners: Ite
                               _kernel_env(project, config, record))
         try:
             scheduler.warm_ahead()
-            mlflow_store.prepare(store)
+            _prepare_store(store, project.root)
         except BaseException:
             scheduler.close()
             with contextlib.suppress(OSError):
@@ -208,6 +209,19 @@ def start_run(project: Project, config: Config, environment: str, listeners: Ite
         finally:
             scheduler.close()  # kernels warmed for stages that never started
             bus.close()
+
+
+def _prepare_store(store: mlflow_store.Store, root: Path) -> None:
+    """Prepare the MLflow store. When that needs MLflow (a new store, another MLflow version),
+    in a process forked from the run's kernel fork server, which imported it for the kernels,
+    so that this process never imports it (130-200 MB it would keep for the whole run); here
+    if there is no such server, or if that failed (MLflow then says why, from here)."""
+    if not mlflow_store.prepared(store) and forked_calls.available():
+        forked, error = forked_calls.call("workbench.registry.store:prepare_from",
+                                          dataclasses.asdict(store), root)
+        if forked and error is None:
+            return
+    mlflow_store.prepare(store)
 
 
 def _kernel_log(project: Project, run_id: str) -> Path:

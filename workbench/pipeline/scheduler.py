@@ -109,9 +109,9 @@ class Scheduler:
             raise
         finally:
             workers.shutdown(wait=False)
-            if self.kernels is not None:
+            self.bus.drain()  # HTML and MLflow artifacts of every stage (forked from the
+            if self.kernels is not None:  # fork server, which takes no request after this)
                 self.kernels.close()
-            self.bus.drain()  # HTML and MLflow artifacts of every stage
             wait_retired(timeout=KILL_AFTER + 30)  # no kernel of the run outlives it
             if self.kernels is not None:
                 self.kernels.close(wait=KILL_AFTER)  # nor does the fork server
@@ -251,6 +251,7 @@ class Scheduler:
         entry.status, entry.started = "running", utc_now()  # the scheduler's view at once
         kernel = None
         if self.kernels is not None:
+            self._warm(name, starting=True)  # forked now if nobody warmed one for it
             kernel = self.kernels.take(name, self._kernel_of(name) or "")
         if self.local:
             entry.kernel = "cold" if kernel is None else "forked" if kernel.forked else "warm"
@@ -331,7 +332,8 @@ class Scheduler:
         """Start kernels for the pending stages that come next: first those that can start
         once the running ones finish (every stage they need is done or running), then the
         stages after those; never past a gate that is not decided. At most ``jobs`` kernels
-        are kept (measured on 2 cores: warming more at once only slows the running stage)."""
+        are kept (measured on 2 cores: warming more at once only slows the running stage),
+        fewer while forked ones run (``KernelPool``: each holds copies of server pages)."""
         if self.kernels is None:
             return
         ahead = {*running.values()}
@@ -371,15 +373,15 @@ class Scheduler:
             self._kernel_names[name] = kernel_name_of(path) if path.is_file() else None
         return self._kernel_names[name]
 
-    def _warm(self, name: str) -> bool:
+    def _warm(self, name: str, starting: bool = False) -> bool:
         """Warm a kernel for ``name`` (a stage without a notebook file is passed over); False
-        when the pool is full."""
+        when the pool is full (see ``KernelPool.warm`` for ``starting``)."""
         kernel_name = self._kernel_of(name)
         if kernel_name is None or self.kernels is None:
             return True
         stage = self.config.stage(name)
         return self.kernels.warm(name, kernel_name, self.project.root, stage.startup_timeout,
-                                 stage.preload)
+                                 stage.preload, starting=starting)
 
     def _preloads(self) -> list[str]:
         """What the fork server imports: every ``preload`` module of the stages still to run,

@@ -92,6 +92,18 @@ def prepare(store: Store) -> str:
         return experiment_id
 
 
+def prepared(store: Store) -> bool:
+    """Whether :func:`prepare` has nothing left to do that needs MLflow: an embedded store
+    this MLflow version prepared before, whose experiment exists."""
+    db = sqlite_file(store.tracking_uri)
+    return db is not None and db.is_file() and _prepared_before(db, store) is not None
+
+
+def prepare_from(fields: dict[str, Any]) -> None:
+    """:func:`prepare` of ``Store(**fields)``: what a process forked for it runs."""
+    prepare(Store(**fields))
+
+
 PREPARED = ".prepared.json"
 
 

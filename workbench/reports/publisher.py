@@ -19,6 +19,7 @@ from workbench.audit import ledger
 from workbench.audit.redact import Secrets
 from workbench.errors import EXIT_FAILED, WorkbenchError
 from workbench.events import Bus, StageRecorded, StageViewsMissing
+from workbench.execution import forked_calls
 from workbench.project import Project
 from workbench.run_record import RunRecord
 
@@ -50,29 +51,47 @@ def render_stage(project: Project, record: RunRecord, name: str, archived: Path,
     return target
 
 
-def log_stage(record: RunRecord, name: str, files: list[Path], ledger_seq: int) -> str:
-    """Log ``files`` under ``workbench/<stage>/`` of the stage's MLflow run; return its id."""
+def log_stage(record: RunRecord, name: str, files: list[Path], ledger_seq: int,
+              cwd: Path | None = None) -> None:
+    """Log ``files`` under ``workbench/<stage>/`` of the stage's MLflow run: in a process forked
+    from the run's kernel fork server while there is one (MLflow is imported there already;
+    this process then never imports it), else here."""
+    entry = record.stages[name]
+    payload = {"tracking_uri": record.tracking_uri, "experiment": record.experiment,
+               "run_id": record.id, "stage": name, "status": entry.status,
+               "trained_run": entry.output("trained_run"),
+               "files": [str(path) for path in files], "ledger_seq": ledger_seq}
+    forked, error = forked_calls.call(f"{__name__}:log_files", payload, cwd or Path.cwd())
+    if not forked:
+        log_files(payload)
+    elif error is not None:
+        raise RuntimeError(error)
+
+
+def log_files(payload: dict[str, Any]) -> str:
+    """What :func:`log_stage` does with MLflow; returns the MLflow run's id."""
     from workbench.registry.client import client_for
 
-    client = client_for(record.tracking_uri)
-    entry = record.stages[name]
-    run_id = entry.output("trained_run")
+    client = client_for(payload["tracking_uri"])
+    name = payload["stage"]
+    run_id = payload["trained_run"]
     created = not (isinstance(run_id, str) and run_id)
     if created:
-        experiment = client.get_experiment_by_name(record.experiment)
+        experiment = client.get_experiment_by_name(payload["experiment"])
         if experiment is None:
             return ""
-        tags: dict[str, Any] = {"workbench.run_id": record.id, "workbench.stage": name,
-                                "workbench.status": entry.status}
-        run = client.create_run(experiment.experiment_id, run_name=f"{record.id}/{name}",
-                                tags=tags)
+        tags: dict[str, Any] = {"workbench.run_id": payload["run_id"], "workbench.stage": name,
+                                "workbench.status": payload["status"]}
+        run = client.create_run(experiment.experiment_id,
+                                run_name=f"{payload['run_id']}/{name}", tags=tags)
         run_id = run.info.run_id
-    for path in files:
-        client.log_artifact(run_id, str(path), artifact_path=f"workbench/{name}")
-    client.set_tag(run_id, "workbench.ledger_seq", str(ledger_seq))
-    client.set_tag(run_id, f"workbench.ledger_seq.{name}", str(ledger_seq))
+    for path in payload["files"]:
+        client.log_artifact(run_id, path, artifact_path=f"workbench/{name}")
+    client.set_tag(run_id, "workbench.ledger_seq", str(payload["ledger_seq"]))
+    client.set_tag(run_id, f"workbench.ledger_seq.{name}", str(payload["ledger_seq"]))
     if created:
-        client.set_terminated(run_id, "FINISHED" if entry.status == "succeeded" else "FAILED")
+        client.set_terminated(run_id, "FINISHED" if payload["status"] == "succeeded"
+                              else "FAILED")
     return str(run_id)
 
 
@@ -89,7 +108,7 @@ def publish_views(project: Project, record: RunRecord, name: str, archived: Path
     except Exception as exc:  # noqa: BLE001 - reported, the archive is already complete
         warnings.append(f"stage {name}: HTML rendering failed: {exc}")
     try:
-        log_stage(record, name, files, seq)
+        log_stage(record, name, files, seq, project.root)
     except Exception as exc:  # noqa: BLE001 - reported, the archive is already complete
         warnings.append(f"stage {name}: logging to MLflow failed: {exc}")
     return warnings
