@@ -331,9 +331,36 @@ class Attestation(Strict):
         return self
 
 
+class ArchiveSettings(Strict):
+    """Where the archive and its ledger live for a team: ``url`` is a store URL
+    (``s3://bucket/prefix``, ``file:///shared/path``, or a scheme a plugin registers in
+    ``workbench.archive_stores``). The local ``reports/`` is then a cache of it. Credentials
+    come from the environment (e.g. ``AWS_ACCESS_KEY_ID``), never from a file; ``endpoint_url``
+    points an S3 client at an S3-compatible server (MinIO, Ceph, an emulator)."""
+
+    url: str | None = None
+    endpoint_url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        scheme, sep, rest = value.partition("://")
+        if not sep or not scheme or not rest.strip("/"):
+            raise ValueError(f"url {value!r} is not a store URL (e.g. s3://bucket/prefix or "
+                             f"file:///shared/archive)")
+        if "@" in rest.split("/", 1)[0]:
+            raise ValueError("url must not carry credentials; set them in the environment "
+                             "(e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+        return value
+
+
 class Pipeline(Strict):
     name: str = Field(min_length=1)
     mlflow: MlflowSettings = MlflowSettings()
+    # a team's shared archive (the local reports/ is then its cache); none: reports/ only
+    archive: ArchiveSettings = ArchiveSettings()
     # names of environment variables holding secrets: kernels inherit them; they are never
     # parameters, and their values are redacted from everything archived or logged
     secrets: list[SecretName] = []

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,27 @@ def append(reports: Path, event: str, *, actor: dict[str, Any] | None, run_id: s
     digests = {p.resolve().relative_to(reports.resolve()).as_posix(): file_sha256(p)
                for p in files or []}
     with FileLock(reports / LOCK_FILE, timeout=120):
+        if (reports / SHARED_MARKER).exists():  # a cache of a team's archive: the store orders
+            if _shared_append is None:
+                raise LedgerError(f"{reports} is the cache of a shared archive, but "
+                                  f"workbench.audit.remote is not loaded")
+            body = {"time": utc_now(), "actor": actor, "event": event, "run_id": run_id,
+                    "data": data or {}, "files": digests}
+            return _shared_append(reports, ledger_path(reports), body)
         return _append_locked(ledger_path(reports), event, actor, run_id, data or {}, digests)
+
+
+SHARED_MARKER = ".remote.json"  # in reports/: it caches a shared archive (audit.remote)
+SharedAppend = Callable[[Path, Path, dict[str, Any]], dict[str, Any]]
+_shared_append: SharedAppend | None = None
+
+
+def use_shared_append(append_to_store: SharedAppend) -> None:
+    """Route appends to a ``reports/`` holding :data:`SHARED_MARKER` through
+    ``append_to_store(reports, ledger_path, body)`` (installed by
+    :mod:`workbench.audit.remote`, which ``workbench.audit`` imports)."""
+    global _shared_append
+    _shared_append = append_to_store
 
 
 def _append_locked(path: Path, event: str, actor: dict[str, Any] | None, run_id: str | None,

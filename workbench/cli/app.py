@@ -32,9 +32,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 options: dict[str, Any] = {"debug": False, "project": None}  # the global options given
 
 
-def _project() -> Project:
+def _project(write: bool = False, sync: bool = True) -> Project:
+    """The project; with a shared archive (``archive.url``), its cache pulled first (once per
+    command) and, with ``write``, the store's writes proven before anything runs."""
     start = options["project"]
-    return find_project(Path(start) if start is not None else None)
+    project = find_project(Path(start) if start is not None else None)
+    if sync:
+        done = options.setdefault("synced", set())
+        if (project.root, write) not in done and (project.root, True) not in done:
+            from workbench.audit.shared import prepare
+
+            prepare(project, write=write)
+            done.add((project.root, write))
+    return project
 
 
 @app.callback()

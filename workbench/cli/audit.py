@@ -28,20 +28,35 @@ def verify(
         "their runs (and rollbacks/, drift/) are checked; files of earlier entries are "
         "trusted. With --anchor too, that anchor must be at or after the checkpoint.")] = None,
     files: Annotated[bool, typer.Option(help="Re-hash every referenced file.")] = True,
+    local: Annotated[bool, typer.Option("--local", help="With a shared archive (archive.url): "
+                                        "verify this checkout's cache of it (reports/) instead "
+                                        "of the store.")] = False,
 ) -> None:
     """Recompute every ledger hash and link and re-hash every archived file; name each problem
     (with --since: only what was appended after a checkpoint)."""
     from workbench.audit import coverage
     from workbench.audit.ledger import AnchorError, index
     from workbench.audit.ledger import verify as verify_ledger
+    from workbench.audit.object_store import open_store
+    from workbench.audit.shared import archive_settings
 
-    project = _project()
+    project = _project(sync=False)
     saved = _read_anchor(anchor, "--anchor")
     checkpoint = _read_anchor(since, "--since")
     if saved and checkpoint and _seq(saved) < _seq(checkpoint):
         raise UsageError(f"--anchor {anchor}: at seq {saved['seq']}, before the --since "
                          f"checkpoint (seq {checkpoint['seq']}); a full verify checks it")
     started = time.perf_counter()
+    shared = None if local else archive_settings(project)
+    if shared is not None:  # the team's archive, in the store itself
+        from workbench.audit import remote, remote_verify
+
+        store = remote.RemoteArchive(open_store(*shared), project.reports)
+        result = remote_verify.verify(store, saved, check_files=files, since=checkpoint)
+        typer.echo(f"verified in the shared archive {store.url} (--local: this cache)",
+                   err=True)
+        _report(result, saved, started)
+        return
     try:
         result = verify_ledger(project.reports, saved, check_files=files, since=checkpoint)
     except AnchorError as exc:
@@ -55,6 +70,10 @@ def verify(
         for what, count in covered.predating.items():
             typer.echo(f"note: {count} item(s) not checked for {what}: they predate that "
                        f"check", err=True)
+    _report(result, saved, started)
+
+
+def _report(result: Any, saved: dict[str, Any] | None, started: float) -> None:
     took = time.perf_counter() - started
     for problem in result.problems:
         typer.echo(f"FAIL {problem}", err=True)

@@ -45,7 +45,7 @@ def approve(run_id: RunArg, env: EnvOption, approver: AsOption = None,
             comment: Annotated[str | None, typer.Option(help="Why.")] = None,
             sign: SignOption = None, diff: DiffOption = None) -> None:
     """Approve a run's release bundle for an environment."""
-    project = _project()
+    project = _project(write=True)
     _decide(project, _run_id(project, run_id), env, "approve", approver, comment, sign,
             diff)
 
@@ -77,7 +77,7 @@ def reject(run_id: RunArg, env: EnvOption,
            comment: Annotated[str, typer.Option(help="Why (required).")],
            approver: AsOption = None, sign: SignOption = None) -> None:
     """Reject a run's release bundle for an environment: the gate fails when the run resumes."""
-    project = _project()
+    project = _project(write=True)
     _decide(project, _run_id(project, run_id), env, "reject", approver, comment, sign)
 
 

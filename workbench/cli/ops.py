@@ -28,7 +28,7 @@ def rollback(
     from workbench.operations.rollback import RollbackError
     from workbench.operations.rollback import rollback as roll_back
 
-    project = _project()
+    project = _project(write=True)
     config = load_config(project.configs)
     try:
         record = roll_back(project, config, env, current(claimed), to=to, trigger="manual",

@@ -35,7 +35,7 @@ def validate() -> None:
     from workbench.config import PIPELINE_ENV_VAR, ConfigError, pipeline_names
     from workbench.pipeline.validate import load_and_validate, validation_warnings
 
-    project = _project()
+    project = _project(sync=False)
     selected = os.environ.get(PIPELINE_ENV_VAR) or None
     names: list[str | None] = [selected] if selected else [*pipeline_names(project.configs)]
     problems = []
@@ -93,7 +93,7 @@ def run(
     from workbench.pipeline.validate import load_and_validate
     from workbench.stage_graph import SelectionError, needed_upstream, select
 
-    project = _project()
+    project = _project(write=True)
     config = load_and_validate(project)
     given = overrides.from_command_line(project, config, params or [])
     if env not in config.environments:
@@ -145,7 +145,7 @@ def rerun(
 
     if not failed:
         raise UsageError("rerun needs --failed (to run everything again, use `workbench run`)")
-    project = _project()
+    project = _project(write=True)
     config = load_and_validate(project)
     earlier = run_record.load(project, _run_id(project, run_id))
     redo = {n for n, e in earlier.stages.items() if e.status in ("failed", "skipped")}
@@ -180,7 +180,7 @@ def resume(run_id: RunArg, as_json: Annotated[bool, typer.Option("--json")] = Fa
     with the configuration it started with; completed stages are not executed again."""
     from workbench.pipeline.runner import resume_run
 
-    project = _project()
+    project = _project(write=True)
     run_id = _run_id(project, run_id)
     record = _drive(lambda report: resume_run(project, run_id, report), as_json)
     _finish_run(record, junit=junit, summary=summary)
@@ -202,7 +202,7 @@ def promote(
     from workbench.cli.gates import _decide
     from workbench.pipeline.runner import resume_run
 
-    project = _project()
+    project = _project(write=True)
     run_id = _run_id(project, run_id)
     if approver is not None:
         _decide(project, run_id, to, "approve", approver, comment, sign)
