@@ -1,5 +1,7 @@
-"""An S3-protocol server on 127.0.0.1 for tests: moto's standalone server (``moto[server]``),
-which honours conditional writes (``If-None-Match: *`` and ``If-Match``) as S3 does.
+"""An S3-protocol server on 127.0.0.1 for tests: moto's server (``moto[server]``), which
+honours conditional writes (``If-None-Match: *`` and ``If-Match``) as S3 does, served by
+``tools/s3_serve.py`` so that those writes are also atomic under concurrency (moto alone
+checks and writes in two steps).
 
 Started as a subprocess, stopped by its PID; the environment variables a client needs
 (endpoint, throw-away credentials, region) come from :meth:`S3Server.env`.
@@ -63,9 +65,9 @@ class S3Server:
     def start(self, log: Path) -> S3Server:
         self.log = log
         handle = log.open("wb")
-        moto = Path(sys.executable).with_name("moto_server")
-        self.process = subprocess.Popen(  # noqa: S603 - our own venv's moto_server
-            [str(moto), "-H", "127.0.0.1", "-p", str(self.port)],
+        serve = Path(__file__).with_name("tools") / "s3_serve.py"
+        self.process = subprocess.Popen(  # noqa: S603 - our own launcher of moto's server
+            [sys.executable, str(serve), str(self.port)],
             stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **CREDENTIALS})
         deadline = time.monotonic() + 60
         while True:

@@ -330,6 +330,16 @@ def push_state(archive: RemoteArchive, run_id: str) -> None:
     _write_tag(folder, tag, digest)
 
 
+def save_state(reports: Path, run_id: str) -> None:
+    """After a run record was saved: write it to the shared archive too, if ``reports`` caches
+    one (a record saved without a ledger entry after it would otherwise stay on this machine
+    until the next append)."""
+    archive = attached(reports)
+    if archive is not None:
+        with FileLock(reports / ledger.LOCK_FILE, timeout=120):
+            push_state(archive, run_id)
+
+
 def adopt(archive: RemoteArchive) -> int:
     """Push a cache's whole ledger (and its files and run records) into an empty store:
     how a project that kept its archive locally moves to a shared one. Returns the entries."""

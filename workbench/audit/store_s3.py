@@ -41,7 +41,7 @@ class S3Store:
                 raise StoreError(f"archive.url {self.url}: an s3:// archive needs boto3 "
                                  f"(pip install 'workbench[s3]')") from exc
             config = Config(connect_timeout=5, read_timeout=30, max_pool_connections=32,
-                            retries={"max_attempts": 3, "mode": "standard"})
+                            retries={"max_attempts": 5, "mode": "standard"})
             self._client = boto3.session.Session().client(
                 "s3", endpoint_url=self.endpoint_url, config=config)
         return self._client

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from workbench.ci import github, gitlab, jenkins
 from workbench.ci.shape import Shape, plan
+from workbench.ci.shared import instructions
 from workbench.config import Config, ConfigError
 from workbench.stage_graph import gate_problems, graph_problems
 
@@ -31,12 +32,15 @@ class DefinitionExists(FileExistsError):
     """A definition is already there and ``force`` was not given."""
 
 
-def shape_of(config: Config, root: Path, install: str | None = None) -> Shape:
-    """The project's shape; its stage graph and gates must be valid (as `validate` checks)."""
+def shape_of(config: Config, root: Path, install: str | None = None,
+             tracking_uri_secret: bool = False, publish_site: str = "none") -> Shape:
+    """The project's shape; its stage graph and gates must be valid (as `validate` checks).
+    Raises :class:`workbench.ci.shape.NotShared` for an option that needs the shared state
+    (``archive.url`` and a tracking URI) in a project without it."""
     problems = graph_problems(config) or gate_problems(config)
     if problems:
         raise ConfigError(problems)
-    return plan(config, root, install)
+    return plan(config, root, install, tracking_uri_secret, publish_site)
 
 
 def render(shape: Shape, system: str) -> dict[str, str]:
@@ -45,11 +49,18 @@ def render(shape: Shape, system: str) -> dict[str, str]:
     return SYSTEMS[system](shape)
 
 
+def secrets_to_set(shape: Shape, system: str) -> list[str]:
+    """What to set in ``system``'s secret store for the jobs (names only; none without the
+    shared state)."""
+    return instructions(shape.shared, system) if shape.shared else []
+
+
 def init(root: Path, config: Config, system: str, force: bool = False,
-         install: str | None = None) -> tuple[list[Path], Shape]:
+         install: str | None = None, tracking_uri_secret: bool = False,
+         publish_site: str = "none") -> tuple[list[Path], Shape]:
     """Write ``system``'s definitions for the project at ``root``; never overwrite unless
     ``force``. Returns the files written and the shape they were generated from."""
-    shape = shape_of(config, root, install)
+    shape = shape_of(config, root, install, tracking_uri_secret, publish_site)
     files = render(shape, system)
     targets = [root / path for path in files]
     existing = [str(t.relative_to(root)) for t in targets if t.exists()]

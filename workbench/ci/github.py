@@ -1,19 +1,26 @@
 """GitHub Actions workflows for a project: the release (build, test, the first environment on
 every push, then each gated environment behind a GitHub environment with required reviewers)
-and, when the pipeline has stages before its first side effect, training on demand."""
+and, when the pipeline has stages before its first side effect, training on demand.
+
+Without shared state the jobs hand ``reports/`` and the embedded MLflow store to each other as
+artifacts; with it (:mod:`workbench.ci.shared`) they pass nothing, get the archive's and
+MLflow's credentials from repository secrets, and the report site can go to GitHub Pages."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from workbench.ci.shape import DEFAULT_BRANCH, PYTHON_VERSION, Promotion, Shape
-from workbench.ci.steps import COPY_CONFIG, security_script
+from workbench.ci.shared import instructions
+from workbench.ci.steps import COPY_CONFIG, SITE_COMMANDS, security_script, site_copy
 from workbench.ci.yamltext import dump
 
 RELEASE = ".github/workflows/workbench-release.yml"
 TRAIN = ".github/workflows/workbench-train.yml"
 ARTIFACT_PATHS = "reports/\n.workbench/mlflow/\n"
-FIXED_JOBS = {"build", "test", "train"}
+FIXED_JOBS = {"build", "test", "train", "site"}
+SITE_JOB = "site"
+PAGES_FOLDER = "_site"  # what the site job uploads to GitHub Pages
 # GitHub's expression for the job's own token (not a secret in this file)
 JOB_TOKEN = "${{ github.token }}"  # nosec B105
 
@@ -41,15 +48,56 @@ def _setup(shape: Shape) -> list[dict[str, Any]]:
             {"name": "Install", "run": shape.install}]
 
 
-def _upload(job: str) -> dict[str, Any]:
-    return {"name": "Upload reports", "if": "always()", "uses": "actions/upload-artifact@v4",
-            "with": {"name": f"workbench-{job}", "include-hidden-files": True,
-                     "path": ARTIFACT_PATHS}}
+def _upload(job: str) -> list[dict[str, Any]]:
+    return [{"name": "Upload reports", "if": "always()", "uses": "actions/upload-artifact@v4",
+             "with": {"name": f"workbench-{job}", "include-hidden-files": True,
+                      "path": ARTIFACT_PATHS}}]
 
 
-def _download(job: str) -> dict[str, Any]:
-    return {"uses": "actions/download-artifact@v4",
-            "with": {"name": f"workbench-{job}", "path": "."}}
+def _download(job: str) -> list[dict[str, Any]]:
+    return [{"uses": "actions/download-artifact@v4",
+             "with": {"name": f"workbench-{job}", "path": "."}}]
+
+
+# --- shared state: secrets instead of artifacts ---------------------------------------------
+
+
+def _secret(name: str) -> str:
+    return f"${{{{ secrets.{name} }}}}"
+
+
+def _secrets_env(shape: Shape) -> dict[str, str]:
+    """The job environment a workbench job gets from the repository secrets (a key file's
+    variable is set by :func:`_credential_files` instead)."""
+    if shape.shared is None:
+        return {}
+    return {s.name: _secret(s.name) for s in shape.shared.secrets if not s.file}
+
+
+def _credential_files(shape: Shape) -> list[dict[str, Any]]:
+    """A step writing each key-file secret to a file only the runner's user reads, outside
+    the checkout; the variable then holds the file's path (for the later steps)."""
+    files = [s.name for s in shape.shared.secrets if s.file] if shape.shared else []
+    if not files:
+        return []
+    lines = ["umask 077"]
+    for name in files:
+        lines += [f'if [ -n "${name}" ]; then',
+                  f'  printf \'%s\\n\' "${name}" > "$RUNNER_TEMP/{name}"',
+                  f'  echo "{name}=$RUNNER_TEMP/{name}" >> "$GITHUB_ENV"',
+                  "fi"]
+    return [{"name": "Credential files", "env": {name: _secret(name) for name in files},
+             "run": "\n".join(lines) + "\n"}]
+
+
+def _workbench_steps(shape: Shape) -> list[dict[str, Any]]:
+    """The setup of a job that runs workbench commands."""
+    return [*_setup(shape), *_credential_files(shape)]
+
+
+def _passing(shape: Shape, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``steps`` (an artifact upload or download) without shared state; none with it."""
+    return [] if shape.shared else steps
 
 
 def _tolerating_gate(command: str, shape: Shape, where: str) -> str:
@@ -63,15 +111,16 @@ def _tolerating_gate(command: str, shape: Shape, where: str) -> str:
             f'if [ "$code" -ne 0 ] && [ "$code" -ne 3 ]; then exit "$code"; fi\n')
 
 
-def _workflow(name: str, on: dict[str, Any], jobs: dict[str, Any], extra: dict[str, Any]
-              ) -> dict[str, Any]:
+def _workflow(shape: Shape, name: str, on: dict[str, Any], jobs: dict[str, Any],
+              extra: dict[str, Any]) -> dict[str, Any]:
+    # with shared state each workbench job gets MLflow's settings with its other secrets
+    tracking = {} if shape.shared else {"MLFLOW_TRACKING_URI": _secret("MLFLOW_TRACKING_URI")}
     return {
         "name": name,
         "on": on,
         "permissions": {"contents": "read", "id-token": "write"},
         **extra,
-        "env": {"PYTHON_VERSION": PYTHON_VERSION,
-                "MLFLOW_TRACKING_URI": "${{ secrets.MLFLOW_TRACKING_URI }}"},
+        "env": {"PYTHON_VERSION": PYTHON_VERSION, **tracking},
         "jobs": jobs,
     }
 
@@ -88,6 +137,8 @@ def _header(shape: Shape, what: str) -> str:
                      "approvals (actions: read), which GitHub vouches for.")
     lines.append("Exit codes: 0 success, 1 failed, 2 usage or config error, "
                  "3 awaiting approval.")
+    if shape.shared:
+        lines += instructions(shape.shared, "github")
     return "\n".join(lines)
 
 
@@ -122,6 +173,13 @@ def release(shape: Shape) -> str:
                               waits=index == 0)
         comments[job] = _gated_comment(shape, promotion)
         previous = job
+    if shape.site:
+        jobs[SITE_JOB] = site_job(shape, base)
+        comments[SITE_JOB] = (f"site: the report site, built from the whole archive, on GitHub "
+                              f"Pages after {shape.base} on {DEFAULT_BRANCH} (whatever its "
+                              f"outcome)" + (f": what the reviewers of the "
+                                             f"{shape.promotions[0].environment} gate browse" if
+                                             shape.promotions else "") + ".")
     branches = list(dict.fromkeys(
         [shape.base, *(p.environment for p in shape.promotions[:-1]), DEFAULT_BRANCH]))
     what = (f"The release: {'build, ' if build is not None else ''}test, then {shape.base} on "
@@ -129,7 +187,12 @@ def release(shape: Shape) -> str:
                              f"their GitHub environments with required reviewers (Settings > "
                              f"Environments), each approval recorded with workbench"
                              if shape.promotions else "") + ".")
-    workflow = _workflow("workbench release",
+    if shape.site:
+        what += (f" The report site goes to GitHub Pages after {shape.base} on "
+                 f"{DEFAULT_BRANCH} (Settings > Pages > Source: GitHub Actions); later "
+                 f"promotions show at its next publish (the next push, or re-run the site "
+                 f"job).")
+    workflow = _workflow(shape, "workbench release",
                          {"push": {"branches": branches}, "pull_request": None}, jobs,
                          {"concurrency": {"group": "workbench-release-${{ github.ref }}",
                                           "cancel-in-progress": False}})
@@ -206,14 +269,15 @@ def run_job(shape: Shape, job: str, needs: str, condition: str | None, title: st
     spec["runs-on"] = "ubuntu-latest"
     spec["outputs"] = {"run_id": "${{ steps.run.outputs.run_id }}",
                        "status": "${{ steps.run.outputs.status }}"}
+    env = {**(env or {}), **_secrets_env(shape)}
     if env:
         spec["env"] = env
-    steps = _setup(shape)
+    steps = _workbench_steps(shape)
     if download:
-        steps.append(_download(download))
+        steps += _passing(shape, _download(download))
     steps.append({"name": title, "id": "run",
                   "run": _tolerating_gate(command, shape, shape.base)})
-    steps.append(_upload(job))
+    steps += _passing(shape, _upload(job))
     spec["steps"] = steps
     return spec
 
@@ -254,10 +318,32 @@ def gated_job(shape: Shape, promotion: Promotion, source: str, previous: str, co
         "env": {"RUN_ID": f"${{{{ needs.{source}.outputs.run_id }}}}",
                 "GH_TOKEN": JOB_TOKEN,
                 "ENVIRONMENT_APPROVALS": "repos/${{ github.repository }}/actions/runs/"
-                                         "${{ github.run_id }}/approvals"},
-        "steps": [*_setup(shape), _download(previous),
+                                         "${{ github.run_id }}/approvals",
+                **_secrets_env(shape)},
+        "steps": [*_workbench_steps(shape), *_passing(shape, _download(previous)),
                   {"name": "Record the environment's approvals", "run": record},
-                  step, _upload(job)],
+                  step, *_passing(shape, _upload(job))],
+    }
+
+
+def site_job(shape: Shape, after: str) -> dict[str, Any]:
+    """The report site, built from the whole shared archive, deployed to GitHub Pages after
+    the job ``after`` on the default branch (whatever that job's outcome, unless skipped)."""
+    return {
+        "needs": after,
+        "if": f"github.event_name == 'push' && github.ref == 'refs/heads/{DEFAULT_BRANCH}' "
+              f"&& !cancelled() && needs.{after}.result != 'skipped'",
+        "runs-on": "ubuntu-latest",
+        "permissions": {"contents": "read", "pages": "write", "id-token": "write"},
+        "environment": {"name": "github-pages", "url": "${{ steps.deploy.outputs.page_url }}"},
+        "env": _secrets_env(shape),
+        "steps": [*_workbench_steps(shape),
+                  {"name": "Build the site from the archive",
+                   "run": "".join(f"workbench {c}\n" for c in SITE_COMMANDS)
+                          + site_copy(PAGES_FOLDER) + "\n"},
+                  {"uses": "actions/upload-pages-artifact@v3",
+                   "with": {"path": f"{PAGES_FOLDER}/"}},
+                  {"id": "deploy", "uses": "actions/deploy-pages@v4"}],
     }
 
 
@@ -297,14 +383,14 @@ def train(shape: Shape) -> str:
         "outputs": {"run_id": "${{ steps.train.outputs.run_id }}",
                     "status": "${{ steps.train.outputs.status }}"},
         "env": {"MODEL_CONFIG": "${{ inputs.config }}",
-                "NOTIFY_URL": "${{ secrets.WORKBENCH_NOTIFY_URL }}"},
-        "steps": [*_setup(shape),
+                "NOTIFY_URL": "${{ secrets.WORKBENCH_NOTIFY_URL }}", **_secrets_env(shape)},
+        "steps": [*_workbench_steps(shape),
                   {"name": "Validate the config", "run": f"{COPY_CONFIG}\nworkbench validate\n"},
                   {"name": f"Train ({stages})", "id": "train",
                    "run": f"workbench run --env {shape.base} --until {shape.train_until} "
                           f"--junit reports/junit-train.xml --summary reports/summary.md"},
                   {"name": "Notify", "if": "always()", "run": NOTIFY},
-                  _upload("train")]}}
+                  *_passing(shape, _upload("train"))]}}
     comments = {"train": f"train: the stages before the first side effect ({stages}; "
                          f"`--until {shape.train_until}`), then a notification."}
     if shape.promotions and shape.first_side_effect:
@@ -332,5 +418,6 @@ def train(shape: Shape) -> str:
     what = (f"Train a model on demand (Actions > Run workflow): validate the config, run "
             f"{stages}, notify" + (", then continue the release up to the chosen environment."
                                    if shape.promotions else "."))
-    workflow = _workflow("workbench train", {"workflow_dispatch": {"inputs": inputs}}, jobs, {})
+    workflow = _workflow(shape, "workbench train", {"workflow_dispatch": {"inputs": inputs}},
+                         jobs, {})
     return dump(workflow, _header(shape, what), comments)

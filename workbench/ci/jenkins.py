@@ -1,10 +1,15 @@
 """A declarative Jenkinsfile for a project: install, build, test, the first environment, then
-each gated environment behind an ``input`` step whose submitter is recorded as the approver."""
+each gated environment behind an ``input`` step whose submitter is recorded as the approver.
+
+With shared state (:mod:`workbench.ci.shared`) the credentials are bound from Jenkins
+credentials of the same names, the build archives no ``reports/`` (the shared archive holds
+it), and the report site can be published with the HTML Publisher plugin."""
 
 from __future__ import annotations
 
 from workbench.ci.shape import DEFAULT_BRANCH, Promotion, Shape
-from workbench.ci.steps import COPY_CONFIG, security_script
+from workbench.ci.shared import instructions
+from workbench.ci.steps import COPY_CONFIG, SITE_COMMANDS, SITE_TITLE, security_script
 from workbench.ci.yamltext import wrap
 
 PATH = "Jenkinsfile"
@@ -65,6 +70,8 @@ def jenkinsfile(shape: Shape) -> str:
         "        env.RUN_ID = readFile('workbench.env').readLines().find { "
         "it.startsWith('WORKBENCH_RUN_ID=') }.split('=', 2)[1]",
         "    }", "}"])
+    if shape.site:
+        stages += _site_stage(training)
     for promotion in shape.promotions:
         stages += _gated_stage(shape, promotion, training)
     header = _header(shape, training)
@@ -79,13 +86,15 @@ def jenkinsfile(shape: Shape) -> str:
              "        disableConcurrentBuilds()", "        timestamps()", "    }"]
     if parameters:
         lines += ["    parameters {", *(f"        {p}" for p in parameters), "    }"]
+    # with shared state the archive keeps reports/: the build keeps its summary and run id
+    kept = "reports/summary.md, workbench.env" if shape.shared else "reports/**, workbench.env"
     lines += ["    environment {", '        WORKBENCH = "${WORKSPACE}/.venv/bin/workbench"',
-              "        WORKBENCH_DOTENV = 'workbench.env'", "    }", "    stages {",
-              *(f"        {line}" for line in stages), "    }", "    post {",
+              "        WORKBENCH_DOTENV = 'workbench.env'", *_credentials(shape), "    }",
+              "    stages {", *(f"        {line}" for line in stages), "    }", "    post {",
               "        always {",
               "            junit allowEmptyResults: true, testResults: 'reports/junit-*.xml'",
               "            archiveArtifacts allowEmptyArchive: true, "
-              "artifacts: 'reports/**, workbench.env'",
+              f"artifacts: '{kept}'",
               "        }", "    }", "}"]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
@@ -102,9 +111,41 @@ def _header(shape: Shape, training: bool) -> list[str]:
     if training:
         text.append(f"TRAIN_ONLY runs {', '.join(shape.train_stages)} "
                     f"(`--until {shape.train_until}`).")
+    if shape.site:
+        text.append(f"The report site ({SITE_TITLE}, HTML Publisher plugin) is built from the "
+                    f"whole archive after {shape.base} on {DEFAULT_BRANCH}. Jenkins' default "
+                    f"Content-Security-Policy blocks the site's scripts (the tables still "
+                    f"show; filtering and sorting need a relaxed policy or a resource root "
+                    f"URL).")
     text.append("Exit codes: 0 success, 1 failed, 2 usage or config error, "
                 "3 awaiting approval.")
+    if shape.shared:
+        text += instructions(shape.shared, "jenkins")
     return [f"// {line}" for line in wrap("\n".join(text), 95)]
+
+
+def _credentials(shape: Shape) -> list[str]:
+    """``environment {}`` lines binding each secret from the Jenkins credential of its name (a
+    Secret file's variable holds the file's path); optional ones commented out (binding a
+    credential that does not exist fails the build)."""
+    if shape.shared is None:
+        return []
+    lines = [f"        {s.name} = credentials({quote(s.name)})" for s in shape.shared.required]
+    lines += [f"        // {s.name} = credentials({quote(s.name)})  // optional: {s.purpose}"
+              for s in shape.shared.optional]
+    return lines
+
+
+def _site_stage(training: bool) -> list[str]:
+    """The report site from the whole shared archive, published on the build's page."""
+    branch = f"branch {quote(DEFAULT_BRANCH)}"
+    when = (["when {", "    allOf {", "        expression { !params.TRAIN_ONLY }",
+             f"        {branch}", "    }", "}"] if training else [f"when {{ {branch} }}"])
+    publish = (f"publishHTML(target: [reportName: {quote(SITE_TITLE)}, reportDir: 'reports', "
+               "reportFiles: 'index.html', keepAll: false, alwaysLinkToLastBuild: true, "
+               "allowMissing: false])")
+    steps = _steps(*(f'"$WORKBENCH" {command}' for command in SITE_COMMANDS))
+    return _stage("Site", [*when, *steps[:-1], f"    {publish}", steps[-1]])
 
 
 def _gated_stage(shape: Shape, promotion: Promotion, training: bool) -> list[str]:

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from workbench.ci.shared import Shared, shared_state
 from workbench.config import Config
 from workbench.stage_graph import stage_order
 
@@ -26,6 +27,9 @@ PYTHON_VERSION = "3.11"
 # built from the project's Dockerfiles when it has them: image name -> Dockerfile
 IMAGES = {"workbench-serve": "configs/docker/serve.Dockerfile",
           "workbench-runner": "configs/docker/runner.Dockerfile"}
+# how the report site is published (`ci init --publish-site`): to the CI's own static pages
+# (GitHub Pages, GitLab Pages, Jenkins' HTML publisher), or not at all
+PUBLISH_SITE = ("pages", "none")
 # top-level folders that are not the project's own code (bandit skips them)
 NOT_CODE = {"tests", "test", "notebooks", "configs", "reports", "build", "dist", "venv",
             "env", "node_modules", "site-packages"}
@@ -61,6 +65,10 @@ class Shape:
     bandit_config: bool  # pyproject.toml has [tool.bandit]
     audit: str  # the pip-audit command for the project's dependencies
     notes: tuple[str, ...] = field(default=())  # for the user, printed by `ci init`
+    # the archive and MLflow the jobs share (None: they pass reports/ and the embedded MLflow
+    # store as artifacts)
+    shared: Shared | None = None
+    site: bool = False  # publish the report site from the shared archive
 
     @property
     def train_stages(self) -> tuple[str, ...]:
@@ -79,9 +87,27 @@ class Shape:
         return self.promotions[index] if index < len(self.promotions) else None
 
 
-def plan(config: Config, root: Path, install: str | None = None) -> Shape:
+class NotShared(ValueError):
+    """An option that needs the shared state, for a project without it."""
+
+
+def plan(config: Config, root: Path, install: str | None = None,
+         tracking_uri_secret: bool = False, publish_site: str = "none") -> Shape:
     """The shape of the project at ``root`` whose configuration is ``config``; ``install``
-    replaces the install command found from the repository's files."""
+    replaces the install command found from the repository's files; ``tracking_uri_secret``:
+    MLflow's tracking URI comes from the ``MLFLOW_TRACKING_URI`` secret; ``publish_site``:
+    one of :data:`PUBLISH_SITE` (needs the shared state)."""
+    if publish_site not in PUBLISH_SITE:
+        raise ValueError(f"publish_site {publish_site!r}: expected one of {PUBLISH_SITE}")
+    if tracking_uri_secret and config.pipeline.archive.url is None:
+        raise NotShared("--tracking-uri-secret: configs/pipeline.yaml has no archive.url, so "
+                        "the jobs pass reports/ and the MLflow store as artifacts; set "
+                        "archive.url to share them")
+    shared, shared_notes = shared_state(config, tracking_uri_secret)
+    if publish_site != "none" and shared is None:
+        raise NotShared(f"--publish-site {publish_site}: the site is built from the shared "
+                        f"archive; configs/pipeline.yaml needs archive.url and "
+                        f"mlflow.tracking_uri (or --tracking-uri-secret)")
     order = stage_order(config)
     gates = {s.gate: s.name for s in config.pipeline.stages if s.gate}
     base = next((e for e in config.environments
@@ -96,17 +122,30 @@ def plan(config: Config, root: Path, install: str | None = None) -> Shape:
     first_effect = next((n for n in order if config.stage(n).side_effect), None)
     before = order[:order.index(first_effect)] if first_effect else order
     until = before[-1] if before else None  # no side effect at all: the whole pipeline
-    notes: list[str] = []
+    notes: list[str] = list(shared_notes)
     if until is None:
         notes.append(f"no train-only run: the first stage, {first_effect}, acts on the world "
                      f"({config.stage(order[0]).side_effect})")
     pyproject = _read_pyproject(root)
-    command, installed = install_command(root, pyproject, install)
+    extra = shared.extra if shared else None
+    command, installed = install_command(root, pyproject, install, extra)
     dist, _ = workbench_distribution()
     if not (installed & {_normal(dist), "workbench"}) and install is None \
             and (root / "requirements.txt").is_file():
         notes.append(f"requirements.txt does not name {dist}: the CI jobs run `workbench`, "
                      f"so add it there (or pass --install)")
+    if shared and shared.extra and shared.package and not (
+            installed & {shared.package, f"{_normal(dist)}[{shared.extra}]",
+                         f"workbench[{shared.extra}]"}):
+        where = "requirements.txt" if (root / "requirements.txt").is_file() \
+            else "the project's dependencies"
+        notes.append(f"the install does not bring {shared.package}, which the archive "
+                     f"{shared.archive} needs: name {dist}[{shared.extra}] in {where} (or "
+                     f"pass --install)")
+    if shared and publish_site == "none":
+        notes.append("the report site is not published: `--publish-site pages` publishes it "
+                     "from the archive (GitHub Pages are public unless your plan restricts "
+                     "them; see README, CI with shared state)")
     return Shape(
         pipeline=config.pipeline.name, stages=tuple(order),
         environments=tuple(config.environments), base=base, promotions=promotions,
@@ -120,18 +159,19 @@ def plan(config: Config, root: Path, install: str | None = None) -> Shape:
         bandit_config="bandit" in pyproject.get("tool", {}),
         audit=("pip-audit -r requirements.txt" if (root / "requirements.txt").is_file()
                else "pip-audit"),
-        notes=tuple(notes),
+        notes=tuple(notes), shared=shared, site=publish_site == "pages",
     )
 
 
 # --- installing the project -----------------------------------------------------------------
 
 
-def install_command(root: Path, pyproject: dict[str, Any], override: str | None = None
-                    ) -> tuple[str, set[str]]:
+def install_command(root: Path, pyproject: dict[str, Any], override: str | None = None,
+                    extra: str | None = None) -> tuple[str, set[str]]:
     """The command that installs the project, and the (normalised) names of what it installs
-    as far as the repository tells: requirements.txt, else pyproject.toml (with its ``test``
-    extra when it has one), else workbench itself from the package index."""
+    as far as the repository tells (``name[extra]`` too, for a requirement with extras):
+    requirements.txt, else pyproject.toml (with its ``test`` extra when it has one), else
+    workbench itself from the package index (with ``extra``, e.g. ``s3``, when given)."""
     if override is not None:
         command = override
     elif (root / "requirements.txt").is_file():
@@ -142,8 +182,9 @@ def install_command(root: Path, pyproject: dict[str, Any], override: str | None 
             "python -m pip install ."
     else:
         dist, version = workbench_distribution()
-        command = f'python -m pip install "{dist}=={version}"' if version else \
-            f"python -m pip install {dist}"
+        wanted = f"{dist}[{extra}]" if extra else dist
+        command = f'python -m pip install "{wanted}=={version}"' if version else \
+            f'python -m pip install "{wanted}"' if extra else f"python -m pip install {dist}"
     return command, installed_names(root, pyproject, command)
 
 
@@ -171,15 +212,16 @@ def installed_names(root: Path, pyproject: dict[str, Any], command: str) -> set[
             names |= requirement_names(root / word.split("=", 1)[-1].removeprefix("-r"))
         elif word == "." or word.startswith((".[", "./[")):
             project = pyproject.get("project", {})
-            names |= {_name(r) for r in project.get("dependencies", [])}
+            for requirement in project.get("dependencies", []):
+                names |= _names(requirement)
             wanted = re.findall(r"[\w.-]+", word.partition("[")[2])
             for extra in wanted:
-                names |= {_name(r) for r in
-                          project.get("optional-dependencies", {}).get(extra, [])}
+                for requirement in project.get("optional-dependencies", {}).get(extra, []):
+                    names |= _names(requirement)
             if "name" in project:
                 names.add(_normal(project["name"]))
         elif not word.startswith("-"):
-            names.add(_name(word))
+            names |= _names(word)
     return names - {""}
 
 
@@ -197,13 +239,21 @@ def requirement_names(path: Path, seen: set[Path] | None = None) -> set[str]:
         if line.startswith(("-r ", "--requirement ")):
             names |= requirement_names(path.parent / line.split(None, 1)[1], seen)
         elif not line.startswith("-"):
-            names.add(_name(line))
+            names |= _names(line)
     return names
 
 
 def _name(requirement: str) -> str:
     match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
     return _normal(match.group(1)) if match else ""
+
+
+def _names(requirement: str) -> set[str]:
+    """A requirement's name, and ``name[extra]`` for each extra it asks for."""
+    name = _name(requirement)
+    match = re.match(r"\s*[A-Za-z0-9][A-Za-z0-9._-]*\s*\[([^\]]*)\]", requirement)
+    extras = re.findall(r"[\w.-]+", match.group(1)) if match and name else []
+    return {name, *(f"{name}[{_normal(e)}]" for e in extras)}
 
 
 def _normal(name: str) -> str:

@@ -16,3 +16,14 @@ def security_script(shape: Shape) -> str:
         lines.append(f"bandit -q{config} -r {' '.join(shape.bandit_paths)}")
     lines.append(shape.audit)
     return "\n".join(lines) + "\n"
+
+
+# the site job: the whole shared archive into reports/, then the site built from it
+SITE_COMMANDS = ("archive pull", "reports build")
+SITE_TITLE = "Report site"
+
+
+def site_copy(folder: str) -> str:
+    """reports/ copied to ``folder`` for static pages, without its hidden files (the site's
+    private state; the report server never serves them either)."""
+    return f"rm -rf {folder} && mkdir {folder} && cp -R reports/* {folder}/"

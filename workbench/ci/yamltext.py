@@ -61,7 +61,14 @@ def dump(data: dict[str, Any], header: str, comments: dict[str, str] | None = No
 
 
 def wrap(text: str, width: int) -> list[str]:
-    """Each paragraph line of ``text`` wrapped to ``width`` (words and backquotes kept)."""
+    """Each paragraph line of ``text`` wrapped to ``width`` (words and backquotes kept); an
+    indented line's continuations are indented two spaces more."""
     return [part for line in text.splitlines()
             for part in (textwrap.wrap(line, width, break_long_words=False,
-                                       break_on_hyphens=False) or [""])]
+                                       break_on_hyphens=False,
+                                       subsequent_indent=_indent(line)) or [""])]
+
+
+def _indent(line: str) -> str:
+    leading = line[:len(line) - len(line.lstrip(" "))]
+    return leading + "  " if leading else ""

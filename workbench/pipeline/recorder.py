@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import run_record
-from workbench.audit import ledger
+from workbench.audit import ledger, remote
 from workbench.audit.redact import Secrets
 from workbench.digests import file_sha256
 from workbench.events import AliasMoved, Bus, Deployed, RunRecorded, StageRecorded
@@ -39,7 +39,9 @@ class Recorder:
     def save(self) -> Path:
         """Save the run record as it is now (a status change with no ledger entry)."""
         with self._lock:
-            return run_record.save(self.project, self.record)
+            path = run_record.save(self.project, self.record)
+            remote.save_state(self.project.reports, self.record.id)
+            return path
 
     # ---------------------------------------------------------------- run events
 
@@ -65,6 +67,7 @@ class Recorder:
                 self._append("run_record_saved", actor.model_dump(),
                              {"status": record.status, "record_sha256": digest})
             run_record.save(self.project, record, body)
+            remote.save_state(self.project.reports, record.id)
         self.bus.emit(RunRecorded(project=self.project, record=record))
 
     def run_recovered(self, actor: Identity, notes: list[str]) -> dict[str, Any]:

@@ -26,10 +26,12 @@ from filelock import FileLock, Timeout
 
 from workbench import gitinfo, identity, run_record
 from workbench.audit import archive, ledger
+from workbench.audit.object_store import StoreError
 from workbench.audit.redact import SecretError, Secrets
+from workbench.audit.remote import RemoteError
 from workbench.clock import utc_now
 from workbench.config import PIPELINE_ENV_VAR, Config, pipeline_names
-from workbench.errors import WorkbenchError
+from workbench.errors import EXIT_FAILED, WorkbenchError
 from workbench.events import Bus, CallbackListener, RunFinished, RunStarted, standard_listeners
 from workbench.execution import forked_calls, kernel_output
 from workbench.pipeline import recover
@@ -42,6 +44,13 @@ from workbench.run_record import RunRecord
 from workbench.stage_graph import needed_upstream, stage_order
 
 RUN_LOCK = ".run.lock"
+
+
+class SharedArchiveLost(WorkbenchError, RuntimeError):
+    """The shared archive stopped answering (or refused a write) during a run: the run is
+    kept resumable, exactly as after a crash of this process."""
+
+    exit_code = EXIT_FAILED
 
 
 class ResumeError(WorkbenchError, RuntimeError):
@@ -371,6 +380,13 @@ def _execute(project: Project, config: Config, recorder: Recorder, actor: identi
     try:
         with kernel_environment(_kernel_env(project, config, record)):
             scheduler.run()
+    except (StoreError, RemoteError) as exc:  # the shared archive failed: as after a crash,
+        # the record keeps saying "running" (what this machine wrote stays in reports/), and
+        # `workbench resume` recovers the run once the store answers again
+        archive.remove_staging(project, record.id)
+        raise SharedArchiveLost(f"{exc.user_message()}\nrun {record.id} stopped; nothing "
+                                f"written is lost: `workbench resume {record.id}` continues "
+                                f"it once the store answers") from exc
     except BaseException:  # Ctrl-C or a crash of ours: the record must not say "running"
         for name, entry in record.stages.items():
             if entry.status == "running":
