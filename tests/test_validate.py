@@ -136,8 +136,8 @@ CASES: dict[str, Case] = {
         "invalid YAML: found character '\\t' that cannot start any token"),
     "unknown-top-level-key": Case(
         edit_pipeline(lambda data: data.__setitem__("version", 2)), PIPELINE, "version",
-        "unknown key; expected one of ['name', 'mlflow', 'secrets', 'notifications', 'retry', "
-        "'attestation', 'stages']"),
+        "unknown key; expected one of ['name', 'mlflow', 'archive', 'secrets', 'notifications', "
+        "'retry', 'attestation', 'stages']"),
     "unknown-stage-key-typo": Case(
         rename_stage_key("evaluate", "parameters", "paramters"), PIPELINE,
         "stages[1](evaluate).paramters",

@@ -374,9 +374,15 @@ class Pipeline(Strict):
         return stage.retry.merged(self.retry)
 
 
+MANUAL_PAUSE = "manual"
+
+
 class CanaryStep(Strict):
     """One step of a canary: the candidate's share of requests (percent), then how long its
-    traffic is watched before the analysis decides (``pause``: a duration)."""
+    traffic is watched before the analysis decides (``pause``: a duration), or ``manual``:
+    the step holds (its analysis still running, a breach still aborting) until a person
+    promotes or aborts it (``workbench canary promote|abort``, under the environment's
+    approval policy)."""
 
     weight: Annotated[float, Field(gt=0, le=100)]
     pause: str = "30s"
@@ -384,12 +390,24 @@ class CanaryStep(Strict):
     @field_validator("pause")
     @classmethod
     def _duration(cls, value: str) -> str:
-        parse_duration(value)
+        if value.strip() == MANUAL_PAUSE:
+            return MANUAL_PAUSE
+        try:
+            parse_duration(value)
+        except ValueError:
+            raise ValueError(f"expected a duration such as 30s, 5m or 1h, or {MANUAL_PAUSE!r} "
+                             f"(hold until promoted or aborted), got {value!r}") from None
         return value
 
     @property
+    def manual(self) -> bool:
+        """The step holds until a promote or abort decision."""
+        return self.pause == MANUAL_PAUSE
+
+    @property
     def pause_s(self) -> float:
-        return parse_duration(self.pause)
+        """The pause in seconds (a manual step: infinite; it ends on a decision)."""
+        return float("inf") if self.manual else parse_duration(self.pause)
 
 
 class CanaryAnalysis(Strict):

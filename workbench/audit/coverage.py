@@ -8,22 +8,30 @@ nothing the ledger does not account for, and that every record beside it is the 
 - every other file under a run folder must be named by a ledger entry (notebooks, attempts,
   rendered pages), apart from what is regenerated or private: the site's ``index.html``, the
   run's lock, the record folders' locks and the reviewers' working copies in ``reviews/``;
-- every approver's SSH signature must verify (:mod:`workbench.audit.approval_signatures`).
+- every approver's SSH signature must verify (:mod:`workbench.audit.approval_signatures`);
+- the decisions on canaries held at a manual step (``canary/<env>/``, one journal per
+  environment) are record folders too: every file named by a ledger entry with its current
+  digest; a signed accepted decision of a rollout that ran in a run must verify against that
+  run's ``allowed_signers`` (one outside a run has no snapshot to check it against offline: a
+  note), and an unsigned one must not be accepted where that run's policy requires signatures.
 
 Archives written before a check existed (no ``record_sha256``, pages rendered before they were
 recorded) are not failed by it: each is counted as predating that check.
 
 An incremental verify (``--since``) checks only the folders of the runs with entries after its
-checkpoint (and ``rollbacks/`` and ``drift/`` as always), with an index of just what those need
-(``ledger.index(reports, runs)``).
+checkpoint (and ``rollbacks/``, ``drift/`` and ``canary/`` as always), with an index of just what
+those need (``ledger.index(reports, runs)``; the entries naming ``canary/`` files are found by
+a search of the ledger's bytes when that index leaves them out).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from workbench.audit import approval_signatures
+from workbench.audit import approval_signatures, ledger
 from workbench.audit.ledger import LedgerIndex
 from workbench.digests import file_sha256
 
@@ -31,6 +39,7 @@ RECORD_FOLDERS = ("approvals", "promotions")
 UNRECORDED = frozenset({"index.html", ".run.lock", "run.json"})  # regenerated, or checked apart
 LOCKS = frozenset({".lock"})
 REVIEWS = "reviews"  # a reviewer's working copy of the approval notebook, saved as they work
+CANARY = "canary"  # canary/<env>/: decisions on canaries held at a manual step
 
 
 @dataclass
@@ -47,6 +56,7 @@ def check(reports: Path, index: LedgerIndex, runs: set[str] | None = None) -> Co
     found = Coverage()
     _record_folder(reports, reports / "rollbacks", index, found)
     _record_folder(reports, reports / "drift", index, found)
+    _canary_folders(reports, index, found, incremental=runs is not None)
     renders = [e.get("seq") or 0 for entries in index.by_run.values() for e in entries
                if e.get("event") == "stage_rendered"]
     first_render = min(renders, default=None)  # pages recorded since this ledger entry
@@ -166,3 +176,116 @@ def _run_record(reports: Path, folder: Path, index: LedgerIndex, found: Coverage
     if file_sha256(path) != digest:
         found.problems.append(f"reports/{_relative(reports, path)}: content changed since the "
                               f"run recorded it (seq {seq})")
+
+
+def _canary_folders(reports: Path, index: LedgerIndex, found: Coverage,
+                    incremental: bool) -> None:
+    """Each environment's canary decisions: covered by the ledger, signatures verified."""
+    root = reports / CANARY
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not folders:
+        return
+    if incremental and CANARY not in getattr(ledger, "RECORD_ROOTS", ()):
+        index = _with_entries_naming(reports, CANARY, index)
+    for folder in folders:
+        _record_folder(reports, folder, index, found)
+        _canary_signatures(reports, folder, found)
+    for path in sorted(p for p in root.iterdir() if not p.is_dir()):
+        if path.name not in LOCKS:
+            found.problems.append(f"reports/{_relative(reports, path)}: in no ledger entry "
+                                  f"(canary/ holds one folder per environment)")
+
+
+def _with_entries_naming(reports: Path, root: str, index: LedgerIndex) -> LedgerIndex:
+    """``index`` plus the files of every ledger entry naming a file under ``root/`` (the lines
+    are found by a search of the ledger's bytes; only those are parsed)."""
+    pattern = json.dumps(f"{root}/")[:-1].encode()  # how canonical JSON starts such a name
+    files = dict(index.files)
+    path = ledger.ledger_path(reports)
+    if not path.exists():
+        return index
+    carry = b""
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(ledger.CHUNK), b""):
+            block = carry + chunk
+            cut = block.rfind(b"\n") + 1
+            carry, block = block[cut:], block[:cut]
+            at = block.find(pattern)
+            while at >= 0:
+                start, end = block.rfind(b"\n", 0, at) + 1, block.find(b"\n", at)
+                _note_files(block[start:end], root, files)
+                at = block.find(pattern, end)
+    return LedgerIndex(files=files, by_run=index.by_run)
+
+
+def _note_files(line: bytes, root: str, files: dict[str, tuple[str, int]]) -> None:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return
+    named = entry.get("files") if isinstance(entry, dict) else None
+    if isinstance(named, dict):
+        for name, digest in named.items():
+            if str(name).startswith(f"{root}/"):
+                files[str(name)] = (str(digest), int(entry.get("seq") or 0))
+
+
+def _canary_signatures(reports: Path, folder: Path, found: Coverage) -> None:
+    """The SSH signatures of one environment's canary decisions (the rules of
+    :mod:`workbench.audit.approval_signatures`, against the rollout's run's snapshot)."""
+    from workbench import signatures
+    from workbench.identity import VOUCHED_SOURCES
+
+    snapshots: dict[str, tuple[str, Any]] = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # named by the coverage check
+        if not isinstance(record, dict) or record.get("accepted") is not True:
+            continue  # a refused attempt never counted
+        name = f"reports/{_relative(reports, path)}"
+        approver = record.get("approver") if isinstance(record.get("approver"), dict) else {}
+        who = str((approver or {}).get("name"))
+        run_id = record.get("run_id")
+        if not isinstance(run_id, str) or not run_id:
+            if record.get("signature") is not None:
+                found.notes.append(f"{name}: signed by {who!r} during a rollout outside a run: "
+                                   f"no configuration snapshot to check it against offline")
+            continue
+        if run_id not in snapshots:
+            snapshots[run_id] = _snapshot(reports / "runs" / run_id)
+        signers, gates = snapshots[run_id]
+        seal = record.get("signature")
+        environment = str(record.get("environment"))
+        if seal is None:
+            required = gates is not None and environment in gates.policies \
+                and gates.requires_signature(environment)
+            if required and (approver or {}).get("source") not in VOUCHED_SOURCES:
+                found.problems.append(f"{name}: accepted without a signature from {who!r}, but "
+                                      f"the {environment} policy requires one")
+            continue
+        try:
+            signature = signatures.Signature.model_validate(seal)
+        except ValueError:
+            found.problems.append(f"{name}: its signature is not one (format, namespace, "
+                                  f"armored text)")
+            continue
+        # what governance.canary_control.signed_message signs: the step digest as the bundle
+        message = signatures.message({**record, "bundle_digest": record.get("step_digest"),
+                                      "diff_digest": None})
+        problem = signatures.verify(message, signature, who, signers)
+        if problem is not None:
+            found.problems.append(f"{name}: signature of {who!r} does not verify: {problem}")
+
+
+def _snapshot(folder: Path) -> tuple[str, Any]:
+    """A run's allowed signers text and approval policies as configured at its start."""
+    from workbench.config import ConfigError, parse_config
+
+    try:
+        sources = json.loads((folder / "run.json").read_text(encoding="utf-8"))["config"]
+        config = parse_config(dict(sources))
+    except (OSError, ValueError, KeyError, TypeError, ConfigError):
+        return "", None
+    return config.signers, config.gates

@@ -31,7 +31,7 @@ class StoreError(WorkbenchError, RuntimeError):
     exit_code = EXIT_USAGE
 
 
-class PreconditionFailed(Exception):
+class LostRace(Exception):
     """A conditional write lost: the object exists (create) or changed (replace). Not an
     error for a person: the caller re-reads and retries, or reports a conflict."""
 
@@ -46,11 +46,11 @@ class ObjectStore(Protocol):
         """The object's bytes and its version tag (ETag), or None if there is none."""
 
     def put_new(self, key: str, data: bytes) -> str:
-        """Create ``key``; :class:`PreconditionFailed` if it exists. Returns its tag."""
+        """Create ``key``; :class:`LostRace` if it exists. Returns its tag."""
 
     def put(self, key: str, data: bytes, if_match: str | None = None) -> str:
         """Write ``key`` (only if its tag is still ``if_match``, when given: otherwise
-        :class:`PreconditionFailed`). Returns the new tag."""
+        :class:`LostRace`). Returns the new tag."""
 
     def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
         """Keys under ``prefix`` after ``start_after``, in order, page by page."""

@@ -37,7 +37,7 @@ from filelock import FileLock
 
 from workbench.atomic import write_bytes
 from workbench.audit import ledger
-from workbench.audit.object_store import ObjectStore, PreconditionFailed, open_store
+from workbench.audit.object_store import LostRace, ObjectStore, open_store
 from workbench.digests import canonical, file_sha256
 from workbench.errors import EXIT_FAILED, WorkbenchError
 
@@ -270,7 +270,7 @@ def append_locked(archive: RemoteArchive, path: Path, body: dict[str, Any]) -> d
         line = canonical(entry) + b"\n"
         try:
             archive.store.put_new(entry_key(entry["seq"]), line)
-        except PreconditionFailed:
+        except LostRace:
             archive.races_lost += 1
             continue
         _append_lines(path, line)
@@ -292,7 +292,7 @@ def push_files(archive: RemoteArchive, files: dict[str, str]) -> None:
             raise RemoteError(f"reports/{name} changed while it was being recorded")
         try:
             archive.store.put_new(FILES_PREFIX + name, data)
-        except PreconditionFailed:
+        except LostRace:
             found = archive.store.get(FILES_PREFIX + name)
             if found is None or hashlib.sha256(found[0]).hexdigest() != digest:
                 raise RemoteError(f"{archive.url}/{FILES_PREFIX}{name} exists with other "
@@ -323,7 +323,7 @@ def push_state(archive: RemoteArchive, run_id: str) -> None:
             tag = archive.store.put(state_key(run_id), data, if_match=known["tag"])
         else:
             tag = archive.store.put_new(state_key(run_id), data)
-    except PreconditionFailed:
+    except LostRace:
         raise RemoteError(f"run {run_id}: its record in {archive.url} was changed by another "
                           f"machine since this one read it (two machines driving one run); "
                           f"`workbench status {run_id}` shows the shared state") from None

@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlparse
 from filelock import FileLock
 
 from workbench.atomic import write_bytes, write_new
-from workbench.audit.object_store import PreconditionFailed, StoreError
+from workbench.audit.object_store import LostRace, StoreError
 
 LOCK = ".store.lock"
 
@@ -59,7 +59,7 @@ class FileStore:
         try:
             write_new(self._path(key), data)
         except FileExistsError:
-            raise PreconditionFailed(key) from None
+            raise LostRace(key) from None
         except OSError as exc:
             raise StoreError(f"archive.url {self.url}: cannot write {key}: "
                              f"{exc.strerror or exc}") from exc
@@ -76,7 +76,7 @@ class FileStore:
                     except FileNotFoundError:
                         current = None
                     if current != if_match:
-                        raise PreconditionFailed(key)
+                        raise LostRace(key)
                 write_bytes(path, data)
         except OSError as exc:
             raise StoreError(f"archive.url {self.url}: cannot write {key}: "

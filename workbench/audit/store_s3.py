@@ -4,7 +4,7 @@
 Conditional writes are S3's own: ``If-None-Match: *`` creates only an absent key and
 ``If-Match: ETAG`` replaces only an unchanged one; a lost race is HTTP 412 (or 409
 ``ConditionalRequestConflict`` while another conditional write to the key is in flight), which
-becomes :class:`PreconditionFailed`. Credentials come from boto3's usual chain (environment,
+becomes :class:`LostRace`. Credentials come from boto3's usual chain (environment,
 profile, instance role), never from the project's files. Requests time out in seconds and are
 retried a few times, so an unreachable store is reported quickly, not after minutes.
 """
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
-from workbench.audit.object_store import PreconditionFailed, StoreError, redacted
+from workbench.audit.object_store import LostRace, StoreError, redacted
 
 LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -103,7 +103,7 @@ class S3Store:
             return str(answer["ETag"])
         except ClientError as exc:
             if condition and self._code(exc) in LOST_RACE:
-                raise PreconditionFailed(key) from exc
+                raise LostRace(key) from exc
             raise self._fail(exc, f"write {key}") from exc
         except BotoCoreError as exc:
             raise self._fail(exc, f"write {key}") from exc

@@ -47,7 +47,10 @@ def warm_up(model_uri: str) -> None:
         mlflow.pyfunc.load_model(model_uri)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (exists and is no zombie)."""
+    if pid <= 0:
+        return False
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -150,7 +153,7 @@ def serve(path: Path, owner: int, model_uri: str, server_main: ServerMain) -> in
     listener.settimeout(ACCEPT_STEP_S)
     print(f"forking model servers on {path}", flush=True)
     try:
-        while _alive(owner):
+        while alive(owner):
             _reap()
             try:
                 connection, _ = listener.accept()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from filelock import FileLock
 
@@ -96,10 +96,18 @@ def shadow_release(environment: str, model_name: str, version: str, window: str 
 
     project = find_project()
     config = load_config(project.configs)
-    if config.environments[environment].deploy.target != "local":
-        raise DeployError(f"environment {environment!r}: shadow runs on the local target; "
-                          f"its target is {config.environments[environment].deploy.target}")
     tracking_uri = resolve(project, config.pipeline.mlflow).tracking_uri
+    kind = config.environments[environment].deploy.target
+    if kind != "local":  # a target that mirrors traffic itself (Kubernetes: an HTTPRoute)
+        from workbench.deploy.targets import TARGETS, DeployRequest
+
+        target = TARGETS.get(kind)()
+        if not hasattr(target, "shadow"):
+            raise DeployError(f"environment {environment!r}: its target {kind} cannot mirror "
+                              f"traffic to a shadow")
+        request = DeployRequest(project, config, environment, model_name, version,
+                                tracking_uri)
+        return cast(ShadowResult, target.shadow(request, parse_duration(window)))
     key = local.server_key(project, config, environment)
     return shadow(project, key, environment, model_name, version, tracking_uri,
                   parse_duration(window))

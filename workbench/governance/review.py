@@ -235,7 +235,10 @@ class Review:
 
 
 class ApprovalForm:
-    """Approver, comment, Approve and Reject: a click records the decision at once."""
+    """Approver, comment, Approve and Reject: a click records the decision at once. While a
+    canary on the environment is held at a manual step, Promote canary and Abort canary too
+    (the same fields; :func:`workbench.governance.canary_control.submit`, as ``workbench
+    canary promote|abort``)."""
 
     def __init__(self, review: Review):
         import ipywidgets as widgets
@@ -261,8 +264,45 @@ class ApprovalForm:
         self.reject_button.on_click(lambda _b: self._submit("reject"))
         self.widget = widgets.VBox([self.approver, self.comment, self.key,
                                     widgets.HBox([self.approve_button, self.reject_button]),
-                                    self.status])
+                                    self.status, *self._canary_controls(widgets)])
         self.done = False
+
+    def _canary_controls(self, widgets: Any) -> list[Any]:
+        """Promote and abort buttons for a canary held at a manual step (none otherwise)."""
+        from workbench.governance import canary_control
+
+        try:
+            held = canary_control.held(self.review.project, self.review.environment)
+        except Exception:  # noqa: BLE001 - the approval form works without them
+            held = None
+        if held is None or held.get("status") != "paused":
+            return []
+        self.promote_canary = widgets.Button(description="Promote canary", icon="forward",
+                                             button_style="warning")
+        self.abort_canary = widgets.Button(description="Abort canary", icon="stop",
+                                           button_style="danger")
+        self.canary_status = widgets.HTML(value=html.escape(
+            f"canary of {held.get('model')} v{held.get('version')} held at step "
+            f"{held.get('step')} ({float(held.get('weight') or 0):g}%): promote or abort it"))
+        self.promote_canary.on_click(lambda _b: self._decide_canary("promote"))
+        self.abort_canary.on_click(lambda _b: self._decide_canary("abort"))
+        return [widgets.HBox([self.promote_canary, self.abort_canary]), self.canary_status]
+
+    def _decide_canary(self, decision: Any) -> None:
+        from workbench.governance import canary_control
+
+        try:
+            key = self.key.value.strip()
+            entry, verdict = canary_control.submit(
+                self.review.project, self.review.environment, decision,
+                identity.current(self.approver.value or None), self.comment.value,
+                via="notebook", sign_with=Path(key).expanduser() if key else None)
+        except Exception as exc:  # shown in the form; the person can correct and retry
+            self.canary_status.value = f"<b>not recorded</b>: {html.escape(str(exc))}"
+            return
+        self.canary_status.value = (f"<b>recorded</b> #{entry.seq}: {decision} of canary step "
+                                    f"{entry.step} by {html.escape(entry.approver.name)}; "
+                                    f"{html.escape(verdict.awaited().splitlines()[0])}")
 
     def _submit(self, decision: approvals.Decision) -> None:
         try:

@@ -1,11 +1,23 @@
 """Checks of rendered manifests: the JSON schema of the configured Kubernetes version
 (``kubernetes-validate``, strict: unknown fields are errors), plus what a schema cannot say —
 DNS-1123 names, selectors that match the pod template, a rolling update that can make progress,
-valid quantities, probes and Services that point at ports that exist."""
+valid quantities, probes and Services that point at ports that exist.
+
+A Gateway API ``HTTPRoute`` is a custom resource, which kubernetes-validate has no schema for:
+it is validated against the CRD's own schema, vendored in ``schemas/httproute-v1.json``
+(Gateway API v1.2.1, standard channel), made strict the way kubernetes-validate makes its own
+(``additionalProperties: false`` wherever an object lists its properties). The CRD's CEL rules
+(``x-kubernetes-validations``) are not evaluated; the project's checks cover what matters here:
+every backend and mirror names a Service among the manifests, on a port it has, the weights
+do not send everything nowhere, and a mirror never targets a Service that takes live traffic.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 from workbench.errors import EXIT_FAILED, WorkbenchError
@@ -20,6 +32,10 @@ DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # Service names
 LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                        r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 WORKLOADS = ("Deployment", "Job")
+# custom resources: (apiVersion, kind) -> the vendored schema of its CRD, and what it is
+CUSTOM_SCHEMAS = {("gateway.networking.k8s.io/v1", "HTTPRoute"):
+                  ("httproute-v1.json", "Gateway API v1.2.1 HTTPRoute")}
+SCHEMAS = Path(__file__).with_name("schemas")
 
 
 class ManifestInvalid(WorkbenchError, ValueError):
@@ -45,6 +61,9 @@ def schema_problems(manifests: list[dict[str, Any]], version: str) -> list[str]:
                                "'workbench[k8s]'"]) from exc
     problems = []
     for manifest in manifests:
+        if (manifest.get("apiVersion"), manifest.get("kind")) in CUSTOM_SCHEMAS:
+            problems += custom_problems(manifest)
+            continue
         try:
             kubernetes_validate.validate(manifest, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -54,6 +73,41 @@ def schema_problems(manifests: list[dict[str, Any]], version: str) -> list[str]:
         except (kubernetes_validate.SchemaNotFoundError,
                 kubernetes_validate.VersionNotSupportedError) as exc:
             problems.append(f"{_where(manifest)}: {exc.message}")
+    return problems
+
+
+def _strict(schema: Any) -> Any:
+    """``schema`` with ``additionalProperties: false`` wherever an object lists properties."""
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {key: _strict(value) for key, value in schema.items()}
+    if "properties" in strict and "additionalProperties" not in strict:
+        strict["additionalProperties"] = False
+    return strict
+
+
+@functools.lru_cache(maxsize=4)
+def _custom_validator(file: str) -> Any:
+    import jsonschema  # type: ignore[import-untyped]  # kubernetes-validate depends on it
+
+    schema = _strict(json.loads((SCHEMAS / file).read_text(encoding="utf-8")))
+    return jsonschema.Draft7Validator(schema)
+
+
+def custom_problems(manifest: dict[str, Any]) -> list[str]:
+    """A custom resource against its CRD's vendored schema, strict (see the module doc)."""
+    file, what = CUSTOM_SCHEMAS[(str(manifest.get("apiVersion")), str(manifest.get("kind")))]
+    try:
+        validator = _custom_validator(file)
+    except (ImportError, OSError, ValueError) as exc:
+        return [f"{_where(manifest)}: cannot load the schema of {what} ({file}): {exc}"]
+    problems = []
+    for error in sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path)):
+        path = ".".join(str(part) for part in error.absolute_path) or "(top)"
+        problems.append(f"{_where(manifest)}: {path}: {error.message} (schema of {what}, "
+                        f"strict)")
     return problems
 
 
@@ -181,6 +235,41 @@ def _reference_problems(manifests: list[dict[str, Any]]) -> list[str]:
             elif "replicas" in deployments[target]["spec"]:
                 problems.append(f"{where}: the Deployment sets spec.replicas as well; every "
                                 f"apply would undo the autoscaler")
+        if kind == "HTTPRoute":
+            problems += _route_problems(manifest, manifests)
+    return problems
+
+
+def _route_problems(route: dict[str, Any], manifests: list[dict[str, Any]]) -> list[str]:
+    """Backends and mirrors name Services among the manifests, on their ports; some weight
+    is not 0; a mirror's Service takes no live traffic from the route."""
+    where = _where(route)
+    services = {m["metadata"]["name"]: {p.get("port") for p in m.get("spec", {}).get("ports", [])}
+                for m in manifests if m.get("kind") == "Service"}
+    problems = []
+    for number, rule in enumerate(route.get("spec", {}).get("rules", [])):
+        at = f"{where}: spec.rules.{number}"
+        backends = rule.get("backendRefs", [])
+        mirrors = [f.get("requestMirror", {}).get("backendRef", {})
+                   for f in rule.get("filters", []) if f.get("type") == "RequestMirror"]
+        for field, ref in [("backendRefs", b) for b in backends] + \
+                [("filters.requestMirror", m) for m in mirrors]:
+            name, port = ref.get("name"), ref.get("port")
+            if ref.get("kind", "Service") != "Service" or ref.get("group", "") != "":
+                continue  # another kind of backend: not ours to check
+            if name not in services:
+                problems.append(f"{at}.{field}: Service {name!r} is not among the manifests "
+                                f"({sorted(services)})")
+            elif port not in services[name]:
+                problems.append(f"{at}.{field}: Service {name!r} has no port {port!r}")
+        if backends and not any(b.get("weight", 1) for b in backends):
+            problems.append(f"{at}.backendRefs: every weight is 0: the route would answer "
+                            f"every request with an error")
+        live = {b.get("name") for b in backends if b.get("weight", 1)}
+        for mirror in mirrors:
+            if mirror.get("name") in live:
+                problems.append(f"{at}.filters.requestMirror: Service {mirror.get('name')!r} "
+                                f"also takes live traffic from this rule")
     return problems
 
 

@@ -5,6 +5,7 @@ Apply never depends on server-side apply or PUT: it reads the object, creates it
 absent, and otherwise sends a JSON merge patch of the desired manifest (lists replaced whole),
 with ``null`` for keys an earlier apply set and this one no longer does (the previous manifest
 is kept in the ``workbench.io/last-applied`` annotation, as ``kubectl apply`` keeps its own).
+Custom resources (the Gateway API's HTTPRoute) go the same way through ``CustomObjectsApi``.
 """
 
 from __future__ import annotations
@@ -102,6 +103,88 @@ KINDS = {
 }
 
 
+@dataclass(frozen=True)
+class Custom:
+    """A custom resource (a CRD's kind), read, created, patched and deleted through
+    ``CustomObjectsApi`` with the same signatures as a typed API's methods."""
+
+    group: str
+    version: str
+    plural: str
+
+
+CUSTOM = {"HTTPRoute": Custom("gateway.networking.k8s.io", "v1", "httproutes")}
+
+
+class _CustomObjects:
+    """``CustomObjectsApi`` for one :class:`Custom` kind, shaped like a typed API. Answers are
+    read as JSON whatever their status (the generated client maps only some statuses of
+    custom objects to a body); errors still raise ``ApiException``."""
+
+    def __init__(self, api: Any, custom: Custom):
+        from kubernetes import client
+
+        self.objects, self.custom = client.CustomObjectsApi(api), custom
+
+    def _where(self, namespace: str) -> tuple[str, str, str, str]:
+        return self.custom.group, self.custom.version, namespace, self.custom.plural
+
+    @staticmethod
+    def _json(response: Any) -> dict[str, Any]:
+        return dict(json.loads(response.data or b"{}"))
+
+    def read(self, name: str, namespace: str) -> dict[str, Any]:
+        return self._json(self.objects.get_namespaced_custom_object(
+            *self._where(namespace), name, _preload_content=False))
+
+    def create(self, namespace: str, body: dict[str, Any], **options: Any) -> dict[str, Any]:
+        return self._json(self.objects.create_namespaced_custom_object(
+            *self._where(namespace), body, _preload_content=False, **options))
+
+    def patch(self, name: str, namespace: str, body: Any, **options: Any) -> dict[str, Any]:
+        return self._json(self.objects.patch_namespaced_custom_object(
+            *self._where(namespace), name, body, _preload_content=False, **options))
+
+    def delete(self, name: str, namespace: str, **options: Any) -> dict[str, Any]:
+        return self._json(self.objects.delete_namespaced_custom_object(
+            *self._where(namespace), name, _preload_content=False, **options))
+
+
+CUSTOM_KIND = Kind("CustomObjectsApi", "read", "create", "patch")
+DELETE = {"Deployment": ("AppsV1Api", "delete_namespaced_deployment"),
+          "Service": ("CoreV1Api", "delete_namespaced_service")}
+
+
+def _typed(api: Any, kind: str) -> tuple[Any, Kind]:
+    from kubernetes import client
+
+    if kind in CUSTOM:
+        return _CustomObjects(api, CUSTOM[kind]), CUSTOM_KIND
+    spec = KINDS[kind]
+    return getattr(client, spec.api)(api), spec
+
+
+def delete(api: Any, kind: str, namespace: str, name: str, dry_run: bool = False) -> bool:
+    """Delete an object (its dependents in the background, as ``kubectl delete`` does);
+    False when it was already gone."""
+    from kubernetes import client
+
+    options: dict[str, Any] = {"propagation_policy": "Background"}
+    if dry_run:
+        options["dry_run"] = DRY_RUN
+    try:
+        if kind in CUSTOM:
+            _CustomObjects(api, CUSTOM[kind]).delete(name, namespace, **options)
+        else:
+            typed, method = DELETE[kind]
+            getattr(getattr(client, typed)(api), method)(name, namespace, **options)
+    except Exception as exc:
+        if is_not_found(exc):
+            return False
+        raise api_error(f"deleting {kind} {namespace}/{name}", exc) from exc
+    return True
+
+
 def merge_patch(previous: Any, desired: Any, path: tuple[str, ...] = ()) -> Any:
     """``desired`` plus ``None`` for every key of ``previous`` it no longer has (RFC 7386)."""
     if not isinstance(previous, dict) or not isinstance(desired, dict):
@@ -123,10 +206,7 @@ def _with_last_applied(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def apply(api: Any, manifest: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
     """Create ``manifest``'s object, or patch the live one to match it; return the result."""
-    from kubernetes import client
-
-    kind = KINDS[manifest["kind"]]
-    typed = getattr(client, kind.api)(api)
+    typed, kind = _typed(api, manifest["kind"])
     name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
     where = f"{manifest['kind']} {namespace}/{name}"
     options = {"dry_run": DRY_RUN} if dry_run else {}

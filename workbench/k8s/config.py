@@ -131,6 +131,67 @@ class Service(Strict):
     external_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")] | None = None
 
 
+class ParentRef(Strict):
+    """A Gateway (or one of its listeners) the HTTPRoute attaches to."""
+
+    name: str
+    namespace: str | None = None  # default: the route's namespace
+    section_name: str | None = None  # a listener of the Gateway
+
+    @field_validator("name", "section_name")
+    @classmethod
+    def _names(cls, value: str | None) -> str | None:
+        return value if value is None else _dns_subdomain(value)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        return value if value is None else _dns_label(value)
+
+
+HOSTNAME = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class Route(Strict):
+    """A Gateway API ``HTTPRoute`` (``gateway.networking.k8s.io/v1``) in front of the Service,
+    which workbench renders and owns: every request matching ``path`` goes to the stable
+    Service; during a canary, split by the backends' ``weight``s; during a shadow, mirrored to
+    the candidate by a ``RequestMirror`` filter. The Gateway API CRDs and a Gateway
+    implementation must be installed in the cluster."""
+
+    name: str | None = None  # the HTTPRoute's name (default: the Deployment's)
+    parent_refs: list[ParentRef] = Field(min_length=1, max_length=32)
+    hostnames: list[Annotated[str, Field(pattern=HOSTNAME, max_length=253)]] = []
+    path: str = Field(default="/", pattern=r"^/\S*$", max_length=1024)  # a PathPrefix match
+    # RequestMirror is "extended" support in the Gateway API: false where the implementation
+    # lacks it, and a shadow is refused
+    request_mirror: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return value if value is None else _dns_subdomain(value)
+
+
+class CanarySplit(Strict):
+    """How a canary runs on Kubernetes (``deploy.canary`` in environments.yaml says its steps).
+
+    Without a ``route`` the split is by replica ratio: the canary Deployment and the stable one
+    share the Service, which spreads requests over their ready pods; ``replicas`` pods in all
+    while the canary runs (default: ``serving.replicas``), of which round(replicas x weight /
+    100) are the canary's, at least 1 and, below 100 %, at most replicas - 1 (the effective
+    share, canary pods / replicas, is what each step reports). With a route the canary
+    Deployment has ``replicas`` pods (default: ``serving.replicas``) and the route's weights
+    split the traffic exactly.
+    """
+
+    replicas: Annotated[int, Field(ge=1)] | None = None
+    max_restarts: Annotated[int, Field(ge=0)] = 0  # container restarts of candidate pods
+    # a metrics source registered under this name (entry-point group
+    # workbench.canary_metrics): each step's traffic per version, for deploy.canary.analysis
+    metrics: str | None = None
+
+
 class PodAccess(Strict):
     """What a pod runs as and may read: service account, image pull secrets, a Secret."""
 
@@ -171,10 +232,13 @@ class Serving(PodAccess):
     pdb: Pdb | None = None
     hpa: Hpa | None = None
     tracking_uri: str | None = None  # MLflow as the pods reach it (default: the run's)
+    route: Route | None = None  # a Gateway API HTTPRoute: canary by weights, shadow by mirror
+    canary: CanarySplit = CanarySplit()
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
+        # the canary's and the shadow's Deployments add -canary and -shadow to it
         return value if value is None else _dns_label(value)
 
 
@@ -336,6 +400,41 @@ def kubernetes_problems(project: Project, config: Config) -> list[Problem]:
             problems.append(Problem(LABEL, f"environments.{env}.serving", "missing: configs/"
                                     "environments.yaml deploys it to kubernetes (serving.image "
                                     "is required)"))
+        elif config.environments[env].deploy.strategy == "canary":
+            problems += canary_problems(env, settings.environments[env],
+                                        config.environments[env].deploy.canary)
+    return problems
+
+
+def canary_problems(environment: str, cluster: Cluster, canary: Any) -> list[Problem]:
+    """What a canary on Kubernetes cannot do as configured (``canary``: ``deploy.canary``)."""
+    serving = cluster.serving
+    if serving is None or canary is None:
+        return []
+    where = f"environments.{environment}.serving"
+    problems = [Problem("configs/environments.yaml",
+                        f"environments.{environment}.deploy.canary.steps.{number}.pause",
+                        "manual steps run on the local target only; give the Kubernetes "
+                        "target a duration")
+                for number, step in enumerate(canary.steps) if getattr(step, "manual", False)]
+    rules = sorted(canary.analysis.model_fields_set)
+    if rules and serving.canary.metrics is None:
+        problems.append(Problem(LABEL, f"{where}.canary.metrics", f"deploy.canary.analysis "
+                                f"sets {rules} (configs/environments.yaml), which needs each "
+                                f"version's traffic: on Kubernetes the requests do not pass "
+                                f"through workbench, so name a metrics source here (entry-point "
+                                f"group workbench.canary_metrics), or drop the rules (the "
+                                f"canary is then judged by its pods' readiness and restarts "
+                                f"only)"))
+    if serving.route is None and serving.hpa is not None:
+        problems.append(Problem(LABEL, f"{where}.hpa", "a canary split by replica ratio needs "
+                                "fixed replica counts, and the autoscaler owns them; configure "
+                                "serving.route (split by an HTTPRoute's weights) or drop hpa"))
+    if serving.route is None and canary.steps[0].weight < 100 and \
+            (serving.canary.replicas or serving.replicas) < 2:
+        problems.append(Problem(LABEL, f"{where}.canary.replicas", "a canary split by replica "
+                                "ratio needs at least 2 pods in all (one per track); set "
+                                "canary.replicas"))
     return problems
 
 

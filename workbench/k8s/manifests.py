@@ -4,15 +4,27 @@ HorizontalPodAutoscaler (autoscaling/v2), from ``configs/kubernetes.yaml``.
 Selectors use ``app.kubernetes.io/name`` and ``instance`` only, so a rollout or a rollback that
 changes the model version keeps routing; the resolved version (never an alias) is stamped in the
 labels and annotations of the Deployment and of its pod template.
+
+Progressive delivery adds a candidate beside the stable Deployment: ``<name>-canary`` (or
+``<name>-shadow``), its pods labelled ``workbench.io/track: canary`` (``shadow``) where the
+stable ones are ``stable``. Split by replica ratio (no route), the canary's pods keep the
+stable ``name`` and ``instance`` labels, so the one Service selects both tracks; the canary's
+own selector adds the track, and the stable selector (immutable, so unchanged) also matches the
+canary's pods, which is harmless: controllers act only on what they own (ownerReferences),
+and each ReplicaSet's selector carries its ``pod-template-hash``. With a Gateway API
+``HTTPRoute`` (``serving.route``), the candidate has its own ``instance`` and Service, out of
+the stable Service's selection, and the route's backend weights (or its ``RequestMirror``
+filter) decide what reaches it.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 from workbench.errors import EXIT_FAILED, WorkbenchError
-from workbench.k8s.config import Cluster, Serving
+from workbench.k8s.config import Cluster, Route, Serving
 from workbench.k8s.names import dns_label, label_value
 
 NAME, INSTANCE = "app.kubernetes.io/name", "app.kubernetes.io/instance"
@@ -23,6 +35,9 @@ CONTAINER = "model-server"
 PORT_NAME = "http"
 PING = "/ping"
 RESOLVED_VERSION = re.compile(r"^[1-9]\d*$")
+TRACK = "workbench.io/track"
+STABLE, CANARY, SHADOW = "stable", "canary", "shadow"
+ROUTE_API = "gateway.networking.k8s.io/v1"
 
 
 class ManifestError(WorkbenchError, ValueError):
@@ -150,7 +165,8 @@ def deployment(cluster: Cluster, environment: str, model_name: str, version: str
         "selector": {"matchLabels": selector(cluster, environment, model_name)},
         "strategy": {"type": "RollingUpdate",
                      "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-        "template": {"metadata": {"labels": stamped, "annotations": annotations}, "spec": pod},
+        "template": {"metadata": {"labels": {**stamped, TRACK: STABLE},
+                                  "annotations": annotations}, "spec": pod},
     }
     if serving.hpa is None:  # with an autoscaler the replica count is the autoscaler's
         spec = {"replicas": serving.replicas, **spec}
@@ -209,12 +225,130 @@ def autoscaler(cluster: Cluster, environment: str, model_name: str, version: str
 
 def serving_manifests(cluster: Cluster, environment: str, model_name: str, version: str,
                       tracking_uri: str, part_of: str) -> list[dict[str, Any]]:
-    """Every serving object of the environment, in the order they are applied."""
+    """Every serving object of the environment, in the order they are applied (the route,
+    when configured, last: every request to the stable Service)."""
     rendered = [deployment(cluster, environment, model_name, version, tracking_uri, part_of),
                 service(cluster, environment, model_name, version, part_of),
                 pod_disruption_budget(cluster, environment, model_name, version, part_of),
-                autoscaler(cluster, environment, model_name, version, part_of)]
+                autoscaler(cluster, environment, model_name, version, part_of),
+                http_route(cluster, environment, model_name, version, part_of)
+                if _serving(cluster, environment).route else None]
     return [manifest for manifest in rendered if manifest is not None]
+
+
+# --- progressive delivery: the candidate beside the stable Deployment, and the route ----------
+
+
+def candidate_name(cluster: Cluster, environment: str, model_name: str, track: str) -> str:
+    """``<name>-canary`` or ``<name>-shadow`` (a hash keeps a cut name apart)."""
+    return dns_label(f"{deployment_name(cluster, environment, model_name)}-{track}")
+
+
+def candidate_deployment(cluster: Cluster, environment: str, model_name: str, version: str,
+                         tracking_uri: str, part_of: str, replicas: int,
+                         track: str = CANARY) -> dict[str, Any]:
+    """The candidate's Deployment: the stable one's pod for ``version``, ``replicas`` pods,
+    labelled with ``track``. Without a route (a canary split by replica ratio) its pods keep
+    the stable ``instance`` label, so the stable Service selects them too; with a route (and
+    always for a shadow) they get the candidate's own, which only its own Service selects."""
+    manifest = deployment(cluster, environment, model_name, version, tracking_uri, part_of)
+    name = candidate_name(cluster, environment, model_name, track)
+    own_service = track != CANARY or _serving(cluster, environment).route is not None
+    match = {**selector(cluster, environment, model_name),
+             **({INSTANCE: name} if own_service else {TRACK: track})}
+    template = manifest["spec"]["template"]["metadata"]
+    template["labels"] = {**template["labels"], **match, TRACK: track}
+    manifest["metadata"].update(name=name, labels=dict(template["labels"]))
+    spec = {key: value for key, value in manifest["spec"].items() if key != "replicas"}
+    spec["selector"] = {"matchLabels": match}
+    manifest["spec"] = {"replicas": replicas, **spec}
+    return manifest
+
+
+def candidate_service(cluster: Cluster, environment: str, model_name: str, version: str,
+                      part_of: str, track: str = CANARY) -> dict[str, Any]:
+    """The candidate's own Service (route backends and mirrors name Services, not pods)."""
+    manifest = service(cluster, environment, model_name, version, part_of)
+    name = candidate_name(cluster, environment, model_name, track)
+    manifest["metadata"].update(name=name, labels={**manifest["metadata"]["labels"],
+                                                   INSTANCE: name, TRACK: track})
+    manifest["spec"]["selector"] = {**manifest["spec"]["selector"], INSTANCE: name}
+    return manifest
+
+
+def route_name(cluster: Cluster, environment: str, model_name: str) -> str:
+    route = _route(cluster, environment)
+    return route.name or deployment_name(cluster, environment, model_name)
+
+
+def route_weights(weight: float) -> tuple[int, int]:
+    """``(stable, canary)`` backend weights for the canary's ``weight`` percent: whole
+    percents, or basis points (1/100 %) when the weight has decimals (rounded to the nearest
+    basis point). Gateway API weights are proportions: no rounding to replicas."""
+    if float(weight).is_integer():
+        return 100 - int(weight), int(weight)
+    canary = math.floor(weight * 100 + 0.5)
+    return 10000 - canary, canary
+
+
+def replica_split(total: int, weight: float) -> tuple[int, int]:
+    """``(stable, canary)`` replicas for ``weight`` percent of ``total`` pods: the canary gets
+    ``total * weight / 100`` rounded to the nearest (halves up), at least one, and, below
+    100 %, at most ``total - 1`` (the stable track keeps a pod until the canary completes);
+    at 100 % every pod is the canary's. The effective share is canary / total."""
+    if weight >= 100:
+        return 0, total
+    if total < 2:
+        raise ManifestError(f"a canary split by replica ratio needs at least 2 pods in all, "
+                            f"not {total}: set serving.canary.replicas")
+    canary = min(max(math.floor(total * weight / 100 + 0.5), 1), total - 1)
+    return total - canary, canary
+
+
+def http_route(cluster: Cluster, environment: str, model_name: str, version: str,
+               part_of: str, canary: tuple[int, int] | None = None,
+               mirror: bool = False) -> dict[str, Any]:
+    """The Gateway API HTTPRoute (``serving.route``): every request matching its path to the
+    stable Service; with ``canary`` ``(stable, canary)`` weights, split between the stable and
+    the canary Service; with ``mirror``, each request also copied to the shadow's Service
+    (the ``RequestMirror`` filter: its answers are discarded)."""
+    serving, route = _serving(cluster, environment), _route(cluster, environment)
+    port = serving.service.port
+    stable = deployment_name(cluster, environment, model_name)
+    backends = [{"name": stable, "port": port, "weight": 100 if canary is None else canary[0]}]
+    if canary is not None:
+        backends.append({"name": candidate_name(cluster, environment, model_name, CANARY),
+                         "port": port, "weight": canary[1]})
+    rule: dict[str, Any] = {"matches": [{"path": {"type": "PathPrefix", "value": route.path}}]}
+    if mirror:
+        rule["filters"] = [{"type": "RequestMirror", "requestMirror": {"backendRef": {
+            "name": candidate_name(cluster, environment, model_name, SHADOW), "port": port}}}]
+    rule["backendRefs"] = backends
+    parents = []
+    for parent in route.parent_refs:
+        ref = {"name": parent.name}
+        if parent.namespace:
+            ref["namespace"] = parent.namespace
+        if parent.section_name:
+            ref["sectionName"] = parent.section_name
+        parents.append(ref)
+    spec: dict[str, Any] = {"parentRefs": parents}
+    if route.hostnames:
+        spec["hostnames"] = list(route.hostnames)
+    spec["rules"] = [rule]
+    object_labels = labels(cluster, environment, model_name, resolved_version(version), part_of)
+    return {"apiVersion": ROUTE_API, "kind": "HTTPRoute",
+            "metadata": _metadata(route_name(cluster, environment, model_name),
+                                  cluster.namespace, object_labels),
+            "spec": spec}
+
+
+def _route(cluster: Cluster, environment: str) -> Route:
+    route = _serving(cluster, environment).route
+    if route is None:
+        raise ManifestError(f"configs/kubernetes.yaml: environments.{environment}.serving.route "
+                            f"is missing")
+    return route
 
 
 def _serving(cluster: Cluster, environment: str) -> Serving:

@@ -42,6 +42,12 @@ def move_alias(client: Any, tracking_uri: str, model: str, alias: str, version: 
     return previous
 
 
+# How a unique-key collision reads, in the store's error and in a tracking server's REST error
+# alike: SQLite "(sqlite3.IntegrityError) UNIQUE constraint failed", PostgreSQL
+# "(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint".
+COLLISIONS = ("UNIQUE constraint", "IntegrityError", "UniqueViolation", "duplicate key value")
+
+
 def set_alias(client: Any, model: str, alias: str, version: str) -> None:
     """``client.set_registered_model_alias``, retried once if another writer inserted the
     alias between MLflow's read and its insert."""
@@ -50,6 +56,6 @@ def set_alias(client: Any, model: str, alias: str, version: str) -> None:
     try:
         client.set_registered_model_alias(model, alias, version)
     except MlflowException as exc:
-        if "UNIQUE constraint" not in str(exc) and "IntegrityError" not in str(exc):
+        if not any(marker in str(exc) for marker in COLLISIONS):
             raise
         client.set_registered_model_alias(model, alias, version)

@@ -8,7 +8,9 @@
   stage's HTML and notebook, approvals, deployments, the run's ledger entries and whether they
   verify;
 - ``environments.html``: per environment, what was deployed when, by whom, approved by whom,
-  on which evidence — "what was in prod at time T";
+  on which evidence — "what was in prod at time T"; each canary rollout's steps (weight, time,
+  analysis verdict, each version's requests, error rate and p95) with an inline SVG plot of
+  p95 latency and error rate per version over the steps;
 - ``compare.html``: two runs' parameters and metrics side by side.
 
 Pages carry their own data inline. What only some visits need (every run's row for a search,
@@ -22,12 +24,15 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import jinja2
+from filelock import FileLock
 
 from workbench import run_record
 from workbench.atomic import write_text
@@ -199,7 +204,190 @@ def build_environments(project: Project) -> None:
     older = {environment: max(total.get(environment, 0) - len(items), 0)
              for environment, items in shown.items()}
     _render("environments.html.j2", project.reports / "environments.html", history=shown,
-            older=older, data=script_json(shown), drift=drift_history(project))
+            older=older, data=script_json(shown), drift=drift_history(project),
+            canaries=canary_history(project))
+
+
+# --- canary rollouts: their ledger's canary_step entries, read through a cursor of their own -
+
+CANARY_VIEW = "canary-view.json"
+CANARY_STEPS = "canary-steps"
+CANARY_NEWEST = 200  # newest steps per environment read for environments.html
+CANARY_ROLLOUTS = 20  # newest rollouts shown per environment
+
+
+def canary_history(project: Project, newest: int = CANARY_NEWEST,
+                   rollouts: int = CANARY_ROLLOUTS) -> dict[str, list[dict[str, Any]]]:
+    """Per environment, its newest canary rollouts (newest first), each with its steps in
+    order (from the ``canary_step`` ledger entries: weight, start and end, verdict, each
+    version's traffic) and the geometry of its plot. Only the entries appended since the last
+    build are parsed (a cursor like :mod:`ledger_view`'s, under ``reports/.site/``)."""
+    _refresh_canary_steps(project)
+    folder = project.reports / ".site" / CANARY_STEPS
+    found: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        items, last = [], 0
+        for line in ledger_view._last_lines(path, newest):
+            item = json.loads(line)
+            if item["seq"] > last:  # a repeat after a crash: the first counts
+                items.append(item)
+                last = item["seq"]
+        grouped = _rollouts(items)[-rollouts:]
+        found[unquote(path.stem)] = [{**r, "plot": _canary_plot(r)} for r in reversed(grouped)]
+    return found
+
+
+def _refresh_canary_steps(project: Project) -> None:
+    """Read the ledger from the cursor; append each ``canary_step`` entry's item to its
+    environment's file."""
+    path = ledger.ledger_path(project.reports)
+    folder = project.reports / ".site"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".canary-view.lock")):
+        try:
+            stored = json.loads((folder / CANARY_VIEW).read_text(encoding="utf-8"))
+            view = ledger_view.View(int(stored["offset"]), str(stored["hash"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            view = ledger_view.View()
+        if not path.exists() or not ledger_view._still_valid(path, view):
+            view = ledger_view.View()  # the ledger was replaced: read it again
+            shutil.rmtree(folder / CANARY_STEPS, ignore_errors=True)
+        if not path.exists():
+            return
+        lines: dict[str, list[bytes]] = {}
+        last = b""
+        with path.open("rb") as handle:
+            handle.seek(view.offset)
+            for raw in handle:
+                if not raw.endswith(b"\n"):
+                    break  # a torn last line: not an entry (yet)
+                view.offset += len(raw)
+                last = raw
+                if b'"canary_step"' not in raw:
+                    continue  # only the entries of interest are parsed
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and entry.get("event") == "canary_step":
+                    item = _canary_item(entry)
+                    lines.setdefault(str(item["environment"]), []).append(
+                        json.dumps(item, separators=(",", ":")).encode() + b"\n")
+        if not last:
+            return
+        try:
+            view.hash = str(json.loads(last).get("hash", ""))
+        except (ValueError, AttributeError):
+            view.hash = ""  # garbage: the next build reads the ledger again
+        for environment, chunk in lines.items():
+            target = folder / CANARY_STEPS / (quote(environment, safe="") + ".jsonl")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("ab") as handle:
+                handle.write(b"".join(chunk))
+        write_text(folder / CANARY_VIEW, json.dumps({"offset": view.offset,
+                                                     "hash": view.hash}))
+
+
+def _traffic_of(numbers: Any) -> dict[str, Any]:
+    numbers = numbers if isinstance(numbers, dict) else {}
+    return {key: numbers.get(key) for key in ("requests", "errors", "error_rate", "p95_ms")}
+
+
+def _canary_item(entry: dict[str, Any]) -> dict[str, Any]:
+    """What the history keeps of one ``canary_step`` entry."""
+    data = entry.get("data") or {}
+    ended = str(data.get("time") or entry.get("time") or "")
+    started = data.get("started") or ""
+    if not started and ended and isinstance(data.get("seconds"), int | float):
+        from datetime import datetime, timedelta
+
+        started = (datetime.fromisoformat(ended) - timedelta(seconds=data["seconds"])
+                   ).isoformat(timespec="milliseconds")  # before steps recorded their start
+    return {"seq": entry.get("seq"), "run_id": entry.get("run_id"),
+            "environment": data.get("environment") or "?", "model": data.get("model"),
+            "version": str(data.get("version")), "serving_version":
+            str(data.get("serving_version")), "rollout": data.get("rollout") or "",
+            "step": data.get("step"), "weight": data.get("weight"),
+            "seconds": data.get("seconds"), "share": data.get("share"),
+            "verdict": data.get("verdict"), "breaches": data.get("breaches") or [],
+            "trigger": data.get("trigger") or ("canary" if data.get("verdict") == "abort"
+                                               else None),
+            "decision": data.get("decision"), "started": started, "ended": ended,
+            "candidate": _traffic_of(data.get("candidate")),
+            "serving": _traffic_of(data.get("serving"))}
+
+
+def _rollouts(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Steps grouped into rollouts, in ledger order: by rollout id, or (steps recorded before
+    it) by model and versions, a new rollout whenever the step number does not grow."""
+    found: list[dict[str, Any]] = []
+    for item in items:
+        key = item["rollout"] or f"{item['model']}:{item['version']}:{item['serving_version']}"
+        last = found[-1] if found else None
+        if last is None or last["key"] != key or \
+                int(item.get("step") or 0) <= int(last["steps"][-1].get("step") or 0):
+            last = {"key": key, "rollout": item["rollout"], "model": item["model"],
+                    "version": item["version"], "serving_version": item["serving_version"],
+                    "run_id": item["run_id"], "steps": []}
+            found.append(last)
+        last["steps"].append(item)
+    for rollout in found:
+        steps = rollout["steps"]
+        aborted = next((s for s in steps if s["verdict"] == "abort"), None)
+        rollout["started"], rollout["ended"] = steps[0]["started"], steps[-1]["ended"]
+        rollout["outcome"] = (f"aborted at step {aborted['step']} ({aborted['weight']:g}%, "
+                              f"{aborted['trigger'] or 'canary'}): "
+                              f"{'; '.join(aborted['breaches'])}") if aborted else \
+            f"{len(steps)} step(s) passed"
+        rollout["aborted"] = aborted is not None
+    return found
+
+
+PLOT_W, PLOT_H, PLOT_PAD = 320, 130, 28
+
+
+def _canary_plot(rollout: dict[str, Any]) -> list[dict[str, Any]]:
+    """Two panels (p95 latency in ms, error rate in %) of one rollout: per version, a line
+    over its steps (a point where it had traffic), with axis ticks and labels."""
+    steps = rollout["steps"]
+    count = len(steps)
+    xs = [PLOT_PAD + (index * (PLOT_W - 2 * PLOT_PAD) / (count - 1) if count > 1
+                      else (PLOT_W - 2 * PLOT_PAD) / 2) for index in range(count)]
+    panels = []
+    for metric, title, scale, unit in (("p95_ms", "p95 latency", 1.0, "ms"),
+                                       ("error_rate", "error rate", 100.0, "%")):
+        series = []
+        for role, version in (("candidate", rollout["version"]),
+                              ("serving", rollout["serving_version"])):
+            values = [_scaled(step[role], metric, scale) for step in steps]
+            series.append((role, version, values))
+        top = max([v for _, _, values in series for v in values if v is not None],
+                  default=0.0) or 1.0
+        lines = []
+        for role, version, values in series:
+            dots = [{"x": round(x, 1), "y": round(PLOT_H - PLOT_PAD - value / top
+                                                  * (PLOT_H - 2 * PLOT_PAD), 1),
+                     "title": f"v{version} ({role}) step {step['step']} "
+                              f"({step['weight']:g}%): {value:.{1 if unit == 'ms' else 2}f} "
+                              f"{unit}"}
+                    for x, value, step in zip(xs, values, steps, strict=True)
+                    if value is not None]
+            lines.append({"role": role, "version": version, "dots": dots,
+                          "points": " ".join(f"{d['x']},{d['y']}" for d in dots)})
+        panels.append({"metric": metric, "title": f"{title} ({unit})", "top": top,
+                       "top_label": f"{top:.{1 if unit == 'ms' else 2}f}", "lines": lines,
+                       "width": PLOT_W, "height": PLOT_H, "pad": PLOT_PAD,
+                       "ticks": [{"x": round(x, 1), "label": f"{step['weight']:g}%"}
+                                 for x, step in zip(xs, steps, strict=True)]})
+    return panels
+
+
+def _scaled(traffic: dict[str, Any], metric: str, scale: float) -> float | None:
+    """One version's measure in a step (None: it had no request in that step)."""
+    value = traffic.get(metric)
+    if not traffic.get("requests") or not isinstance(value, int | float):
+        return None
+    return float(value) * scale
 
 
 def drift_history(project: Project, per_environment: int = 20) -> dict[str, list[dict[str, Any]]]:
