@@ -22,7 +22,8 @@ from tests.conftest import REPO, Workspace, free_port, notebook
 from workbench.config import load_config
 from workbench.deploy import deploy_to, local
 from workbench.deploy.canary import CanaryAborted
-from workbench.deploy.shadow import shadow
+from workbench.deploy.shadow import shadow, shadow_markdown
+from workbench.objectives import check as check_objectives
 from workbench.project import Project
 
 pytestmark = pytest.mark.slow
@@ -206,5 +207,13 @@ def test_shadow_compares_answers_and_clients_see_only_the_serving_version(
         shadows = [e["data"] for e in _ledger(ws) if e["event"] == "shadow"]
         assert [(s["shadow_version"], s["disagreement_rate"]) for s in shadows] == [
             (same, 0.0), (differing, 0.5)]
+        # the comparison as an objective: disagreement at most 2 %, shadow p95 within 5x live
+        wanted = [{"metric": "shadow_disagreement_rate", "direction": "minimize", "bound": 0.02},
+                  {"metric": "shadow_error_rate", "direction": "minimize", "bound": 0.0}]
+        assert [v.passed for v in check_objectives(wanted, identical.metrics())] == [True, True]
+        judged = check_objectives(wanted, half.metrics())
+        assert [v.passed for v in judged] == [False, True]
+        assert half.metrics()["shadow_p95_ratio"] > 0
+        assert "50.00%" in shadow_markdown(shadows[1])  # as the next gate's review shows it
     finally:
         local.stop(project, "prod")

@@ -359,7 +359,7 @@ def index(reports: Path, runs: set[str] | None = None) -> LedgerIndex:
     return found
 
 
-RECORD_ROOTS = ("rollbacks", "drift")  # record folders at the top of reports/
+RECORD_ROOTS = ("rollbacks", "drift", "canary")  # record folders at the top of reports/
 # A run named in a canonical line, as its ``run_id`` or by the folder of a file: the name as
 # JSON spells it (up to a slash).
 RUN_NAMED = re.compile(rb'"(?:run_id":"|runs/)((?:[^"/\\]|\\.)*)')

@@ -45,10 +45,65 @@ class ShadowResult:
         rate = self.comparison.get("disagreement_rate")
         return None if rate is None else float(rate)
 
+    def metrics(self) -> dict[str, float]:
+        """The comparison as metrics an objective can judge (``wb.check_objectives``), e.g.
+        ``{metric: shadow_disagreement_rate, direction: minimize, bound: 0.02}`` or
+        ``{metric: shadow_p95_ratio, direction: minimize, bound: 1.2}``; a figure the window
+        did not measure is left out (and an objective on it fails as missing)."""
+        return shadow_metrics(self.as_dict())
+
     def as_dict(self) -> dict[str, Any]:
         return {"environment": self.environment, "model": self.model,
                 "serving_version": self.serving_version, "shadow_version": self.shadow_version,
                 "seconds": self.seconds, **self.comparison}
+
+
+def shadow_metrics(data: dict[str, Any]) -> dict[str, float]:
+    """Metrics of a shadow's comparison (:meth:`ShadowResult.as_dict` or a ``shadow`` ledger
+    entry's data): ``shadow_disagreement_rate`` (share of predictions that differ),
+    ``shadow_error_rate`` (copies the shadow failed, of those sent), ``shadow_p95_ms``,
+    ``live_p95_ms`` and ``shadow_p95_ratio`` (shadow p95 / live p95)."""
+    found: dict[str, float] = {}
+    if data.get("disagreement_rate") is not None:
+        found["shadow_disagreement_rate"] = float(data["disagreement_rate"])
+    sent = int(data.get("compared") or 0) + int(data.get("errors") or 0)
+    if sent:
+        found["shadow_error_rate"] = int(data.get("errors") or 0) / sent
+    live, candidate = data.get("live_p95_ms"), data.get("shadow_p95_ms")
+    if candidate is not None:
+        found["shadow_p95_ms"] = float(candidate)
+    if live is not None:
+        found["live_p95_ms"] = float(live)
+    if live and candidate is not None:
+        found["shadow_p95_ratio"] = float(candidate) / float(live)
+    return found
+
+
+def shadow_markdown(data: dict[str, Any]) -> str:
+    """One shadow window as a reviewer reads it (a Markdown table)."""
+    metrics = shadow_metrics(data)
+
+    def shown(name: str, unit: str = "", percent: bool = False) -> str:
+        value = metrics.get(name)
+        if value is None:
+            return "not measured"
+        return f"{value:.2%}" if percent else f"{value:.1f}{unit}" if unit else f"{value:.2f}"
+
+    rows = [f"### Shadow of v{data.get('shadow_version')} beside v{data.get('serving_version')} "
+            f"on {data.get('environment')}", "",
+            "| measure | value |", "|---|---|",
+            f"| window | {float(data.get('seconds') or 0):.0f} s, "
+            f"{int(data.get('compared') or 0)} requests compared |",
+            f"| disagreement (predictions that differ) | "
+            f"{shown('shadow_disagreement_rate', percent=True)} |",
+            f"| shadow errors | {int(data.get('errors') or 0)} "
+            f"({shown('shadow_error_rate', percent=True)}) |",
+            f"| p95 latency live / shadow | {shown('live_p95_ms', ' ms')} / "
+            f"{shown('shadow_p95_ms', ' ms')} (ratio {shown('shadow_p95_ratio')}) |"]
+    if data.get("p95_abs_difference") is not None:
+        rows.append(f"| p95 absolute difference (regression) | "
+                    f"{float(data['p95_abs_difference']):.4g} |")
+    return "\n".join(rows)
 
 
 def shadow(project: Project, key: str, environment: str, model_name: str, version: str,

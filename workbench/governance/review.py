@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import identity, run_record
+from workbench.audit import ledger
 from workbench.clock import stamped_id
 from workbench.config import Config, Stage
 from workbench.governance import approvals, release_diff
@@ -104,6 +105,7 @@ class Review:
         self._show_metrics()
         self._show_plots()
         self._show_load_tests()
+        self._show_shadows()
         self._show_decisions()
 
     def _show_changes(self) -> None:
@@ -171,6 +173,15 @@ class Review:
                 rows = [f"### Load test `{name}`", "", "| measure | value |", "|---|---|"]
                 rows += [f"| {key} | {value} |" for key, value in entry.outputs.items()]
                 _markdown("\n".join(rows))
+
+    def _show_shadows(self) -> None:
+        """Every shadow window this run ran (ledger ``shadow`` entries): what the candidate
+        would have answered to live traffic, against the serving version."""
+        from workbench.deploy.shadow import shadow_markdown
+
+        for entry in ledger.index(self.project.reports, {self.record.id}).of_run(
+                self.record.id, "shadow"):
+            _markdown(shadow_markdown(entry.get("data") or {}))
 
     def _show_decisions(self) -> None:
         records = [r for r in approvals.read_records(self.project, self.record.id)
