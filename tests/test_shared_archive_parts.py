@@ -192,3 +192,14 @@ def test_store_errors_name_the_url_without_credentials(tmp_path: Path) -> None:
     blocked.write_text("a file, not a folder")
     with pytest.raises(StoreError, match="readonly"):
         FileStore((blocked / "sub").as_uri()).put_new("k", b"v")
+
+
+def test_store_credentials_are_known_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workbench.audit.redact import Secrets
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "short")  # too short to tell from text
+    secrets = Secrets.from_environment([])
+    assert secrets.values == {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
+    assert secrets.redact_text("key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY") == \
+        "key=[REDACTED:AWS_SECRET_ACCESS_KEY]"

@@ -21,6 +21,11 @@ from urllib.parse import quote, quote_plus, unquote
 from workbench.errors import WorkbenchError
 
 MIN_LENGTH = 8  # shorter values would redact ordinary text; they are refused instead
+# Credentials a run may hold for the stores it writes to (a shared archive's S3 key, a team
+# MLflow's password or token): known secrets whether or not ``secrets:`` names them; a value
+# too short to tell apart from text is left alone rather than refused (it is not the project's).
+CREDENTIAL_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                        "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 class SecretError(WorkbenchError, RuntimeError):
@@ -44,6 +49,10 @@ class Secrets:
                 raise SecretError(f"secret {name} is shorter than {MIN_LENGTH} characters; it "
                                   f"cannot be told apart from ordinary text")
             found[name] = value
+        for name in CREDENTIAL_VARIABLES:
+            value = os.environ.get(name)
+            if value and len(value) >= MIN_LENGTH and name not in found:
+                found[name] = value
         return cls(found)
 
     def __bool__(self) -> bool:

@@ -189,11 +189,15 @@ def make_app(router: Router, timeout: float = 120.0) -> web.Application:
                 if route.get("log") and answer.status == 200 and scored \
                         and SYNTHETIC_HEADER not in request.headers:
                     inference.offer(route["log"], version, body, payload)
+                response = web.Response(status=answer.status, body=payload,
+                                        headers={**_headers(answer.headers),
+                                                 VERSION_HEADER: version})
                 if route.get("shadow") and scored and answer.status == 200:
+                    # the client's answer is written out first; only then is the copy sent
+                    await response.prepare(request)
+                    await response.write_eof()
                     mirror(request, route["shadow"], body, payload, took)
-                return web.Response(status=answer.status, body=payload,
-                                    headers={**_headers(answer.headers),
-                                             VERSION_HEADER: version})
+                return response
         except (ClientError, TimeoutError) as exc:
             if failed is not None:
                 window.add(failed[0], 502, failed[1])
