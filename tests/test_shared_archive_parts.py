@@ -203,3 +203,20 @@ def test_store_credentials_are_known_secrets(monkeypatch: pytest.MonkeyPatch) ->
     assert secrets.values == {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
     assert secrets.redact_text("key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY") == \
         "key=[REDACTED:AWS_SECRET_ACCESS_KEY]"
+
+
+def test_a_torn_cache_line_is_cut_and_pulled_again(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    archive = _cache(tmp_path, "a", store)
+    _record(archive, "one.txt", "1")
+    second = _record(archive, "two.txt", "2")
+    path = archive.reports / "ledger.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + lines[1][:40])  # the crash came between store and cache
+    archive.in_sync = None
+    assert ledger.ends_torn(archive.reports)
+    repaired = ledger.repair(archive.reports, None)
+    assert repaired is not None and repaired["seq"] == 3  # after the store's seq 2
+    assert repaired["prev"] == second["hash"]
+    assert [e["seq"] for e in ledger.entries(archive.reports)] == [1, 2, 3]
+    assert remote_verify.verify(archive).ok

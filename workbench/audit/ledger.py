@@ -214,7 +214,26 @@ def repair(reports: Path, actor: dict[str, Any] | None, run_id: str | None = Non
             os.fsync(handle.fileno())
         data = {"offset": cut, "bytes": len(fragment), "sha256": digest}
         files = {kept.relative_to(reports).as_posix(): digest}
+        if (reports / SHARED_MARKER).exists() and _shared_append is not None:
+            # a cache of a shared archive: the cut tail was this machine's copy only; the
+            # store's entries are pulled again and the repair recorded there
+            return _shared_append(reports, path, {
+                "time": utc_now(), "actor": actor, "event": "ledger_repaired",
+                "run_id": run_id, "data": data, "files": files})
         return _append_locked(path, "ledger_repaired", actor, run_id, data, files)
+
+
+def ends_torn(reports: Path) -> bool:
+    """Whether the ledger's last line is incomplete (a crash during an append)."""
+    path = ledger_path(reports)
+    try:
+        with path.open("rb") as handle:
+            if handle.seek(0, os.SEEK_END) == 0:
+                return False
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
 
 
 def _garbage_tail(handle: Any, complete: int) -> int:

@@ -11,7 +11,7 @@ import os
 import socket
 import uuid
 
-from workbench.audit import remote
+from workbench.audit import ledger, remote
 from workbench.project import MARKER, PIPELINES_MARKER, Project
 
 PROBES = "probes/"
@@ -48,6 +48,8 @@ def prepare(project: Project, write: bool = False) -> remote.RemoteArchive | Non
         remote.detach(project.reports)
         return None
     archive = remote.attach(project.reports, *settings)
+    if ledger.ends_torn(project.reports):  # this cache's copy of an append was cut short:
+        ledger.repair(project.reports, None)  # set aside; the store's entries pulled again
     remote.pull(archive)
     if write:
         probe(archive)
