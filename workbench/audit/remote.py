@@ -93,7 +93,8 @@ def attach(reports: Path, url: str, endpoint_url: str | None = None) -> RemoteAr
     if current != wanted:
         write_bytes(marker, (json.dumps(wanted) + "\n").encode())
     found = attached(reports)
-    assert found is not None  # noqa: S101 - written just above
+    if found is None:  # written just above
+        raise RemoteError(f"{marker} could not be written")
     return found
 
 

@@ -3,15 +3,20 @@ this checkout's cache of it (``reports/``)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from workbench.cli.app import UsageError, _project, app
+
+if TYPE_CHECKING:
+    from workbench.audit.remote import RemoteArchive
 
 archive_app = typer.Typer(no_args_is_help=True, help="The shared archive and its local cache.")
 app.add_typer(archive_app, name="archive")
 
 
-def _shared() -> tuple[object, object]:
+def _shared() -> RemoteArchive:
     from workbench.audit import remote
     from workbench.audit.shared import archive_settings
 
@@ -20,7 +25,7 @@ def _shared() -> tuple[object, object]:
     if settings is None:
         raise UsageError("no shared archive: set archive: {url: s3://BUCKET/PREFIX} in "
                          "configs/pipeline.yaml (the archive is reports/ alone until then)")
-    return project, remote.attach(project.reports, *settings)
+    return remote.attach(project.reports, *settings)
 
 
 @archive_app.command()
@@ -29,8 +34,7 @@ def pull() -> None:
     their runs' records (every command does this when it starts)."""
     from workbench.audit import remote
 
-    _, archive = _shared()
-    assert isinstance(archive, remote.RemoteArchive)  # noqa: S101
+    archive = _shared()
     new = remote.pull(archive)
     head = remote._local_head(archive)
     typer.echo(f"pulled {len(new)} entries from {archive.url}; reports/ is at seq "
@@ -43,8 +47,7 @@ def push() -> None:
     project moving from a local archive to a team's)."""
     from workbench.audit import remote
 
-    _, archive = _shared()
-    assert isinstance(archive, remote.RemoteArchive)  # noqa: S101
+    archive = _shared()
     count = remote.adopt(archive)
     typer.echo(f"adopted {count} ledger entries into {archive.url}")
 
@@ -54,8 +57,7 @@ def status() -> None:
     """Where the shared archive is, and how far this cache and the store are."""
     from workbench.audit import remote
 
-    _, archive = _shared()
-    assert isinstance(archive, remote.RemoteArchive)  # noqa: S101
+    archive = _shared()
     keys = list(archive.store.list(remote.LEDGER_PREFIX))
     head = remote._local_head(archive)
     typer.echo(f"shared archive: {archive.url}\nstore: {len(keys)} ledger entries\n"
