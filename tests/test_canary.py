@@ -215,5 +215,6 @@ def test_shadow_compares_answers_and_clients_see_only_the_serving_version(
         assert [v.passed for v in judged] == [False, True]
         assert half.metrics()["shadow_p95_ratio"] > 0
         assert "50.00%" in shadow_markdown(shadows[1])  # as the next gate's review shows it
+        assert half.plot().axes[1].patches[0].get_height() == pytest.approx(0.5)
     finally:
         local.stop(project, "prod")

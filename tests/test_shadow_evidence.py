@@ -56,3 +56,17 @@ def test_the_review_shows_every_shadow_of_the_run(tmp_path: Path,
     assert "Shadow of v4 beside v3 on prod" in shown[0]
     assert "5.00%" in shown[0] and "20.0 ms / 30.0 ms (ratio 1.50)" in shown[0]
     assert "190 requests compared" in shown[0]
+
+
+def test_the_plot_shows_both_latencies_and_the_rates() -> None:
+    from workbench.deploy.shadow import ShadowResult
+
+    result = ShadowResult("prod", "m", "3", "4", 60.2, {
+        key: value for key, value in WINDOW.items()
+        if key not in ("environment", "model", "serving_version", "shadow_version", "seconds")})
+    figure = result.plot()
+    latency, rates = figure.axes
+    assert [t.get_text() for t in latency.get_xticklabels()] == ["live v3", "shadow v4"]
+    assert [p.get_height() for p in latency.patches] == [20.0, 30.0]
+    assert [p.get_height() for p in rates.patches] == pytest.approx([0.05, 0.05])
+    assert "190 requests compared" in latency.get_title()

@@ -52,6 +52,30 @@ class ShadowResult:
         did not measure is left out (and an objective on it fails as missing)."""
         return shadow_metrics(self.as_dict())
 
+    def plot(self) -> Any:
+        """A figure for the notebook: p95 latency live vs shadow, and the shadow's
+        disagreement and error rates (a matplotlib ``Figure``; shown when it is a cell's
+        last value)."""
+        from matplotlib.figure import Figure  # no pyplot: the notebook's backend is untouched
+
+        metrics = self.metrics()
+        figure = Figure(figsize=(8, 3))
+        latency, rates = figure.subplots(1, 2)
+        latency.bar([f"live v{self.serving_version}", f"shadow v{self.shadow_version}"],
+                    [metrics.get("live_p95_ms", 0.0), metrics.get("shadow_p95_ms", 0.0)],
+                    color=["#4c72b0", "#dd8452"])
+        latency.set_ylabel("p95 latency (ms)")
+        latency.set_title(f"{self.environment}: {self.comparison.get('compared', 0)} "
+                          f"requests compared")
+        rates.bar(["disagreement", "shadow errors"],
+                  [metrics.get("shadow_disagreement_rate", 0.0),
+                   metrics.get("shadow_error_rate", 0.0)], color=["#c44e52", "#8172b2"])
+        rates.set_ylim(0, max(0.05, *(v * 1.2 for v in (
+            metrics.get("shadow_disagreement_rate", 0.0), metrics.get("shadow_error_rate", 0.0)))))
+        rates.set_ylabel("share")
+        figure.tight_layout()
+        return figure
+
     def as_dict(self) -> dict[str, Any]:
         return {"environment": self.environment, "model": self.model,
                 "serving_version": self.serving_version, "shadow_version": self.shadow_version,
