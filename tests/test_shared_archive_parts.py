@@ -220,3 +220,45 @@ def test_a_torn_cache_line_is_cut_and_pulled_again(tmp_path: Path) -> None:
     assert repaired["prev"] == second["hash"]
     assert [e["seq"] for e in ledger.entries(archive.reports)] == [1, 2, 3]
     assert remote_verify.verify(archive).ok
+
+
+def test_archive_commands_adopt_pull_and_report(tmp_path: Path) -> None:
+    """``workbench archive push|pull|status`` on a project (a file:// store, no kernels)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import MINI_ENVIRONMENTS, MINI_MODEL
+
+    root = tmp_path / "project"
+    (root / "configs").mkdir(parents=True)
+    (root / "configs" / "environments.yaml").write_text(yaml.safe_dump(MINI_ENVIRONMENTS))
+    (root / "configs" / "model.yaml").write_text(yaml.safe_dump(MINI_MODEL))
+    (root / "configs" / "pipeline.yaml").write_text(yaml.safe_dump(
+        {"name": "p", "stages": [{"name": "a", "notebook": "notebooks/a.ipynb"}]}))
+    reports = root / "reports"
+    reports.mkdir()
+    (reports / "x.txt").write_text("kept before the team archive existed")
+    ledger.append(reports, "local", actor=None, run_id=None, files=[reports / "x.txt"])
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "workbench", "--project", str(root),
+                               "archive", *args], capture_output=True, text=True, timeout=120)
+
+    refused = cli("status")
+    assert refused.returncode == 2 and "no shared archive" in refused.stderr
+    store = tmp_path / "store"
+    config = yaml.safe_load((root / "configs" / "pipeline.yaml").read_text())
+    config["archive"] = {"url": store.as_uri()}
+    (root / "configs" / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    pushed = cli("push")
+    assert pushed.returncode == 0 and "adopted 1 ledger entries" in pushed.stdout
+    assert (store / "files" / "x.txt").read_text() == "kept before the team archive existed"
+    status = cli("status")
+    assert "store: 1 ledger entries" in status.stdout and "seq 1" in status.stdout
+    (reports / "ledger.jsonl").unlink()  # a fresh checkout's empty cache
+    (reports / "x.txt").unlink()
+    pulled = cli("pull")
+    assert pulled.returncode == 0 and "pulled 1 entries" in pulled.stdout
+    assert (reports / "x.txt").read_text() == "kept before the team archive existed"
