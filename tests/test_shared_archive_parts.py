@@ -228,7 +228,6 @@ def test_archive_commands_adopt_pull_and_report(tmp_path: Path) -> None:
     import sys
 
     import yaml
-
     from conftest import MINI_ENVIRONMENTS, MINI_MODEL
 
     root = tmp_path / "project"

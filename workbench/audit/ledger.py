@@ -168,14 +168,18 @@ def _append_locked(path: Path, event: str, actor: dict[str, Any] | None, run_id:
     head = _head(path) if path.exists() else None
     entry = CHAIN.seal({"time": utc_now(), "actor": actor, "event": event, "run_id": run_id,
                         "data": data, "files": digests}, head)
-    line = canonical(entry) + b"\n"
+    append_lines(path, canonical(entry) + b"\n")
+    return entry
+
+
+def append_lines(path: Path, data: bytes) -> None:
+    """Append complete lines with one ``write`` and fsync them (the caller holds the lock)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    return entry
 
 
 def repair(reports: Path, actor: dict[str, Any] | None, run_id: str | None = None,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -172,7 +171,7 @@ def pull_locked(archive: RemoteArchive) -> list[dict[str, Any]]:
         lines.append(canonical(entry) + b"\n")
         seq, previous = seq + 1, entry["hash"]
     _materialize(archive, fetched)  # files first: the cache never names a file it lacks
-    _append_lines(ledger.ledger_path(archive.reports), b"".join(lines))
+    ledger.append_lines(ledger.ledger_path(archive.reports), b"".join(lines))
     archive.in_sync = (seq, previous)
     for run_id in sorted({e["run_id"] for e in fetched if isinstance(e.get("run_id"), str)}):
         pull_state(archive, run_id)
@@ -192,15 +191,6 @@ def _confirm(archive: RemoteArchive, head: dict[str, Any] | None) -> None:
                           f"archive. `workbench archive push` adopts it into an empty store; "
                           f"otherwise start from a fresh reports/ (move this one aside)")
     archive.in_sync = (head["seq"], head["hash"])
-
-
-def _append_lines(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _latest_files(entries: Iterable[dict[str, Any]]) -> dict[str, str]:
@@ -274,7 +264,7 @@ def append_locked(archive: RemoteArchive, path: Path, body: dict[str, Any]) -> d
         except LostRace:
             archive.races_lost += 1
             continue
-        _append_lines(path, line)
+        ledger.append_lines(path, line)
         archive.in_sync = (entry["seq"], entry["hash"])
         return entry
     raise RemoteError(f"{archive.url}: lost the race for the next ledger entry {RACES} times "
