@@ -164,11 +164,28 @@ def release_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     environments = workspace.read_yaml("environments.yaml")
     for env in environments["environments"].values():
         env["deploy"]["port"] = free_port()
+    untimed(environments["environments"])
     workspace.write_yaml("environments.yaml", environments)
     yield workspace
     for env in environments["environments"]:
         if (root / ".workbench" / "servers" / f"{env}.json").exists():
             workspace.cli("stop", env)
+
+
+def untimed(environments: dict[str, Any]) -> None:
+    """The demo's latency limits (a qa SLO, a prod monitor) made loose enough that a busy
+    machine never breaches them: tests of the release's mechanics must not depend on how fast
+    this machine is today. Breaches are tested on purpose, with limits no server can meet
+    (``tests/test_release_operations.py``)."""
+    for env in environments.values():
+        slo = env.get("slo")
+        if isinstance(slo, dict):
+            slo.update({k: v for k, v in {"p95_ms": 60_000, "p99_ms": 120_000,
+                                          "min_throughput_rps": 0.1,
+                                          "max_latency_ratio": 1_000.0}.items() if k in slo})
+        monitor = env.get("monitor")
+        if isinstance(monitor, dict) and "max_p95_ms" in monitor:
+            monitor["max_p95_ms"] = 60_000
 
 
 MINI_ENVIRONMENTS = {"environments": {"dev": {"deploy": {"target": "local", "port": 5999},
