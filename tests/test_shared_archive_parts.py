@@ -161,7 +161,10 @@ def test_two_machines_driving_one_run_get_a_conflict(tmp_path: Path) -> None:
     record.write_text('{"state": "resumed by a"}\n')  # a writes over what it read earlier
     with pytest.raises(remote.RemoteError, match="changed by another machine"):
         remote.push_state(first, "r1")
-    remote.pull(first)  # reading again takes b's state; a's next write is accepted
+    with pytest.raises(remote.RemoteError, match="changed both here"):
+        remote.pull(first)  # never silently drops a's change either
+    record.unlink()  # a moves its copy aside: reading again takes b's state
+    remote.pull(first)
     assert json.loads(record.read_text())["state"] == "resumed by b"
 
 
@@ -261,3 +264,22 @@ def test_archive_commands_adopt_pull_and_report(tmp_path: Path) -> None:
     pulled = cli("pull")
     assert pulled.returncode == 0 and "pulled 1 entries" in pulled.stdout
     assert (reports / "x.txt").read_text() == "kept before the team archive existed"
+
+
+def test_a_record_not_yet_written_to_the_store_is_kept_when_pulling(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    first, second = _cache(tmp_path, "a", store), _cache(tmp_path, "b", store)
+    record = first.reports / "runs/r1/run.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"status": "running"}\n')
+    _record(first, "runs/r1/a.txt", "a", run_id="r1")
+    record.write_text('{"status": "running", "stage": 2}\n')  # its push failed: store down
+    _record(second, "notes/b.txt", "b", run_id="r1")  # another machine appends about r1
+    remote.pull(first)
+    assert json.loads(record.read_text()) == {"status": "running", "stage": 2}  # kept
+    remote.pull(second)
+    (second.reports / "runs/r1/run.json").write_text('{"status": "failed"}\n')
+    remote.push_state(second, "r1")  # now the store's copy changed too
+    _record(second, "notes/c.txt", "c", run_id="r1")
+    with pytest.raises(remote.RemoteError, match="changed both here"):
+        remote.pull(first)

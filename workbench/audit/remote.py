@@ -171,10 +171,10 @@ def pull_locked(archive: RemoteArchive) -> list[dict[str, Any]]:
         lines.append(canonical(entry) + b"\n")
         seq, previous = seq + 1, entry["hash"]
     _materialize(archive, fetched)  # files first: the cache never names a file it lacks
+    for run_id in sorted({e["run_id"] for e in fetched if isinstance(e.get("run_id"), str)}):
+        pull_state(archive, run_id)  # a conflict stops the pull before the entries land
     ledger.append_lines(ledger.ledger_path(archive.reports), b"".join(lines))
     archive.in_sync = (seq, previous)
-    for run_id in sorted({e["run_id"] for e in fetched if isinstance(e.get("run_id"), str)}):
-        pull_state(archive, run_id)
     return fetched
 
 
@@ -234,10 +234,28 @@ def pull_state(archive: RemoteArchive, run_id: str) -> bool:
     data, tag = found
     folder = archive.reports / "runs" / run_id
     path = folder / RUN_FILE
+    known = _read_tag(folder)
+    if path.is_file() and known.get("sha256") and \
+            hashlib.sha256(path.read_bytes()).hexdigest() != known["sha256"]:
+        # this machine changed the record since it last synced it (a write to the store
+        # failed): kept while the store's copy is the one it read; both changed: a conflict
+        if tag == known.get("tag"):
+            return True
+        raise RemoteError(f"run {run_id}: its record changed both here (not yet written to "
+                          f"{archive.url}) and on another machine; move "
+                          f"reports/runs/{run_id}/{RUN_FILE} aside to take the shared one")
     if not path.is_file() or path.read_bytes() != data:
         write_bytes(path, data)
     _write_tag(folder, tag, hashlib.sha256(data).hexdigest())
     return True
+
+
+def _read_tag(folder: Path) -> dict[str, Any]:
+    try:
+        known = json.loads((folder / STATE_TAG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def _write_tag(folder: Path, tag: str, digest: str) -> None:
@@ -303,10 +321,7 @@ def push_state(archive: RemoteArchive, run_id: str) -> None:
     except FileNotFoundError:
         return
     digest = hashlib.sha256(data).hexdigest()
-    try:
-        known = json.loads((folder / STATE_TAG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
+    known = _read_tag(folder)
     if known.get("sha256") == digest:
         return
     try:
