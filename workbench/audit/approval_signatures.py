@@ -38,18 +38,19 @@ def check(reports: Path, folder: Path) -> Found:
     paths = sorted((folder / APPROVALS).glob("*.json")) if (folder / APPROVALS).is_dir() else []
     if not paths:
         return found
-    signers, gates = _snapshot(folder)
+    signers, gates = snapshot(folder)
     for path in paths:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue  # an unreadable record is named by the ledger's coverage check
         if isinstance(record, dict):
-            _check_record(path.relative_to(reports).as_posix(), record, signers, gates, found)
+            check_record(f"reports/{path.relative_to(reports).as_posix()}", record, signers,
+                         gates, found)
     return found
 
 
-def _snapshot(folder: Path) -> tuple[str, Gates | None]:
+def snapshot(folder: Path) -> tuple[str, Gates | None]:
     """The run's allowed signers text and approval policies, as configured at its start."""
     try:
         sources = json.loads((folder / "run.json").read_text(encoding="utf-8"))["config"]
@@ -59,8 +60,11 @@ def _snapshot(folder: Path) -> tuple[str, Gates | None]:
     return config.signers, config.gates
 
 
-def _check_record(name: str, record: dict[str, Any], signers: str, gates: Gates | None,
-                  found: Found) -> None:
+def check_record(name: str, record: dict[str, Any], signers: str, gates: Gates | None,
+                 found: Found, signed: dict[str, Any] | None = None) -> None:
+    """The rules above for one record (``name`` as messages show it); ``signed``: what its
+    signature covers, when that is not the record itself (a canary decision signs its step
+    digest as the bundle)."""
     approver = record.get("approver") if isinstance(record.get("approver"), dict) else {}
     who = str((approver or {}).get("name"))
     seal = record.get("signature")
@@ -70,20 +74,21 @@ def _check_record(name: str, record: dict[str, Any], signers: str, gates: Gates 
         required = (gates is not None and environment in gates.policies
                     and gates.requires_signature(str(environment)))
         if accepted and required and (approver or {}).get("source") not in VOUCHED_SOURCES:
-            found.problems.append(f"reports/{name}: accepted without a signature from {who!r}, "
+            found.problems.append(f"{name}: accepted without a signature from {who!r}, "
                                   f"but the {environment} policy requires one")
         return
     try:
         signature = signatures.Signature.model_validate(seal)
     except ValueError:
-        found.problems.append(f"reports/{name}: its signature is not one (format, namespace, "
+        found.problems.append(f"{name}: its signature is not one (format, namespace, "
                               f"armored text)")
         return
-    problem = signatures.verify(signatures.message(record), signature, who, signers)
+    problem = signatures.verify(signatures.message(record if signed is None else signed),
+                                signature, who, signers)
     if problem is None:
         return
     if accepted:
-        found.problems.append(f"reports/{name}: signature of {who!r} does not verify: {problem}")
+        found.problems.append(f"{name}: signature of {who!r} does not verify: {problem}")
     else:
-        found.notes.append(f"reports/{name}: a refused attempt by {who!r} (never counted): "
+        found.notes.append(f"{name}: a refused attempt by {who!r} (never counted): "
                            f"{problem}")

@@ -231,12 +231,12 @@ def _note_files(line: bytes, root: str, files: dict[str, tuple[str, int]]) -> No
 
 
 def _canary_signatures(reports: Path, folder: Path, found: Coverage) -> None:
-    """The SSH signatures of one environment's canary decisions (the rules of
-    :mod:`workbench.audit.approval_signatures`, against the rollout's run's snapshot)."""
-    from workbench import signatures
-    from workbench.identity import VOUCHED_SOURCES
+    """The SSH signatures of one environment's accepted canary decisions: the rules of
+    :mod:`workbench.audit.approval_signatures`, against the rollout's run's snapshot."""
+    from workbench.audit import approval_signatures
 
     snapshots: dict[str, tuple[str, Any]] = {}
+    checked = approval_signatures.Found()
     for path in sorted(folder.glob("*.json")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
@@ -245,47 +245,21 @@ def _canary_signatures(reports: Path, folder: Path, found: Coverage) -> None:
         if not isinstance(record, dict) or record.get("accepted") is not True:
             continue  # a refused attempt never counted
         name = f"reports/{_relative(reports, path)}"
-        approver = record.get("approver") if isinstance(record.get("approver"), dict) else {}
-        who = str((approver or {}).get("name"))
         run_id = record.get("run_id")
         if not isinstance(run_id, str) or not run_id:
             if record.get("signature") is not None:
-                found.notes.append(f"{name}: signed by {who!r} during a rollout outside a run: "
-                                   f"no configuration snapshot to check it against offline")
+                approver = record.get("approver") if isinstance(record.get("approver"),
+                                                                dict) else {}
+                found.notes.append(f"{name}: signed by {str((approver or {}).get('name'))!r} "
+                                   f"during a rollout outside a run: no configuration snapshot "
+                                   f"to check it against offline")
             continue
         if run_id not in snapshots:
-            snapshots[run_id] = _snapshot(reports / "runs" / run_id)
+            snapshots[run_id] = approval_signatures.snapshot(reports / "runs" / run_id)
         signers, gates = snapshots[run_id]
-        seal = record.get("signature")
-        environment = str(record.get("environment"))
-        if seal is None:
-            required = gates is not None and environment in gates.policies \
-                and gates.requires_signature(environment)
-            if required and (approver or {}).get("source") not in VOUCHED_SOURCES:
-                found.problems.append(f"{name}: accepted without a signature from {who!r}, but "
-                                      f"the {environment} policy requires one")
-            continue
-        try:
-            signature = signatures.Signature.model_validate(seal)
-        except ValueError:
-            found.problems.append(f"{name}: its signature is not one (format, namespace, "
-                                  f"armored text)")
-            continue
         # what governance.canary_control.signed_message signs: the step digest as the bundle
-        message = signatures.message({**record, "bundle_digest": record.get("step_digest"),
-                                      "diff_digest": None})
-        problem = signatures.verify(message, signature, who, signers)
-        if problem is not None:
-            found.problems.append(f"{name}: signature of {who!r} does not verify: {problem}")
-
-
-def _snapshot(folder: Path) -> tuple[str, Any]:
-    """A run's allowed signers text and approval policies as configured at its start."""
-    from workbench.config import ConfigError, parse_config
-
-    try:
-        sources = json.loads((folder / "run.json").read_text(encoding="utf-8"))["config"]
-        config = parse_config(dict(sources))
-    except (OSError, ValueError, KeyError, TypeError, ConfigError):
-        return "", None
-    return config.signers, config.gates
+        approval_signatures.check_record(
+            name, record, signers, gates, checked,
+            signed={**record, "bundle_digest": record.get("step_digest"), "diff_digest": None})
+    found.problems += checked.problems
+    found.notes += checked.notes
