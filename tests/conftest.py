@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+# longest test files first on the xdist workers (tests/file_order.py)
+pytest_plugins = ["file_order"]
+
 REPO = Path(__file__).resolve().parents[1]
 # Debian's chromium (installed by .ci/run); flags keep it off this machine's closed network.
 CHROMIUM = Path("/usr/bin/chromium")

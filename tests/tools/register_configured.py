@@ -17,6 +17,7 @@ import pandas as pd
 from workbench.config import load_config
 from workbench.project import Project
 from workbench.registry import store as mlflow_store
+from workbench.registry.models import pip_requirements
 
 MODEL_FILE = Path(__file__).with_name("canary_model.py")
 
@@ -34,7 +35,8 @@ def main() -> None:
         with mlflow.start_run(experiment_id=experiment_id):
             info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_FILE),
                                            model_config=settings, input_example=example,
-                                           registered_model_name=config.model.name)
+                                           registered_model_name=config.model.name,
+                                           pip_requirements=pip_requirements())
             versions.append(str(info.registered_model_version))
     print(json.dumps(versions))
 

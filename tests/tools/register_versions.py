@@ -17,6 +17,7 @@ from workbench.config import load_config
 from workbench.datasets import load_split
 from workbench.project import Project
 from workbench.registry import store as mlflow_store
+from workbench.registry.models import pip_requirements
 
 
 def main() -> None:
@@ -32,7 +33,8 @@ def main() -> None:
         with mlflow.start_run(experiment_id=experiment_id):
             model = LogisticRegression(C=float(k), max_iter=5000).fit(X_train, y_train)
             info = mlflow.sklearn.log_model(model, name="model", input_example=X_test.head(2),
-                                            registered_model_name=config.model.name)
+                                            registered_model_name=config.model.name,
+                                            pip_requirements=pip_requirements())
             versions.append(str(info.registered_model_version))
     print(json.dumps(versions))
 
