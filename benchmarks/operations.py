@@ -134,6 +134,24 @@ def workbench_serve(project: Project, tracking_uri: str, body: bytes) -> tuple[f
         local.stop(project, "bench")
 
 
+REDEPLOY_GOAL_S = 2.0  # a new version on a running local endpoint, the fork server warm
+
+
+def wait_for_forks(project: Project, environment: str, timeout: float = 120.0) -> bool:
+    """Whether the endpoint's model-server fork server accepts connections within
+    ``timeout`` (it warms up in the background after an endpoint's first redeploy)."""
+    path = local.forks_socket(project, environment)
+    deadline = time.monotonic() + timeout
+    while path is not None and time.monotonic() < deadline:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+                return True
+            except OSError:
+                time.sleep(0.1)
+    return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)
@@ -165,6 +183,12 @@ def main() -> None:
         started = time.perf_counter()
         server = local.serve(project, "bench", server.port, MODEL, "1", tracking_uri)
         redeploy_s = time.perf_counter() - started
+        # That redeploy started the endpoint's fork server; once it listens, a redeploy forks
+        # a warm model server instead of starting Python and MLflow (the "deploy in 2 s" goal).
+        forks_ready = wait_for_forks(project, "bench")
+        started = time.perf_counter()
+        server = local.serve(project, "bench", server.port, MODEL, "1", tracking_uri)
+        redeploy_forked_s = time.perf_counter() - started if forks_ready else None
         generator = generator_figures(args.seconds, body, server.backend_url, server.url)
     finally:
         local.stop(project, "bench")
@@ -178,13 +202,15 @@ def main() -> None:
                                                                    2),
                                       "workbench_local": round(median(o[1] for o in ours), 2)},
         "redeploy_s": round(redeploy_s, 2),
+        "redeploy_forked_s": None if redeploy_forked_s is None else round(redeploy_forked_s, 2),
         **generator,
     }
     figures["deploy_ratio"] = round(figures["deploy_first_prediction_s"]["workbench_local"]
                                     / figures["deploy_first_prediction_s"]
                                     ["mlflow_models_serve"], 3)
     for key, value in figures.items():
-        print(f"{key:28} {value}")
+        print(f"{key:28} {value}" + (f"   (goal <= {REDEPLOY_GOAL_S:g} s)"
+                                     if key == "redeploy_forked_s" else ""))
     line = json.dumps(figures)
     if args.json_out:
         args.json_out.write_text(json.dumps(figures, indent=2) + "\n")
