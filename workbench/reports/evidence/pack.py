@@ -42,6 +42,7 @@ from workbench.governance.project_key import AttestationKeyError, signing_key
 from workbench.identity import current
 from workbench.project import Project
 from workbench.reports.evidence import annex, card
+from workbench.reports.templating import private_bytecode_cache
 from workbench.run_record import RunRecord
 
 MANIFEST = "manifest.json"
@@ -52,7 +53,8 @@ PACKS_PREFIX = "evidence-"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 VERSIONS = ("workbench", "mlflow", "papermill", "nbconvert", "scikit-learn", "pandas", "numpy")
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
-                          autoescape=jinja2.select_autoescape(["html", "j2"]))
+                          autoescape=jinja2.select_autoescape(["html", "j2"]),
+                          bytecode_cache=private_bytecode_cache())
 
 
 @dataclass
