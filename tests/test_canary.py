@@ -153,7 +153,7 @@ def test_canary_completes_and_bad_candidates_are_aborted(canary_project: Workspa
         assert [(e["data"]["version"], e["data"]["verdict"]) for e in steps] == [
             (better, "pass"), (better, "pass"), (better, "pass"), (slow, "abort"),
             (failing, "abort")]
-        assert not _model_servers_of(slow) and not _model_servers_of(failing)
+        assert not _model_servers_of(project, slow) and not _model_servers_of(project, failing)
     finally:
         local.stop(project, "prod")
 
@@ -163,17 +163,22 @@ def _ledger(ws: Workspace) -> list[dict[str, Any]]:
             (ws.root / "reports" / "ledger.jsonl").read_text().splitlines()]
 
 
-def _model_servers_of(version: str) -> list[str]:
+def _model_servers_of(project: Project, version: str) -> list[str]:
+    """The pids of this project's model servers of ``version`` (by the endpoint marker every
+    server of ours carries: another test file's servers of a model called the same, on
+    another worker, are not this test's)."""
+    marker = f"{local.ENDPOINT_VARIABLE}={project.root}::".encode()
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            words = cmdline.read_bytes().split(b"\0")
+            words = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
         if b"workbench.deploy.model_server" in words and b"--version" in words and \
                 words[words.index(b"--version") + 1] == version.encode() and \
-                b"canaried" in b" ".join(words):
-            found.append(cmdline.parent.name)
+                any(entry.startswith(marker) for entry in environ):
+            found.append(proc.name)
     return found
 
 
@@ -202,8 +207,9 @@ def test_shadow_compares_answers_and_clients_see_only_the_serving_version(
         assert set(traffic.answers) == {(200, serving)}  # only the serving version answered
         route = json.loads(local.route_file(project, "prod").read_text())
         assert "shadow" not in route
-        assert not _model_servers_of(same)
-        assert not _model_servers_of(differing)
+        assert not _model_servers_of(project, same)
+        assert not _model_servers_of(project, differing)
+        assert _model_servers_of(project, serving)  # while the serving one is found
         shadows = [e["data"] for e in _ledger(ws) if e["event"] == "shadow"]
         assert [(s["shadow_version"], s["disagreement_rate"]) for s in shadows] == [
             (same, 0.0), (differing, 0.5)]
