@@ -149,7 +149,7 @@ def test_a_held_canary_is_promoted_then_the_next_one_aborted(manual_project: Wor
         versions = Counter(version for _, version in traffic.answers.elements())
         assert versions[first] > 0 and versions[better] > 0 and versions[third] > 0
         assert versions[failing] == 0  # each of its failures answered by the serving one
-        assert not _model_servers_of(third) and not _model_servers_of(failing)
+        assert not _model_servers_of(project, third) and not _model_servers_of(project, failing)
 
         entries = _ledger(ws)
         steps = [e["data"] for e in entries if e["event"] == "canary_step"]
