@@ -13,12 +13,11 @@ import sys
 import threading
 import urllib.request
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, Workspace, free_port, notebook
+from tests.conftest import REPO, Workspace, free_port, notebook, processes_with
 from workbench.config import load_config
 from workbench.deploy import deploy_to, local
 from workbench.deploy.canary import CanaryAborted
@@ -164,22 +163,12 @@ def _ledger(ws: Workspace) -> list[dict[str, Any]]:
 
 
 def _model_servers_of(project: Project, version: str) -> list[str]:
-    """The pids of this project's model servers of ``version`` (by the endpoint marker every
-    server of ours carries: another test file's servers of a model called the same, on
+    """The pids of this project's prod model servers of ``version`` (by the endpoint marker
+    every server of ours carries: another test file's servers of a model called the same, on
     another worker, are not this test's)."""
-    marker = f"{local.ENDPOINT_VARIABLE}={project.root}::".encode()
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            words = (proc / "cmdline").read_bytes().split(b"\0")
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"workbench.deploy.model_server" in words and b"--version" in words and \
-                words[words.index(b"--version") + 1] == version.encode() and \
-                any(entry.startswith(marker) for entry in environ):
-            found.append(proc.name)
-    return found
+    command = f"workbench.deploy.model_server --model-uri models:/canaried/{version} ".encode()
+    return [str(pid) for pid, _ in processes_with(local.ENDPOINT_VARIABLE,
+                                                  local._marker(project, "prod"), command)]
 
 
 def test_shadow_compares_answers_and_clients_see_only_the_serving_version(
